@@ -1,0 +1,257 @@
+"""The `sweeper` command: parses options, calls the library, prints. Nothing else lives here.
+
+Errors meant for the user are SweeperError subclasses; `main()` prints them without a traceback
+and exits with their code (2 for bad input, 3 for an unreachable or incompatible database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .config import Settings, mask_password, resolve_settings
+from .errors import SweeperError, UsageError
+
+app = typer.Typer(
+    help="Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+StateOpt = Annotated[
+    Path | None,
+    typer.Option("--state", envvar="SWEEPER_STATE", show_default=False,
+                 help="State directory: queue.db, mlflow.db, checkpoints, artifacts. [default: ./state]"),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="SWEEPER_DB", show_default=False,
+                 help="Queue database URL. [default: sqlite:///<state>/queue.db; postgresql://... for several machines]"),
+]
+SweepOpt = Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")]
+
+
+def _settings(state: Path | None, db: str | None, mlflow_uri: str | None = None, tracking: bool = True) -> Settings:
+    return resolve_settings(state=state, db=db, tracking_uri=mlflow_uri, tracking=tracking)
+
+
+def _open(settings: Settings, *, create: bool):
+    from .db import OutagePolicy, open_database
+
+    # Interactive commands give up on an unreachable database quickly; workers wait longer.
+    return open_database(settings.db_url, create=create, outage=OutagePolicy(limit_s=10.0))
+
+
+@app.command()
+def enqueue(
+    grid: Annotated[Path, typer.Argument(help="The grid file (YAML) describing the sweep.", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs without writing anything.")] = False,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
+    from .queue import EnqueueDiff, Queue
+    from .spec import load_spec
+
+    spec = load_spec(grid)
+    settings = _settings(state, db, tracking=False)
+    if dry_run:
+        diff = _dry_run_diff(settings, spec)
+        _print_diff(diff, settings, listing=True)
+        return
+    database = _open(settings, create=True)
+    try:
+        diff: EnqueueDiff = Queue(database).enqueue(spec)
+    finally:
+        database.dispose()
+    _print_diff(diff, settings, listing=False)
+
+
+def _dry_run_diff(settings: Settings, spec: Any) -> Any:
+    from .db import open_database
+    from .queue import EnqueueDiff, Queue
+
+    if settings.is_sqlite:
+        path = settings.db_url.split(":///", 1)[-1]
+        if not os.path.exists(path):
+            return EnqueueDiff(sweep=spec.name, new=list(spec.jobs), dry_run=True)
+    database = open_database(settings.db_url, create=False)
+    try:
+        diff = Queue(database).diff(spec)
+    finally:
+        database.dispose()
+    diff.dry_run = True
+    return diff
+
+
+def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
+    verb = "would add" if diff.dry_run else "added"
+    out.print(f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
+              f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]")
+    rows = [("new", j.id, j.stage, j.label) for j in diff.new]
+    if listing:
+        rows += [("unchanged", j.id, j.stage, j.label) for j in diff.unchanged]
+    rows += [(f"not in file ({status})", jid, stage, label) for jid, stage, label, status in diff.gone]
+    if not rows:
+        return
+    limit = None if listing else 30
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("", "job", "stage", "params"):
+        table.add_column(col)
+    for row in rows[:limit]:
+        table.add_row(*row)
+    out.print(table)
+    if limit is not None and len(rows) > limit:
+        out.print(f"... and {len(rows) - limit} more (use --dry-run to list them all)")
+
+
+@app.command()
+def work(
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to run here.")] = 1,
+    threads_per_worker: Annotated[int | None, typer.Option(
+        "--threads-per-worker", min=1, show_default=False,
+        help="Torch threads per worker process. [default: cores // workers]")] = None,
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Only claim jobs of this stage (repeatable).")] = None,
+    sweep: SweepOpt = None,
+    max_jobs: Annotated[int | None, typer.Option("--max-jobs", min=1, help="Exit after this many jobs per worker.")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Keep polling while blocked or running jobs may still produce work.")] = False,
+    lease_ttl: Annotated[float, typer.Option(
+        "--lease-ttl", min=0.5, help="Seconds a job stays owned without a heartbeat; then another worker takes it over.")] = 60.0,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between polls when waiting.")] = 2.0,
+    retry_backoff: Annotated[float, typer.Option(
+        "--retry-backoff", min=0.0, help="Base seconds before retrying a failed job (doubles per failure, jittered).")] = 5.0,
+    store: Annotated[str, typer.Option(
+        "--store", help="Where checkpoints and artifacts go: files, db, or auto (db on PostgreSQL).")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for datasets first.")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(
+        "--mlflow-uri", envvar="MLFLOW_TRACKING_URI", show_default=False,
+        help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    db_outage_limit: Annotated[float, typer.Option(
+        "--db-outage-limit", min=1.0, help="Seconds to keep retrying an unreachable database before exiting.")] = 120.0,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Claim jobs and run them, checkpointing as they go. Exits when no runnable job is left.
+
+    The first Ctrl-C (or SIGTERM) lets the running job checkpoint and gives it back to the queue;
+    a second one exits at once. A job whose worker vanished is taken over after --lease-ttl.
+    """
+    if store not in ("auto", "files", "db"):
+        raise UsageError(f"--store must be files, db or auto, not {store!r}")
+    from .worker import WorkerOptions, run_workers
+
+    settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
+    opts = WorkerOptions(
+        settings=settings, workers=workers, threads_per_worker=threads_per_worker, stages=tuple(stage or ()),
+        sweep=sweep, max_jobs=max_jobs, wait=wait, lease_ttl_s=lease_ttl, poll_s=poll,
+        retry_backoff_s=retry_backoff, store=store, db_outage_s=db_outage_limit,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    code = run_workers(opts)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    sweep: SweepOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON (schema sweeper.status/1).")] = False,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Counts per stage and state, running jobs with their heartbeat, recent failures, workers."""
+    from .dashboard import collect, render, to_json
+
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        snap = collect(database, sweep)
+    finally:
+        database.dispose()
+    if as_json:
+        sys.stdout.write(mask_password(json.dumps(to_json(snap), indent=2)) + "\n")
+        return
+    out.print(render(snap))
+
+
+def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:
+    if not job_ids and not failed and not stage and not sweep:
+        raise UsageError(f"say which jobs to {verb}: job ids, --failed, --stage or --sweep")
+
+
+@app.command()
+def retry(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
+    stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
+    sweep: SweepOpt = None,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Put failed or cancelled jobs back in the queue with their failure counts reset."""
+    from .queue import Queue
+
+    _selection(job_ids, failed, stage, sweep, "retry")
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        queue = Queue(database)
+        ids = [queue.resolve_job_id(j) for j in job_ids or []]
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+    finally:
+        database.dispose()
+    out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+
+
+@app.command()
+def cancel(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Every unfinished job of this stage.")] = None,
+    sweep: SweepOpt = None,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
+    from .queue import Queue
+
+    _selection(job_ids, False, stage, sweep, "cancel")
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        queue = Queue(database)
+        ids = [queue.resolve_job_id(j) for j in job_ids or []]
+        picked = queue.cancel(ids, stage=stage, sweep=sweep)
+    finally:
+        database.dispose()
+    out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+
+
+def main() -> None:
+    # Nothing the tool creates under the state directory should be world-writable.
+    os.umask(os.umask(0o022) | 0o002)
+    try:
+        app()
+    except SweeperError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), mask_password(exc.message)))
+        if exc.hint:
+            err.print(f"  hint: {mask_password(exc.hint)}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

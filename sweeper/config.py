@@ -1,0 +1,78 @@
+"""Where things live: the queue database, the state directory, the tracking store."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE = "./state"
+
+# scheme://user:password@host -> scheme://user:***@host
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+
+def mask_password(text: str) -> str:
+    """Hide the password of every URL in `text`. Used on every line we print or log."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations for one command. Built once in the CLI and passed down."""
+
+    state_dir: Path
+    db_url: str
+    tracking_uri: str | None  # None: tracking switched off
+
+    @property
+    def display_db(self) -> str:
+        return mask_password(self.db_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+
+def default_db_url(state_dir: Path) -> str:
+    return f"sqlite:///{state_dir.resolve() / 'queue.db'}"
+
+
+def default_tracking_uri(state_dir: Path) -> str:
+    return f"sqlite:///{state_dir.resolve() / 'mlflow.db'}"
+
+
+def resolve_settings(
+    state: str | os.PathLike[str] | None = None,
+    db: str | None = None,
+    tracking_uri: str | None = None,
+    tracking: bool = True,
+) -> Settings:
+    """Options win over environment variables, which win over defaults under the state dir."""
+    state_dir = Path(state or os.environ.get("SWEEPER_STATE") or DEFAULT_STATE).expanduser()
+    db_url = db or os.environ.get("SWEEPER_DB") or default_db_url(state_dir)
+    uri: str | None = None
+    if tracking:
+        uri = (
+            tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or default_tracking_uri(state_dir)
+        )
+    return Settings(state_dir=state_dir, db_url=normalize_db_url(db_url), tracking_uri=uri)
+
+
+def normalize_db_url(url: str) -> str:
+    """Accept the URLs users copy from their providers and pick our PostgreSQL driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,78 @@
+"""Typed errors. Each carries the message a user should read; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class SweeperError(Exception):
+    """Base class for every error meant for the user (no traceback is printed)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(SweeperError):
+    """Bad input from the user: a grid file, an option, a job id. Exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(UsageError):
+    """A grid file that cannot become jobs. Names the file, line, stage and key where known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        stage: str | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = []
+        if file:
+            where.append(f"{file}:{line}" if line else file)
+        if stage:
+            where.append(f"stage '{stage}'")
+        if key:
+            where.append(f"key '{key}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
+        self.file, self.line, self.stage, self.key = file, line, stage, key
+
+
+class JobNotFound(UsageError):
+    pass
+
+
+class SchemaMismatch(SweeperError):
+    """The database was written by a newer sweeper, or is not a sweeper database."""
+
+    exit_code = 3
+
+
+class DatabaseUnavailable(SweeperError):
+    """The database could not be reached within the retry budget."""
+
+    exit_code = 3
+
+
+class LeaseLost(SweeperError):
+    """This worker no longer owns the job: another worker took it over (fencing refused a write)."""
+
+
+class StateLocked(SweeperError):
+    """Another live session holds the state directory's lease (mirrored mode)."""
+
+    exit_code = 4
+
+
+class CheckpointError(SweeperError):
+    """A checkpoint or artifact could not be written, read or verified."""

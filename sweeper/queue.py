@@ -1,0 +1,775 @@
+"""Every statement that moves a job between states lives here, named after what it does.
+
+    blocked -> pending -> running -> done
+                  ^          |  \\-> failed   (exception, attempts exhausted; traceback kept)
+                  |          v
+                  +--- released (SIGTERM, lease expired, retry with backoff)      cancelled
+
+A claim is one short transaction that hands out a lease: an owner, an expiry in database time and a
+fresh random token. Every later write by the worker names that token (fencing): once the job has
+been taken over, the old token matches nothing and the write is refused with LeaseLost.
+
+SQLite and PostgreSQL run the same statements. The only difference is how a write transaction
+begins (see db.py): on SQLite, BEGIN IMMEDIATE serializes writers, so the FOR UPDATE SKIP LOCKED
+clause (which SQLAlchemy leaves out on SQLite) is not needed there.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import handoff
+from .db import (
+    ACTIVE,
+    TERMINAL,
+    Database,
+    artifacts,
+    checkpoints,
+    db_now,
+    events,
+    jobs,
+    stages,
+    sweeps,
+    workers,
+)
+from .errors import JobNotFound, LeaseLost, UsageError
+from .spec import JobSpec, StageSpec, SweepSpec
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+    worker_id: str
+    attempt: int
+
+
+@dataclass
+class ClaimedJob:
+    id: str
+    sweep: str
+    stage: str
+    kind: str
+    label: str
+    params: dict[str, Any]
+    attempt: int
+    failures: int
+    interruptions: int
+    tracking_run_id: str | None
+    lease: Lease
+
+
+@dataclass
+class EnqueueDiff:
+    sweep: str
+    new: list[JobSpec] = field(default_factory=list)
+    unchanged: list[JobSpec] = field(default_factory=list)
+    gone: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, stage, label, status
+    dry_run: bool = False
+
+
+@dataclass
+class WorkSummary:
+    """What is left for a worker with these filters."""
+
+    pending_now: int
+    pending_later: int
+    next_ready_in: float | None
+    running: int
+    blocked: int
+
+
+@dataclass
+class StoredBlob:
+    """A checkpoint or artifact row (without its bytes unless asked)."""
+
+    id: int
+    job_id: str
+    name: str
+    sha256: str
+    size: int
+    location: str | None
+    created_at: float
+    attempt: int | None = None
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Queue:
+    """The job queue on one database. Safe to share between threads of one process."""
+
+    def __init__(self, db: Database, *, retry_backoff_s: float = 5.0, reap_every_s: float = 1.0) -> None:
+        self.db = db
+        self.retry_backoff_s = retry_backoff_s
+        self.reap_every_s = reap_every_s
+        self._last_reap = 0.0
+        # Called after every committed write with what it was (mirrored mode snapshots on it).
+        self.after_write: Callable[[str], None] | None = None
+
+    def _write(self, txn: Callable[[], Any], what: str) -> Any:
+        result = self.db.retrying(txn, what)
+        if self.after_write is not None:
+            self.after_write(what)
+        return result
+
+    # -----------------------------------------------------------------------------------------
+    # Enqueue
+
+    def diff(self, spec: SweepSpec) -> EnqueueDiff:
+        with self.db.read() as conn:
+            return self._diff(conn, spec)
+
+    def _diff(self, conn: Connection, spec: SweepSpec) -> EnqueueDiff:
+        rows = conn.execute(
+            sa.select(jobs.c.id, jobs.c.stage, jobs.c.label, jobs.c.status).where(jobs.c.sweep == spec.name)
+        ).all()
+        existing = {r.id: r for r in rows}
+        diff = EnqueueDiff(sweep=spec.name)
+        wanted = set()
+        for job in spec.jobs:
+            wanted.add(job.id)
+            (diff.unchanged if job.id in existing else diff.new).append(job)
+        diff.gone = [(r.id, r.stage, r.label, r.status) for r in rows if r.id not in wanted]
+        return diff
+
+    def enqueue(self, spec: SweepSpec) -> EnqueueDiff:
+        """Add the jobs of `spec` that are not in the queue yet. Idempotent."""
+
+        def txn() -> EnqueueDiff:
+            with self.db.write() as conn:
+                diff = self._diff(conn, spec)
+                self._upsert_sweep(conn, spec)
+                if diff.new:
+                    base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.position), -1))).scalar_one() + 1
+                    needs = {s.name: bool(s.needs) for s in spec.stages}
+                    now = _now()
+                    conn.execute(
+                        jobs.insert(),
+                        [
+                            {
+                                "id": j.id,
+                                "sweep": j.sweep,
+                                "stage": j.stage,
+                                "kind": j.kind,
+                                "label": j.label,
+                                "params": j.params,
+                                "resolved_params": None if needs[j.stage] else j.params,
+                                "status": "blocked" if needs[j.stage] else "pending",
+                                "priority": j.priority,
+                                "position": base + i,
+                                "max_failures": j.max_failures,
+                                "max_interruptions": j.max_interruptions,
+                                "attempt": 0,
+                                "failures": 0,
+                                "interruptions": 0,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for i, j in enumerate(diff.new)
+                        ],
+                    )
+                    conn.execute(
+                        events.insert(),
+                        [{"job_id": j.id, "ts": now, "type": "enqueued", "detail": j.label} for j in diff.new],
+                    )
+                # A stage added to an already finished sweep can start at once.
+                self._settle(conn, spec.name, {s.name for s in spec.stages})
+                return diff
+
+        return self._write(txn, "enqueue")  # type: ignore[return-value]
+
+    def _upsert_sweep(self, conn: Connection, spec: SweepSpec) -> None:
+        now = _now()
+        found = conn.execute(sa.select(sweeps.c.name).where(sweeps.c.name == spec.name)).first()
+        values = {"description": spec.description, "spec_file": spec.file, "spec_text": spec.text, "updated_at": now}
+        if found:
+            conn.execute(sweeps.update().where(sweeps.c.name == spec.name).values(**values))
+        else:
+            conn.execute(sweeps.insert().values(name=spec.name, created_at=now, **values))
+        have = {r.name for r in conn.execute(sa.select(stages.c.name).where(stages.c.sweep == spec.name))}
+        for pos, stage in enumerate(spec.stages):
+            row = {"kind": stage.kind, "config": stage.to_json(), "position": pos}
+            if stage.name in have:
+                conn.execute(
+                    stages.update().where(stages.c.sweep == spec.name, stages.c.name == stage.name).values(**row)
+                )
+            else:
+                conn.execute(stages.insert().values(sweep=spec.name, name=stage.name, **row))
+
+    # -----------------------------------------------------------------------------------------
+    # Claim, renew, finish
+
+    def claim(
+        self,
+        worker_id: str,
+        ttl_s: float,
+        *,
+        stages_filter: Sequence[str] | None = None,
+        sweep: str | None = None,
+    ) -> ClaimedJob | None:
+        """Take the next runnable job (priority, then FIFO) and lease it to `worker_id`."""
+
+        def txn() -> ClaimedJob | None:
+            with self.db.write() as conn:
+                if time.monotonic() - self._last_reap >= self.reap_every_s:
+                    self._reap_expired(conn)
+                    self._last_reap = time.monotonic()
+                token = secrets.token_hex(16)
+                cond = [
+                    jobs.c.status == "pending",
+                    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= db_now()),
+                ]
+                if stages_filter:
+                    cond.append(jobs.c.stage.in_(list(stages_filter)))
+                if sweep:
+                    cond.append(jobs.c.sweep == sweep)
+                next_job = (
+                    sa.select(jobs.c.id)
+                    .where(*cond)
+                    .order_by(jobs.c.priority.desc(), jobs.c.position)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                    .cte("next_job")
+                )
+                row = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == sa.select(next_job.c.id).scalar_subquery())
+                    .values(
+                        status="running",
+                        lease_owner=worker_id,
+                        lease_token=token,
+                        lease_expires_at=db_now() + ttl_s,
+                        attempt=jobs.c.attempt + 1,
+                        started_at=sa.func.coalesce(jobs.c.started_at, db_now()),
+                        updated_at=db_now(),
+                        not_before=None,
+                        progress=None,
+                        progress_message=None,
+                    )
+                    .returning(
+                        jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.kind, jobs.c.label, jobs.c.params,
+                        jobs.c.resolved_params, jobs.c.attempt, jobs.c.failures, jobs.c.interruptions,
+                        jobs.c.tracking_run_id,
+                    )
+                ).first()
+                if row is None:
+                    return None
+                now = _now()
+                conn.execute(events.insert().values(job_id=row.id, ts=now, type="claimed", worker=worker_id,
+                                                    attempt=row.attempt))
+                conn.execute(workers.update().where(workers.c.id == worker_id).values(current_job=row.id,
+                                                                                       last_heartbeat=now))
+                return ClaimedJob(
+                    id=row.id,
+                    sweep=row.sweep,
+                    stage=row.stage,
+                    kind=row.kind,
+                    label=row.label,
+                    params=row.resolved_params if row.resolved_params is not None else row.params,
+                    attempt=row.attempt,
+                    failures=row.failures,
+                    interruptions=row.interruptions,
+                    tracking_run_id=row.tracking_run_id,
+                    lease=Lease(row.id, token, worker_id, row.attempt),
+                )
+
+        return self._write(txn, "claim a job")  # type: ignore[return-value]
+
+    def reap_expired(self) -> int:
+        """Make jobs whose lease expired claimable again (or failed, past their interruption limit)."""
+
+        def txn() -> int:
+            with self.db.write() as conn:
+                return self._reap_expired(conn)
+
+        return self._write(txn, "reap expired leases")  # type: ignore[return-value]
+
+    def _reap_expired(self, conn: Connection) -> int:
+        rows = conn.execute(
+            sa.select(jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.lease_token, jobs.c.lease_owner,
+                      jobs.c.interruptions, jobs.c.max_interruptions, jobs.c.attempt)
+            .where(jobs.c.status == "running", jobs.c.lease_expires_at < db_now())
+            .limit(200)
+            .with_for_update(skip_locked=True)
+        ).all()
+        finished_stages: dict[str, set[str]] = {}
+        for r in rows:
+            exhausted = r.interruptions + 1 > r.max_interruptions
+            values: dict[str, Any] = {
+                "status": "failed" if exhausted else "pending",
+                "interruptions": jobs.c.interruptions + 1,
+                "lease_owner": None,
+                "lease_token": None,
+                "lease_expires_at": None,
+                "updated_at": db_now(),
+            }
+            if exhausted:
+                values["error"] = f"interrupted {r.interruptions + 1} times (limit {r.max_interruptions})"
+                values["finished_at"] = db_now()
+            done = conn.execute(
+                jobs.update().where(jobs.c.id == r.id, jobs.c.lease_token == r.lease_token).values(**values)
+            ).rowcount
+            if not done:
+                continue
+            self._event(conn, r.id, "lease_lost", worker=r.lease_owner, attempt=r.attempt,
+                        detail=f"lease of {r.lease_owner} expired; job is claimable again"
+                        if not exhausted else values["error"])
+            if exhausted:
+                finished_stages.setdefault(r.sweep, set()).add(r.stage)
+        for sweep_name, names in finished_stages.items():
+            self._settle(conn, sweep_name, names)
+        return len(rows)
+
+    def _fenced(self, conn: Connection, lease: Lease, **values: Any) -> sa.Row:
+        """Update the job only while `lease` still owns it; otherwise raise LeaseLost."""
+        row = conn.execute(
+            jobs.update()
+            .where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+            .values(updated_at=db_now(), **values)
+            .returning(jobs.c.sweep, jobs.c.stage, jobs.c.failures, jobs.c.max_failures, jobs.c.interruptions,
+                       jobs.c.max_interruptions)
+        ).first()
+        if row is None:
+            raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone (the job was taken over, "
+                            "cancelled or expired); dropping it")
+        return row
+
+    def renew(self, lease: Lease, ttl_s: float, progress: float | None = None, message: str | None = None) -> None:
+        """Heartbeat: push the lease expiry forward and publish progress. Raises LeaseLost."""
+
+        def txn() -> None:
+            with self.db.write() as conn:
+                values: dict[str, Any] = {"lease_expires_at": db_now() + ttl_s}
+                if progress is not None:
+                    values["progress"] = progress
+                if message is not None:
+                    values["progress_message"] = message
+                self._fenced(conn, lease, **values)
+                conn.execute(workers.update().where(workers.c.id == lease.worker_id)
+                             .values(last_heartbeat=_now(), current_job=lease.job_id))
+
+        self._write(txn, "renew a lease")
+
+    def verify_lease(self, lease: Lease) -> None:
+        """Raise LeaseLost unless `lease` still owns its job (a read, for a fenced side effect)."""
+
+        def txn() -> None:
+            with self.db.read() as conn:
+                found = conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token,
+                                               jobs.c.status == "running")
+                ).first()
+            if found is None:
+                raise LeaseLost(f"job {lease.job_id}: lease is gone")
+
+        self.db.retrying(txn, "verify a lease")
+
+    def set_tracking_run(self, lease: Lease, run_id: str) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                self._fenced(conn, lease, tracking_run_id=run_id)
+
+        self._write(txn, "record the tracking run")
+
+    def complete(self, lease: Lease, result: dict[str, Any]) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                row = self._fenced(conn, lease, status="done", result=result, finished_at=db_now(), progress=1.0,
+                                   lease_token=None, lease_owner=None, lease_expires_at=None, error=None)
+                self._event(conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt,
+                            detail=_summary(result))
+                self._clear_worker_job(conn, lease)
+                self._settle(conn, row.sweep, {row.stage})
+
+        self._write(txn, "complete a job")
+
+    def fail(self, lease: Lease, error: str, *, retry: bool = True) -> str:
+        """Count a failure. Returns the new status: 'pending' (retry after backoff) or 'failed'."""
+
+        def txn() -> str:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    sa.select(jobs.c.failures, jobs.c.max_failures).where(
+                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+                ).first()
+                if row is None:
+                    raise LeaseLost(f"job {lease.job_id}: lease is gone; not recording the failure")
+                failures = row.failures + 1
+                if retry and failures < row.max_failures:
+                    delay = self.retry_backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+                    self._fenced(conn, lease, status="pending", failures=failures, error=error,
+                                 not_before=db_now() + delay, lease_token=None, lease_owner=None,
+                                 lease_expires_at=None)
+                    self._event(conn, lease.job_id, "retried", worker=lease.worker_id, attempt=lease.attempt,
+                                detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: "
+                                f"{_last_line(error)}")
+                    status = "pending"
+                else:
+                    r = self._fenced(conn, lease, status="failed", failures=failures, error=error,
+                                     finished_at=db_now(), lease_token=None, lease_owner=None, lease_expires_at=None)
+                    why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
+                    self._event(conn, lease.job_id, "failed", worker=lease.worker_id, attempt=lease.attempt,
+                                detail=f"{why}: {_last_line(error)}")
+                    self._settle(conn, r.sweep, {r.stage})
+                    status = "failed"
+                self._clear_worker_job(conn, lease)
+                return status
+
+        return self._write(txn, "record a failure")  # type: ignore[return-value]
+
+    def release(self, lease: Lease, reason: str) -> str:
+        """Give the job back without counting a failure (SIGTERM, Ctrl-C). Counts an interruption."""
+
+        def txn() -> str:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    sa.select(jobs.c.interruptions, jobs.c.max_interruptions).where(
+                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+                ).first()
+                if row is None:
+                    raise LeaseLost(f"job {lease.job_id}: lease is gone; nothing to release")
+                exhausted = row.interruptions + 1 > row.max_interruptions
+                values: dict[str, Any] = {
+                    "status": "failed" if exhausted else "pending",
+                    "interruptions": row.interruptions + 1,
+                    "lease_token": None, "lease_owner": None, "lease_expires_at": None,
+                }
+                if exhausted:
+                    values.update(error=f"interrupted {row.interruptions + 1} times (limit "
+                                        f"{row.max_interruptions}); last: {reason}", finished_at=db_now())
+                r = self._fenced(conn, lease, **values)
+                self._event(conn, lease.job_id, "released", worker=lease.worker_id, attempt=lease.attempt,
+                            detail=reason)
+                self._clear_worker_job(conn, lease)
+                if exhausted:
+                    self._settle(conn, r.sweep, {r.stage})
+                return values["status"]
+
+        return self._write(txn, "release a job")  # type: ignore[return-value]
+
+    def _clear_worker_job(self, conn: Connection, lease: Lease) -> None:
+        conn.execute(workers.update().where(workers.c.id == lease.worker_id).values(current_job=None))
+
+    def _event(self, conn: Connection, job_id: str | None, type_: str, *, worker: str | None = None,
+               attempt: int | None = None, detail: str | None = None) -> None:
+        conn.execute(events.insert().values(job_id=job_id, ts=_now(), type=type_, worker=worker, attempt=attempt,
+                                            detail=detail))
+
+    def record_event(self, lease: Lease, type_: str, detail: str) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                self._event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
+
+        self._write(txn, "record an event")
+
+    # -----------------------------------------------------------------------------------------
+    # Dependencies: blocked jobs become pending (or fail) once everything upstream has finished.
+
+    def _stage_specs(self, conn: Connection, sweep: str) -> dict[str, StageSpec]:
+        rows = conn.execute(sa.select(stages.c.name, stages.c.config).where(stages.c.sweep == sweep)
+                            .order_by(stages.c.position)).all()
+        return {r.name: StageSpec.from_json(r.name, r.config) for r in rows}
+
+    def _settle(self, conn: Connection, sweep: str, changed: set[str]) -> None:
+        specs = self._stage_specs(conn, sweep)
+        for dep in specs.values():
+            if not (set(dep.needs) & changed) and dep.name not in changed:
+                continue
+            if not dep.needs:
+                continue
+            blocked = conn.execute(
+                sa.select(jobs.c.id, jobs.c.params).where(jobs.c.sweep == sweep, jobs.c.stage == dep.name,
+                                                          jobs.c.status == "blocked").order_by(jobs.c.position)
+            ).all()
+            if not blocked:
+                continue
+            up = conn.execute(
+                sa.select(jobs.c.id, jobs.c.stage, jobs.c.status, jobs.c.params, jobs.c.resolved_params,
+                          jobs.c.result, jobs.c.position)
+                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
+            ).all()
+            if any(r.status in ACTIVE for r in up):
+                continue
+            outcomes = self._outcomes(conn, up)
+            n_done = sum(1 for r in up if r.status == "done")
+            ok = n_done == len(up) if dep.require_all else n_done > 0
+            failed_any = False
+            for job in blocked:
+                if not ok:
+                    counts = _status_counts(up)
+                    rule = "all upstream jobs must succeed (require_all)" if dep.require_all else \
+                        "no upstream job succeeded"
+                    self._block_failed(conn, job.id, f"upstream {', '.join(dep.needs)} finished with {counts}: {rule}")
+                    failed_any = True
+                    continue
+                try:
+                    resolved, provenance = handoff.resolve_params(job.params, dep.inherit, outcomes)
+                except handoff.HandOffError as exc:
+                    self._block_failed(conn, job.id, f"hand-off could not be resolved: {exc}")
+                    failed_any = True
+                    continue
+                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == "blocked").values(
+                    status="pending", resolved_params=resolved, provenance=provenance, updated_at=db_now()))
+                self._event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
+            if failed_any:
+                self._settle(conn, sweep, {dep.name})
+
+    def _block_failed(self, conn: Connection, job_id: str, reason: str) -> None:
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+            status="failed", error=reason, finished_at=db_now(), updated_at=db_now()))
+        self._event(conn, job_id, "failed", detail=reason)
+
+    def _outcomes(self, conn: Connection, rows: Sequence[sa.Row]) -> list[handoff.Outcome]:
+        ids = [r.id for r in rows if r.status == "done"]
+        arts: dict[str, dict[str, dict[str, Any]]] = {}
+        if ids:
+            for a in conn.execute(sa.select(artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256,
+                                            artifacts.c.size, artifacts.c.location)
+                                  .where(artifacts.c.job_id.in_(ids))):
+                arts.setdefault(a.job_id, {})[a.name] = {
+                    "sha256": a.sha256, "size": a.size, "location": a.location,
+                    "store": "file" if a.location else "db",
+                }
+        return [
+            handoff.Outcome(
+                job_id=r.id, stage=r.stage, status=r.status,
+                params=r.resolved_params if r.resolved_params is not None else r.params,
+                result=r.result, artifacts=arts.get(r.id, {}), position=r.position,
+            )
+            for r in rows
+        ]
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
+
+    def record_checkpoint(self, lease: Lease, *, sha256: str, size: int, location: str | None,
+                          blob: bytes | None, keep: int = 2) -> tuple[int, list[str]]:
+        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
+
+        def txn() -> tuple[int, list[str]]:
+            with self.db.write() as conn:
+                self._fenced(conn, lease)
+                seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0))
+                                   .where(checkpoints.c.job_id == lease.job_id)).scalar_one() + 1
+                conn.execute(checkpoints.insert().values(job_id=lease.job_id, seq=seq, sha256=sha256, size=size,
+                                                         location=location, blob=blob, attempt=lease.attempt,
+                                                         created_at=_now()))
+                old = conn.execute(sa.select(checkpoints.c.id, checkpoints.c.location)
+                                   .where(checkpoints.c.job_id == lease.job_id)
+                                   .order_by(checkpoints.c.seq.desc()).offset(keep)).all()
+                if old:
+                    conn.execute(checkpoints.delete().where(checkpoints.c.id.in_([o.id for o in old])))
+                self._event(conn, lease.job_id, "checkpointed", worker=lease.worker_id, attempt=lease.attempt,
+                            detail=f"seq {seq}, {size} bytes")
+                return seq, [o.location for o in old if o.location]
+
+        return self._write(txn, "record a checkpoint")  # type: ignore[return-value]
+
+    def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(checkpoints.c.id, checkpoints.c.job_id, checkpoints.c.seq, checkpoints.c.sha256,
+                          checkpoints.c.size, checkpoints.c.location, checkpoints.c.created_at, checkpoints.c.attempt)
+                .where(checkpoints.c.job_id == job_id).order_by(checkpoints.c.seq.desc())
+            ).all()
+        return [StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt)
+                for r in rows]
+
+    def read_blob(self, table: str, row_id: int) -> bytes | None:
+        t = checkpoints if table == "checkpoints" else artifacts
+        with self.db.read() as conn:
+            return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
+
+    def record_artifact(self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None,
+                        blob: bytes | None) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                self._fenced(conn, lease)
+                conn.execute(artifacts.delete().where(artifacts.c.job_id == lease.job_id, artifacts.c.name == name))
+                conn.execute(artifacts.insert().values(job_id=lease.job_id, name=name, sha256=sha256, size=size,
+                                                       location=location, blob=blob, created_at=_now()))
+
+        self._write(txn, "record an artifact")
+
+    def list_artifacts(self, job_ids: Iterable[str]) -> list[StoredBlob]:
+        ids = list(job_ids)
+        if not ids:
+            return []
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(artifacts.c.id, artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256,
+                          artifacts.c.size, artifacts.c.location, artifacts.c.created_at)
+                .where(artifacts.c.job_id.in_(ids)).order_by(artifacts.c.job_id, artifacts.c.name)
+            ).all()
+        return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
+
+    # -----------------------------------------------------------------------------------------
+    # Workers
+
+    def register_worker(self, worker_id: str, host: str, pid: int, threads: int | None) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                now = _now()
+                conn.execute(workers.delete().where(workers.c.id == worker_id))
+                conn.execute(workers.insert().values(id=worker_id, host=host, pid=pid, threads=threads,
+                                                     status="running", started_at=now, last_heartbeat=now))
+
+        self._write(txn, "register the worker")
+
+    def worker_heartbeat(self, worker_id: str) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                conn.execute(workers.update().where(workers.c.id == worker_id).values(last_heartbeat=_now()))
+
+        self._write(txn, "heartbeat")
+
+    def stop_worker(self, worker_id: str) -> None:
+        def txn() -> None:
+            with self.db.write() as conn:
+                conn.execute(workers.update().where(workers.c.id == worker_id)
+                             .values(status="stopped", current_job=None, last_heartbeat=_now()))
+
+        self._write(txn, "unregister the worker")
+
+    # -----------------------------------------------------------------------------------------
+    # What is left
+
+    def summary(self, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None) -> WorkSummary:
+        def txn() -> WorkSummary:
+            with self.db.read() as conn:
+                cond = []
+                if stages_filter:
+                    cond.append(jobs.c.stage.in_(list(stages_filter)))
+                if sweep:
+                    cond.append(jobs.c.sweep == sweep)
+                now = conn.execute(sa.select(db_now())).scalar_one()
+                rows = conn.execute(
+                    sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
+                    .where(jobs.c.status.in_(ACTIVE), *cond).group_by(jobs.c.status)
+                ).all()
+                later = conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(jobs.c.not_before))
+                    .where(jobs.c.status == "pending", jobs.c.not_before > now, *cond)
+                ).first()
+            counts = {r[0]: r[1] for r in rows}
+            pending_later = later[0] if later else 0
+            next_in = max(0.0, later[1] - now) if later and later[1] is not None else None
+            return WorkSummary(
+                pending_now=counts.get("pending", 0) - pending_later,
+                pending_later=pending_later,
+                next_ready_in=next_in,
+                running=counts.get("running", 0),
+                blocked=counts.get("blocked", 0),
+            )
+
+        return self.db.retrying(txn, "read the queue")  # type: ignore[return-value]
+
+    # -----------------------------------------------------------------------------------------
+    # Admin: retry and cancel
+
+    def resolve_job_id(self, prefix: str) -> str:
+        """Accept a unique prefix of a job id, as git does for commits."""
+        prefix = prefix.strip()
+        if len(prefix) < 4:
+            raise UsageError(f"job id '{prefix}' is too short", hint="give at least 4 characters of the id")
+        with self.db.read() as conn:
+            ids = conn.execute(sa.select(jobs.c.id).where(jobs.c.id.like(f"{prefix}%")).limit(3)).scalars().all()
+        if not ids:
+            raise JobNotFound(f"no job with id '{prefix}'", hint="`sweeper status` lists job ids")
+        if len(ids) > 1:
+            raise UsageError(f"job id '{prefix}' is ambiguous ({', '.join(ids)}, ...)", hint="give more characters")
+        return ids[0]
+
+    def _select_ids(self, conn: Connection, ids: Sequence[str], statuses: Sequence[str],
+                    stage: str | None, sweep: str | None) -> list[str]:
+        cond = [jobs.c.status.in_(list(statuses))]
+        if ids:
+            cond.append(jobs.c.id.in_(list(ids)))
+        if stage:
+            cond.append(jobs.c.stage == stage)
+        if sweep:
+            cond.append(jobs.c.sweep == sweep)
+        return list(conn.execute(sa.select(jobs.c.id).where(*cond).order_by(jobs.c.position)).scalars())
+
+    def retry(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None,
+              include_cancelled: bool = True) -> list[str]:
+        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
+        statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
+
+        def txn() -> list[str]:
+            with self.db.write() as conn:
+                picked = self._select_ids(conn, ids, statuses, stage, sweep)
+                touched: dict[str, set[str]] = {}
+                for job_id in picked:
+                    row = conn.execute(sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params)
+                                       .where(jobs.c.id == job_id)).one()
+                    # A dependent job whose hand-off never resolved waits for its upstream again.
+                    status = "blocked" if row.resolved_params is None else "pending"
+                    conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                        status=status, failures=0, interruptions=0, not_before=None, finished_at=None,
+                        updated_at=db_now()))
+                    self._event(conn, job_id, "retried", detail="by user")
+                    touched.setdefault(row.sweep, set()).add(row.stage)
+                for sweep_name, names in touched.items():
+                    for name in names:
+                        self._settle_stage(conn, sweep_name, name)
+                return picked
+
+        return self._write(txn, "retry jobs")  # type: ignore[return-value]
+
+    def _settle_stage(self, conn: Connection, sweep: str, stage: str) -> None:
+        specs = self._stage_specs(conn, sweep)
+        spec = specs.get(stage)
+        if spec and spec.needs:
+            self._settle(conn, sweep, set(spec.needs))
+
+    def cancel(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None) -> list[str]:
+        """Cancel jobs that have not finished. A running job's worker loses its lease and drops it."""
+
+        def txn() -> list[str]:
+            with self.db.write() as conn:
+                picked = self._select_ids(conn, ids, ACTIVE, stage, sweep)
+                touched: dict[str, set[str]] = {}
+                for job_id in picked:
+                    row = conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                        status="cancelled", lease_token=None, lease_owner=None, lease_expires_at=None,
+                        finished_at=db_now(), updated_at=db_now()).returning(jobs.c.sweep, jobs.c.stage)).one()
+                    self._event(conn, job_id, "cancelled", detail="by user")
+                    touched.setdefault(row.sweep, set()).add(row.stage)
+                for sweep_name, names in touched.items():
+                    self._settle(conn, sweep_name, names)
+                return picked
+
+        return self._write(txn, "cancel jobs")  # type: ignore[return-value]
+
+
+def _status_counts(rows: Sequence[sa.Row]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _summary(result: dict[str, Any]) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in list(result.items())[:6] if isinstance(v, (int, float, str, bool))]
+    return " ".join(parts)
+
+
+__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "StoredBlob", "WorkSummary"]

@@ -1,0 +1,224 @@
+"""Experiment tracking: one run per job, continued across attempts, with no duplicate points.
+
+Metrics are buffered in memory and written in batches when the job checkpoints (and when it ends),
+never on the per-batch path. A resumed attempt first reads the highest step already logged for
+each metric and drops points at or below it: the job replays the steps between its last
+checkpoint and the interruption, and those points (bit-identical, since training is
+deterministic) were possibly logged already.
+
+The MLflow implementation imports mlflow lazily, so `sweeper status` never pays for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the tracker needs to know about the job it records."""
+
+    sweep: str
+    stage: str
+    job_id: str
+    kind: str
+    label: str
+    attempt: int
+    params: Mapping[str, Any]
+
+
+class Tracker(Protocol):
+    def start(self, run: RunInfo, run_id: str | None) -> str | None:
+        """Open (or reopen) the job's run and return its id."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer metric points; nothing is written until flush()."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def end(self, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED (interrupted; the next attempt reopens the run)."""
+
+
+class NullTracker:
+    """Tracking switched off: everything is accepted and dropped."""
+
+    def start(self, run: RunInfo, run_id: str | None) -> str | None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        pass
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'conv1': {'channels': 8}} -> {'conv1.channels': '8'}; long values are cut to MLflow's limit."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and "job" in value and "stage" in value:
+            out[name] = f"{value['stage']}:{value['job']}"  # a resolved hand-off: name its source
+        elif isinstance(value, Mapping):
+            out.update(flatten_params(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "job" in v for v in value):
+            out[name] = ",".join(f"{v['stage']}:{v['job']}" for v in value)
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def run_name(run: RunInfo) -> str:
+    return f"{run.stage} {run.label}".strip()[:250]
+
+
+def _retry_locked(fn: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
+    """MLflow's SQLite store raises 'database is locked' under concurrent workers: wait it out."""
+    delay, deadline = 0.05, time.monotonic() + limit_s
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise RuntimeError(f"MLflow: could not {what}: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class MLflowTracker:
+    """One MLflow experiment per sweep, one run per job; tags: sweep, stage, job_id, attempt."""
+
+    BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
+                 init_lock: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.init_lock = init_lock
+        self._client: Any = None
+        self._run_id: str | None = None
+        self._floor: dict[str, int] = {}
+        self._buffer: list[tuple[str, float, int, int]] = []
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            if self.init_lock is not None:
+                # The first use of a SQLite store creates its tables; two workers doing that at
+                # once collide. Serialize the first touch across processes.
+                from filelock import FileLock
+
+                self.init_lock.parent.mkdir(parents=True, exist_ok=True)
+                with FileLock(str(self.init_lock)):
+                    _retry_locked(lambda: client.search_experiments(max_results=1), "open the tracking store")
+            self._client = client
+        return self._client
+
+    def _experiment_id(self, name: str) -> str:
+        exp = _retry_locked(lambda: self.client.get_experiment_by_name(name), "look up the experiment")
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+        try:
+            return _retry_locked(lambda: self.client.create_experiment(name, artifact_location=location),
+                                 "create the experiment")
+        except Exception:
+            exp = self.client.get_experiment_by_name(name)  # another worker created it first
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start(self, run: RunInfo, run_id: str | None) -> str | None:
+        tags = {"sweep": run.sweep, "stage": run.stage, "job_id": run.job_id, "kind": run.kind,
+                "attempt": str(run.attempt)}
+        if run_id is not None:
+            try:
+                existing = _retry_locked(lambda: self.client.get_run(run_id), "reopen the run")
+            except Exception:
+                existing = None
+            if existing is not None:
+                self._run_id = run_id
+                self._floor = self._max_steps(run_id, existing.data.metrics.keys())
+                _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
+                _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+                return run_id
+        exp_id = self._experiment_id(run.sweep)
+        created = _retry_locked(lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags),
+                                "create the run")
+        self._run_id = created.info.run_id
+        self._floor = {}
+        params = flatten_params(run.params)
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            _retry_locked(lambda chunk=items[i:i + 100]: self.client.log_batch(self._run_id, params=chunk),
+                          "log params")
+        return self._run_id
+
+    def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
+        floor = {}
+        for key in keys:
+            history = _retry_locked(lambda k=key: self.client.get_metric_history(run_id, k), "read metric history")
+            if history:
+                floor[key] = max(m.step for m in history)
+        return floor
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step <= self._floor.get(key, -1):
+                continue  # logged by an earlier attempt
+            self._buffer.append((key, float(value), ts, int(step)))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self._run_id is None:
+            return
+        _retry_locked(lambda: self.client.log_artifact(self._run_id, str(path), artifact_path), "log an artifact")
+
+    def flush(self) -> None:
+        if self._run_id is None or not self._buffer:
+            return
+        from mlflow.entities import Metric
+
+        points, self._buffer = self._buffer, []
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in points]
+        for i in range(0, len(metrics), self.BATCH):
+            chunk = metrics[i:i + self.BATCH]
+            _retry_locked(lambda c=chunk: self.client.log_batch(self._run_id, metrics=c), "log metrics")
+        for key, _, _, step in points:
+            self._floor[key] = max(self._floor.get(key, -1), step)
+
+    def end(self, status: str) -> None:
+        if self._run_id is None:
+            return
+        self.flush()
+        _retry_locked(lambda: self.client.set_terminated(self._run_id, status=status), "close the run")
+
+
+def make_tracker(tracking_uri: str | None, state_dir: Path) -> Tracker:
+    if not tracking_uri:
+        return NullTracker()
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    return MLflowTracker(
+        tracking_uri,
+        artifact_root=state_dir / "mlartifacts" if local else None,
+        init_lock=state_dir / ".mlflow-init.lock" if local else None,
+    )

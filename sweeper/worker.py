@@ -1,0 +1,402 @@
+"""The work loop: claim a job, run it under a heartbeat, record how it ended, repeat.
+
+One worker process runs one job at a time. `--workers N` starts N such processes and supervises
+them. Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
+(it checkpoints and the job is released without counting a failure); a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import registry
+from .checkpoints import ArtifactStore, CheckpointStore
+from .config import Settings, mask_password
+from .context import Interrupted, JobContext, JobFailed
+from .db import OutagePolicy, open_database
+from .errors import DatabaseUnavailable, LeaseLost, SweeperError
+from .queue import ClaimedJob, Queue
+from .tracking import RunInfo, make_tracker
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    settings: Settings
+    workers: int = 1
+    threads_per_worker: int | None = None
+    stages: tuple[str, ...] = ()
+    sweep: str | None = None
+    max_jobs: int | None = None
+    wait: bool = False
+    lease_ttl_s: float = 60.0
+    poll_s: float = 2.0
+    retry_backoff_s: float = 5.0
+    store: str = "auto"  # files | db | auto (db on PostgreSQL, files on SQLite)
+    db_outage_s: float = 120.0
+    data_dir: str | None = None
+    show_progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
+
+    @property
+    def threads(self) -> int:
+        if self.threads_per_worker:
+            return max(1, self.threads_per_worker)
+        return max(1, available_cpus() // max(1, self.workers))
+
+    @property
+    def store_mode(self) -> str:
+        if self.store != "auto":
+            return self.store
+        return "files" if self.settings.is_sqlite else "db"
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int) -> None:
+    """Pin the math libraries to `threads`: one thread per process beats two in one on small nets."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set (parallel work has run in this process)
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease of the running job and publishes its progress."""
+
+    def __init__(self, queue: Queue, ctx: JobContext, ttl_s: float, log: Callable[[str], None]) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.queue = queue
+        self.ctx = ctx
+        self.ttl_s = ttl_s
+        self.interval = max(0.05, min(ttl_s / 3.0, 5.0))
+        self.log = log
+        self.db_down: DatabaseUnavailable | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            progress = self.ctx.take_progress()
+            try:
+                self.queue.renew(self.ctx.job.lease, self.ttl_s,
+                                 progress.fraction if progress else None,
+                                 progress.message if progress else None)
+            except LeaseLost:
+                self.log(f"job {self.ctx.job_id}: lease lost (taken over or cancelled); stopping it")
+                self.ctx.mark_lease_lost()
+                return
+            except DatabaseUnavailable as exc:
+                self.db_down = exc
+                self.ctx.mark_lease_lost()
+                return
+            except Exception as exc:  # keep beating; the next renewal may work
+                self.log(f"heartbeat for job {self.ctx.job_id} failed: {exc}")
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=30)
+
+
+class Worker:
+    """One worker process: claims and runs jobs until there is nothing left (or it is told to stop)."""
+
+    def __init__(self, opts: WorkerOptions, index: int | None = None,
+                 console_log: Callable[[str], None] | None = None) -> None:
+        self.opts = opts
+        self.index = index
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self._stop = threading.Event()
+        self._ctx: JobContext | None = None
+        self._parent = os.getppid()
+        self._print = console_log or _stderr_line
+        self.jobs_run = 0
+        self.view: Any = None
+
+    # -- logging -----------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        who = f"worker {self.id.split(':')[1]}"
+        self._print(f"{time.strftime('%H:%M:%S')} {who} {mask_password(message)}")
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop.is_set():
+            self.log("second signal: exiting now without releasing (the lease will expire)")
+            os._exit(130)
+        self._stop.set()
+        if self._ctx is not None:
+            self._ctx.request_stop()
+            self.log(f"{signal.Signals(signum).name}: job {self._ctx.job_id} will checkpoint and be released; "
+                     "send it again to exit at once")
+        else:
+            self.log(f"{signal.Signals(signum).name}: stopping")
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        configure_threads(self.opts.threads)
+        self._install_signals()
+        settings = self.opts.settings
+        try:
+            db = open_database(settings.db_url, create=True,
+                               outage=OutagePolicy(limit_s=self.opts.db_outage_s, log=self.log))
+        except SweeperError as exc:
+            self.log(str(exc))
+            return exc.exit_code
+        queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s,
+                      reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
+        self.queue = queue
+        self.checkpoints = CheckpointStore(queue, settings.state_dir, self.opts.store_mode, warn=self.log)
+        self.artifacts = ArtifactStore(queue, settings.state_dir, self.opts.store_mode)
+        try:
+            queue.register_worker(self.id, socket.gethostname(), os.getpid(), self.opts.threads)
+            self.log(f"started on {db.display_url} ({self.opts.threads} thread(s), "
+                     f"lease {self.opts.lease_ttl_s:g}s, store {self.opts.store_mode})")
+            self._loop(queue)
+            return 0
+        except DatabaseUnavailable as exc:
+            self.log(f"giving up: {exc}")
+            return exc.exit_code
+        finally:
+            try:
+                queue.db.outage.limit_s = min(queue.db.outage.limit_s, 5.0)
+                queue.stop_worker(self.id)
+            except Exception:
+                pass
+            db.dispose()
+
+    def _loop(self, queue: Queue) -> None:
+        opts = self.opts
+        while not self._stop.is_set():
+            if opts.max_jobs is not None and self.jobs_run >= opts.max_jobs:
+                self.log(f"ran {self.jobs_run} job(s) (--max-jobs); exiting")
+                return
+            if self.index is not None and os.getppid() != self._parent:
+                self.log("supervisor is gone; exiting")
+                return
+            job = queue.claim(self.id, opts.lease_ttl_s, stages_filter=opts.stages or None, sweep=opts.sweep)
+            if job is not None:
+                self.jobs_run += 1
+                self._run_job(queue, job)
+                continue
+            left = queue.summary(stages_filter=opts.stages or None, sweep=opts.sweep)
+            if left.pending_now:
+                continue
+            if left.pending_later:
+                self._idle(queue, min(opts.poll_s, (left.next_ready_in or 0) + 0.01))
+                continue
+            if opts.wait and (left.running or left.blocked):
+                self._idle(queue, opts.poll_s)
+                continue
+            what = f"{left.running} running elsewhere, {left.blocked} blocked" if (left.running or left.blocked) \
+                else "queue is empty"
+            self.log(f"no runnable job left ({what}); exiting"
+                     + ("; use --wait to keep polling" if left.running or left.blocked else ""))
+            return
+        self.log("stopped")
+
+    def _idle(self, queue: Queue, seconds: float) -> None:
+        queue.worker_heartbeat(self.id)
+        self._stop.wait(max(0.01, seconds))
+
+    # -- one job -----------------------------------------------------------------------------
+
+    def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
+        opts = self.opts
+        settings = opts.settings
+        tracker = make_tracker(settings.tracking_uri, settings.state_dir)
+        ctx = JobContext(
+            job=job, queue=queue, checkpoints=self.checkpoints, artifacts=self.artifacts, tracker=tracker,
+            threads=opts.threads, state_dir=settings.state_dir,
+            options={"data_dir": opts.data_dir, **opts.extra}, log=self.log,
+            scan_checkpoints=bool(opts.extra.get("scan_checkpoints")),
+        )
+        if self._stop.is_set():
+            ctx.request_stop()
+        self._ctx = ctx
+        started = time.monotonic()
+        resumed = f", resuming after {job.interruptions} interruption(s)" if job.interruptions else ""
+        self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
+        if self.view is not None:
+            ctx.on_progress = self.view.updater(job)
+        heartbeat = Heartbeat(queue, ctx, opts.lease_ttl_s, self.log)
+        heartbeat.start()
+        run_status = "FAILED"
+        try:
+            run_id = tracker.start(
+                RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                job.tracking_run_id,
+            )
+            if run_id and run_id != job.tracking_run_id:
+                queue.set_tracking_run(job.lease, run_id)
+            fn = registry.load_run(job.kind)
+            result = fn(ctx, job.params)
+            if heartbeat.db_down is not None:
+                raise heartbeat.db_down
+            if isinstance(result, Interrupted):
+                tracker.flush()
+                run_status = "KILLED"
+                if ctx._lease_lost.is_set():
+                    raise LeaseLost(f"job {job.id}: lease lost")
+                status = queue.release(job.lease, result.reason)
+                self.log(f"released {job.id} ({result.reason}); it is {status} again")
+            else:
+                tracker.flush()
+                queue.complete(job.lease, plain_result(result))
+                run_status = "FINISHED"
+                self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
+        except LeaseLost as exc:
+            run_status = "KILLED"
+            self.log(f"{exc}")
+        except DatabaseUnavailable:
+            run_status = "KILLED"
+            raise
+        except JobFailed as exc:
+            self._record_failure(queue, job, exc.message, retry=exc.retry)
+        except registry.KindError as exc:
+            self._record_failure(queue, job, str(exc), retry=False)
+        except Exception:
+            if heartbeat.db_down is not None:
+                raise heartbeat.db_down from None
+            self._record_failure(queue, job, traceback.format_exc(), retry=True)
+        finally:
+            heartbeat.stop()
+            self._ctx = None
+            if self.view is not None:
+                self.view.remove(job)
+            try:
+                tracker.end(run_status)
+            except Exception as exc:
+                self.log(f"tracking: could not close the run of {job.id}: {exc}")
+
+    def _record_failure(self, queue: Queue, job: ClaimedJob, error: str, *, retry: bool) -> None:
+        try:
+            status = queue.fail(job.lease, error, retry=retry)
+        except LeaseLost as exc:
+            self.log(f"{exc}")
+            return
+        first = [ln for ln in error.strip().splitlines() if ln.strip()]
+        self.log(f"job {job.id} raised: {first[-1] if first else 'error'} -> {status}")
+
+
+def plain_result(result: Any) -> dict[str, Any]:
+    """Job results go into a JSON column: turn numpy/torch scalars into floats, NaN into None."""
+    if result is None:
+        return {}
+    if not isinstance(result, dict):
+        raise JobFailed(f"a job must return a dict of metrics (or ctx.interrupted()), not {type(result).__name__}")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if hasattr(value, "item"):
+            return clean(value.item())
+        return str(value)
+
+    cleaned = clean(result)
+    json.dumps(cleaned)
+    return cleaned
+
+
+def _short(result: Any) -> str:
+    if not isinstance(result, dict):
+        return ""
+    parts = []
+    for key, value in list(result.items())[:5]:
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, (int, str, bool)):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several worker processes
+
+
+def _child_main(opts: WorkerOptions, index: int) -> None:
+    os.setpgrp()  # the terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
+    sys.exit(Worker(opts, index=index).run())
+
+
+def run_workers(opts: WorkerOptions, view: Any = None) -> int:
+    """Run `opts.workers` worker processes (in this process when it is one). Returns an exit code."""
+    if opts.workers <= 1:
+        worker = Worker(opts)
+        worker.view = view
+        return worker.run()
+    return _supervise(opts)
+
+
+def _supervise(opts: WorkerOptions) -> int:
+    mp = multiprocessing.get_context("spawn")
+    child_opts = replace(opts, workers=opts.workers, threads_per_worker=opts.threads)
+    procs = [mp.Process(target=_child_main, args=(child_opts, i), name=f"sweeper-worker-{i}")
+             for i in range(opts.workers)]
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            _stderr_line("second signal: killing the workers now")
+            for p in procs:
+                if p.pid and p.is_alive():
+                    os.kill(p.pid, signal.SIGKILL)
+            os._exit(130)
+        stopping.set()
+        _stderr_line(f"{signal.Signals(signum).name}: asking {len(procs)} workers to checkpoint and stop; "
+                     "send it again to exit at once")
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for p in procs:
+        p.start()
+    for p in procs:
+        while p.is_alive():
+            p.join(timeout=0.5)
+    codes = [p.exitcode or 0 for p in procs]
+    return max((c for c in codes if c > 0), default=0)
+
