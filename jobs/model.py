@@ -64,12 +64,19 @@ class Arch:
             value = params.get(name) or {}
             return Conv(int(value.get("channels", 16)), int(value.get("kernel", 3)))
 
-        return cls(conv1=conv("conv1"), conv2=conv("conv2"), dense=int(params.get("dense", 100)),
-                   padding=int(params.get("padding", 0)), pool=bool(params.get("pool", False)))
+        return cls(
+            conv1=conv("conv1"),
+            conv2=conv("conv2"),
+            dense=int(params.get("dense", 100)),
+            padding=int(params.get("padding", 0)),
+            pool=bool(params.get("pool", False)),
+        )
 
     def describe(self) -> str:
-        return (f"conv {self.conv1.kernel}x{self.conv1.kernel}x{self.conv1.channels}, "
-                f"conv {self.conv2.kernel}x{self.conv2.kernel}x{self.conv2.channels}, dense {self.dense}")
+        return (
+            f"conv {self.conv1.kernel}x{self.conv1.kernel}x{self.conv1.channels}, "
+            f"conv {self.conv2.kernel}x{self.conv2.kernel}x{self.conv2.channels}, dense {self.dense}"
+        )
 
     def validate(self) -> None:
         """Fail the job at once (no retries) for an architecture that cannot work."""
@@ -82,12 +89,15 @@ class Arch:
             raise JobFailed(f"dense must be >= 1, got {self.dense}")
         size1 = self.image_size + 2 * self.padding - self.conv1.kernel + 1
         if size1 < 1:
-            raise JobFailed(f"conv1.kernel {self.conv1.kernel} is too large for a {self.image_size}x{self.image_size} "
-                            f"input (padding {self.padding})")
+            raise JobFailed(
+                f"conv1.kernel {self.conv1.kernel} is too large for a {self.image_size}x{self.image_size} "
+                f"input (padding {self.padding})"
+            )
         size2 = self.conv1_out + 2 * self.padding - self.conv2.kernel + 1
         if size2 < 1:
-            raise JobFailed(f"conv2.kernel {self.conv2.kernel} is too large for conv1's {self.conv1_out}x"
-                            f"{self.conv1_out} output")
+            raise JobFailed(
+                f"conv2.kernel {self.conv2.kernel} is too large for conv1's {self.conv1_out}x{self.conv1_out} output"
+            )
 
 
 class CNN(nn.Module):

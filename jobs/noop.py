@@ -51,5 +51,4 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             os.fsync(fd)
         finally:
             os.close(fd)
-    return {"steps": state["step"], "resumed_from": state["resumed_from"], "attempt": ctx.attempt,
-            "value": p.value}
+    return {"steps": state["step"], "resumed_from": state["resumed_from"], "attempt": ctx.attempt, "value": p.value}

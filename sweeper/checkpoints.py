@@ -64,8 +64,10 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}",
-                                  hint="check free space and permissions of the state directory") from None
+            raise CheckpointError(
+                f"cannot write {path}: {exc.strerror or exc}",
+                hint="check free space and permissions of the state directory",
+            ) from None
         raise
     fsync_dir(path.parent)
 
@@ -128,8 +130,9 @@ class RestoredCheckpoint:
 class CheckpointStore:
     """Checkpoints of jobs, in files under `root` (mode 'files') or in the database ('db')."""
 
-    def __init__(self, queue: Queue, root: Path, mode: str = "files", *, keep: int = 2,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, queue: Queue, root: Path, mode: str = "files", *, keep: int = 2, warn: Callable[[str], None] | None = None
+    ) -> None:
         if mode not in ("files", "db"):
             raise ValueError(f"unknown checkpoint store {mode!r}")
         self.queue = queue
@@ -155,8 +158,9 @@ class CheckpointStore:
         else:
             blob = data
         try:
-            seq, pruned = self.queue.record_checkpoint(lease, sha256=digest, size=len(data), location=location,
-                                                       blob=blob, keep=self.keep)
+            seq, pruned = self.queue.record_checkpoint(
+                lease, sha256=digest, size=len(data), location=location, blob=blob, keep=self.keep
+            )
         except LeaseLost:
             if path is not None:
                 path.unlink(missing_ok=True)  # a zombie leaves nothing behind
@@ -182,8 +186,15 @@ class CheckpointStore:
                 path = self.root / rec.location
                 candidates.append((_time_of(path), rec.sha256, "database", _reader(path), int(rec.name)))
             else:
-                candidates.append((int(rec.created_at * 1e9), rec.sha256, "database",
-                                   lambda rid=rec.id: self.queue.read_blob("checkpoints", rid), int(rec.name)))
+                candidates.append(
+                    (
+                        int(rec.created_at * 1e9),
+                        rec.sha256,
+                        "database",
+                        lambda rid=rec.id: self.queue.read_blob("checkpoints", rid),
+                        int(rec.name),
+                    )
+                )
         if scan:
             known = {c[1] for c in candidates}
             for path, digest in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
@@ -196,8 +207,9 @@ class CheckpointStore:
                 self.warn(f"checkpoint {digest[:12]} of job {job_id} is missing; trying the previous one")
                 continue
             if sha256_bytes(data) != digest:
-                self.warn(f"checkpoint {digest[:12]} of job {job_id} fails its sha256 (torn write?); "
-                          "trying the previous one")
+                self.warn(
+                    f"checkpoint {digest[:12]} of job {job_id} fails its sha256 (torn write?); trying the previous one"
+                )
                 continue
             return RestoredCheckpoint(decode(data, f"checkpoint {digest[:12]} of job {job_id}"), digest, seq, source)
         return None
@@ -285,7 +297,8 @@ class ArtifactStore:
                     raise CheckpointError(f"artifact '{name}' of job {job_id} has no stored bytes")
                 atomic_write(path, data)
         if sha256_file(path) != rec.sha256:
-            raise CheckpointError(f"artifact '{name}' of job {job_id} at {path} fails its sha256 check",
-                                  hint="the file was modified or truncated; re-run the upstream job")
+            raise CheckpointError(
+                f"artifact '{name}' of job {job_id} at {path} fails its sha256 check",
+                hint="the file was modified or truncated; re-run the upstream job",
+            )
         return path
-

@@ -32,13 +32,21 @@ err = Console(stderr=True, highlight=False)
 
 StateOpt = Annotated[
     Path | None,
-    typer.Option("--state", envvar="SWEEPER_STATE", show_default=False,
-                 help="State directory: queue.db, mlflow.db, checkpoints, artifacts. [default: ./state]"),
+    typer.Option(
+        "--state",
+        envvar="SWEEPER_STATE",
+        show_default=False,
+        help="State directory: queue.db, mlflow.db, checkpoints, artifacts. [default: ./state]",
+    ),
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", envvar="SWEEPER_DB", show_default=False,
-                 help="Queue database URL. [default: sqlite:///<state>/queue.db; postgresql://... for several machines]"),
+    typer.Option(
+        "--db",
+        envvar="SWEEPER_DB",
+        show_default=False,
+        help="Queue database URL. [default: sqlite:///<state>/queue.db; postgresql://... for several machines]",
+    ),
 ]
 SweepOpt = Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")]
 
@@ -98,8 +106,10 @@ def _dry_run_diff(settings: Settings, spec: Any) -> Any:
 
 def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
     verb = "would add" if diff.dry_run else "added"
-    out.print(f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
-              f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]")
+    out.print(
+        f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
+        f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]"
+    )
     rows = [("new", j.id, j.stage, j.label) for j in diff.new]
     if listing:
         rows += [("unchanged", j.id, j.stage, j.label) for j in diff.unchanged]
@@ -120,28 +130,62 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
 @app.command()
 def work(
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to run here.")] = 1,
-    threads_per_worker: Annotated[int | None, typer.Option(
-        "--threads-per-worker", min=1, show_default=False,
-        help="Torch threads per worker process. [default: cores // workers]")] = None,
-    stage: Annotated[list[str] | None, typer.Option("--stage", help="Only claim jobs of this stage (repeatable).")] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            "--threads-per-worker",
+            min=1,
+            show_default=False,
+            help="Torch threads per worker process. [default: cores // workers]",
+        ),
+    ] = None,
+    stage: Annotated[
+        list[str] | None, typer.Option("--stage", help="Only claim jobs of this stage (repeatable).")
+    ] = None,
     sweep: SweepOpt = None,
-    max_jobs: Annotated[int | None, typer.Option("--max-jobs", min=1, help="Exit after this many jobs per worker.")] = None,
-    wait: Annotated[bool, typer.Option(
-        "--wait", help="Keep polling while blocked or running jobs may still produce work.")] = False,
-    lease_ttl: Annotated[float, typer.Option(
-        "--lease-ttl", min=0.5, help="Seconds a job stays owned without a heartbeat; then another worker takes it over.")] = 60.0,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Exit after this many jobs per worker.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Keep polling while blocked or running jobs may still produce work.")
+    ] = False,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            min=0.5,
+            help="Seconds a job stays owned without a heartbeat; then another worker takes it over.",
+        ),
+    ] = 60.0,
     poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between polls when waiting.")] = 2.0,
-    retry_backoff: Annotated[float, typer.Option(
-        "--retry-backoff", min=0.0, help="Base seconds before retrying a failed job (doubles per failure, jittered).")] = 5.0,
-    store: Annotated[str, typer.Option(
-        "--store", help="Where checkpoints and artifacts go: files, db, or auto (db on PostgreSQL).")] = "auto",
+    retry_backoff: Annotated[
+        float,
+        typer.Option(
+            "--retry-backoff",
+            min=0.0,
+            help="Base seconds before retrying a failed job (doubles per failure, jittered).",
+        ),
+    ] = 5.0,
+    store: Annotated[
+        str, typer.Option("--store", help="Where checkpoints and artifacts go: files, db, or auto (db on PostgreSQL).")
+    ] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for datasets first.")] = None,
-    mlflow_uri: Annotated[str | None, typer.Option(
-        "--mlflow-uri", envvar="MLFLOW_TRACKING_URI", show_default=False,
-        help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]")] = None,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            show_default=False,
+            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]",
+        ),
+    ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
-    db_outage_limit: Annotated[float, typer.Option(
-        "--db-outage-limit", min=1.0, help="Seconds to keep retrying an unreachable database before exiting.")] = 120.0,
+    db_outage_limit: Annotated[
+        float,
+        typer.Option(
+            "--db-outage-limit", min=1.0, help="Seconds to keep retrying an unreachable database before exiting."
+        ),
+    ] = 120.0,
     state: StateOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -156,9 +200,18 @@ def work(
 
     settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
     opts = WorkerOptions(
-        settings=settings, workers=workers, threads_per_worker=threads_per_worker, stages=tuple(stage or ()),
-        sweep=sweep, max_jobs=max_jobs, wait=wait, lease_ttl_s=lease_ttl, poll_s=poll,
-        retry_backoff_s=retry_backoff, store=store, db_outage_s=db_outage_limit,
+        settings=settings,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        stages=tuple(stage or ()),
+        sweep=sweep,
+        max_jobs=max_jobs,
+        wait=wait,
+        lease_ttl_s=lease_ttl,
+        poll_s=poll,
+        retry_backoff_s=retry_backoff,
+        store=store,
+        db_outage_s=db_outage_limit,
         data_dir=str(data_dir) if data_dir else None,
     )
     code = run_workers(opts)
@@ -168,7 +221,9 @@ def work(
 @app.command()
 def status(
     sweep: SweepOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON (schema sweeper.status/1).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the status as JSON (schema sweeper.status/1).")
+    ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -194,7 +249,9 @@ def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep
 
 @app.command()
 def retry(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)] = None,
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
+    ] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
     sweep: SweepOpt = None,
@@ -218,7 +275,9 @@ def retry(
 
 @app.command()
 def cancel(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)] = None,
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
+    ] = None,
     stage: Annotated[str | None, typer.Option("--stage", help="Every unfinished job of this stage.")] = None,
     sweep: SweepOpt = None,
     state: StateOpt = None,

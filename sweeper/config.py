@@ -62,11 +62,7 @@ def resolve_settings(
     db_url = db or os.environ.get("SWEEPER_DB") or default_db_url(state_dir)
     uri: str | None = None
     if tracking:
-        uri = (
-            tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or default_tracking_uri(state_dir)
-        )
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir)
     return Settings(state_dir=state_dir, db_url=normalize_db_url(db_url), tracking_uri=uri)
 
 

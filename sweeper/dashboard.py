@@ -91,22 +91,27 @@ def error_summary(text: str | None) -> str:
     return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
 
 
-def collect(db: Database, sweep: str | None = None, *, failures: int = 10,
-            stale_worker_s: float = 3600.0) -> StatusSnapshot:
+def collect(
+    db: Database, sweep: str | None = None, *, failures: int = 10, stale_worker_s: float = 3600.0
+) -> StatusSnapshot:
     with db.read() as conn:
         now = conn.execute(sa.select(db_now())).scalar_one()
         snap = StatusSnapshot(database=db.display_url, time=now, sweep=sweep)
         cond = [jobs.c.sweep == sweep] if sweep else []
 
         counts: dict[tuple[str, str], dict[str, int]] = {}
-        for r in conn.execute(sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.status, sa.func.count())
-                              .where(*cond).group_by(jobs.c.sweep, jobs.c.stage, jobs.c.status)):
+        for r in conn.execute(
+            sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.status, sa.func.count())
+            .where(*cond)
+            .group_by(jobs.c.sweep, jobs.c.stage, jobs.c.status)
+        ):
             counts.setdefault((r[0], r[1]), {s: 0 for s in STATUSES})[r[2]] = r[3]
         stage_cond = [stages.c.sweep == sweep] if sweep else []
         stage_rows = conn.execute(
             sa.select(stages.c.sweep, stages.c.name, stages.c.kind, stages.c.config)
             .select_from(stages.join(sweeps, stages.c.sweep == sweeps.c.name))
-            .where(*stage_cond).order_by(sweeps.c.created_at, stages.c.position)
+            .where(*stage_cond)
+            .order_by(sweeps.c.created_at, stages.c.position)
         ).all()
         for r in stage_rows:
             spec = StageSpec.from_json(r.name, r.config)
@@ -123,28 +128,54 @@ def collect(db: Database, sweep: str | None = None, *, failures: int = 10,
                 row.waiting_on = "waiting on " + ", ".join(parts) if parts else None
 
         for r in conn.execute(
-            sa.select(jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.lease_owner, jobs.c.attempt,
-                      jobs.c.progress, jobs.c.progress_message, jobs.c.updated_at)
-            .where(jobs.c.status == "running", *cond).order_by(jobs.c.started_at)
+            sa.select(
+                jobs.c.id,
+                jobs.c.sweep,
+                jobs.c.stage,
+                jobs.c.label,
+                jobs.c.lease_owner,
+                jobs.c.attempt,
+                jobs.c.progress,
+                jobs.c.progress_message,
+                jobs.c.updated_at,
+            )
+            .where(jobs.c.status == "running", *cond)
+            .order_by(jobs.c.started_at)
         ):
-            snap.running.append(RunningRow(r.id, r.sweep, r.stage, r.label, r.lease_owner, r.attempt, r.progress,
-                                           r.progress_message, max(0.0, now - r.updated_at)))
+            snap.running.append(
+                RunningRow(
+                    r.id,
+                    r.sweep,
+                    r.stage,
+                    r.label,
+                    r.lease_owner,
+                    r.attempt,
+                    r.progress,
+                    r.progress_message,
+                    max(0.0, now - r.updated_at),
+                )
+            )
 
         for r in conn.execute(
-            sa.select(jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.error, jobs.c.failures,
-                      jobs.c.finished_at)
-            .where(jobs.c.status == "failed", *cond).order_by(jobs.c.finished_at.desc()).limit(failures)
+            sa.select(
+                jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.error, jobs.c.failures, jobs.c.finished_at
+            )
+            .where(jobs.c.status == "failed", *cond)
+            .order_by(jobs.c.finished_at.desc())
+            .limit(failures)
         ):
-            snap.failed.append(FailedRow(r.id, r.sweep, r.stage, r.label, error_summary(r.error), r.failures,
-                                         r.finished_at))
+            snap.failed.append(
+                FailedRow(r.id, r.sweep, r.stage, r.label, error_summary(r.error), r.failures, r.finished_at)
+            )
 
         for r in conn.execute(
-            sa.select(workers).where(sa.or_(workers.c.status == "running",
-                                            workers.c.last_heartbeat > time.time() - stale_worker_s))
+            sa.select(workers)
+            .where(sa.or_(workers.c.status == "running", workers.c.last_heartbeat > time.time() - stale_worker_s))
             .order_by(workers.c.started_at)
         ):
-            snap.workers.append(WorkerRow(r.id, r.host, r.pid, r.status, max(0.0, time.time() - r.last_heartbeat),
-                                          r.current_job))
+            snap.workers.append(
+                WorkerRow(r.id, r.host, r.pid, r.status, max(0.0, time.time() - r.last_heartbeat), r.current_job)
+            )
     return snap
 
 
@@ -187,8 +218,9 @@ def render(snap: StatusSnapshot) -> Any:
     for col in ("sweep", "stage", "kind", *STATUSES, "note"):
         table.add_column(col, justify="right" if col in STATUSES else "left")
     for s in snap.stages:
-        table.add_row(s.sweep, s.stage, s.kind, *[str(s.counts.get(st, 0) or "") for st in STATUSES],
-                      s.waiting_on or "")
+        table.add_row(
+            s.sweep, s.stage, s.kind, *[str(s.counts.get(st, 0) or "") for st in STATUSES], s.waiting_on or ""
+        )
     parts.append(table)
 
     if snap.running:
@@ -197,8 +229,15 @@ def render(snap: StatusSnapshot) -> Any:
             t.add_column(col)
         for r in snap.running:
             pct = f"{100 * r.progress:.0f}%" if r.progress is not None else "-"
-            t.add_row(r.id, r.stage, r.label, r.worker or "-", f"{pct} {r.message or ''}".strip(),
-                      _age(r.heartbeat_age_s), str(r.attempt))
+            t.add_row(
+                r.id,
+                r.stage,
+                r.label,
+                r.worker or "-",
+                f"{pct} {r.message or ''}".strip(),
+                _age(r.heartbeat_age_s),
+                str(r.attempt),
+            )
         parts.append(t)
 
     if snap.failed:

@@ -242,8 +242,14 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         text = str(exc.orig if hasattr(exc, "orig") else exc).lower()
-        permanent = ("no such table", "syntax error", "no such column", "does not exist",
-                     "password authentication failed", "unable to open database")
+        permanent = (
+            "no such table",
+            "syntax error",
+            "no such column",
+            "does not exist",
+            "password authentication failed",
+            "unable to open database",
+        )
         return not any(p in text for p in permanent)
     return False
 
@@ -366,8 +372,9 @@ def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None 
                         hint="point --db at a database of its own for sweeper",
                     )
                 if not create:
-                    raise UsageError(f"no sweeper queue in {db.display_url}",
-                                     hint="run `sweeper enqueue GRID.yaml` first")
+                    raise UsageError(
+                        f"no sweeper queue in {db.display_url}", hint="run `sweeper enqueue GRID.yaml` first"
+                    )
                 metadata.create_all(conn)
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                 return

@@ -258,18 +258,28 @@ class Queue:
                         progress_message=None,
                     )
                     .returning(
-                        jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.kind, jobs.c.label, jobs.c.params,
-                        jobs.c.resolved_params, jobs.c.attempt, jobs.c.failures, jobs.c.interruptions,
+                        jobs.c.id,
+                        jobs.c.sweep,
+                        jobs.c.stage,
+                        jobs.c.kind,
+                        jobs.c.label,
+                        jobs.c.params,
+                        jobs.c.resolved_params,
+                        jobs.c.attempt,
+                        jobs.c.failures,
+                        jobs.c.interruptions,
                         jobs.c.tracking_run_id,
                     )
                 ).first()
                 if row is None:
                     return None
                 now = _now()
-                conn.execute(events.insert().values(job_id=row.id, ts=now, type="claimed", worker=worker_id,
-                                                    attempt=row.attempt))
-                conn.execute(workers.update().where(workers.c.id == worker_id).values(current_job=row.id,
-                                                                                       last_heartbeat=now))
+                conn.execute(
+                    events.insert().values(job_id=row.id, ts=now, type="claimed", worker=worker_id, attempt=row.attempt)
+                )
+                conn.execute(
+                    workers.update().where(workers.c.id == worker_id).values(current_job=row.id, last_heartbeat=now)
+                )
                 return ClaimedJob(
                     id=row.id,
                     sweep=row.sweep,
@@ -297,8 +307,16 @@ class Queue:
 
     def _reap_expired(self, conn: Connection) -> int:
         rows = conn.execute(
-            sa.select(jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.lease_token, jobs.c.lease_owner,
-                      jobs.c.interruptions, jobs.c.max_interruptions, jobs.c.attempt)
+            sa.select(
+                jobs.c.id,
+                jobs.c.sweep,
+                jobs.c.stage,
+                jobs.c.lease_token,
+                jobs.c.lease_owner,
+                jobs.c.interruptions,
+                jobs.c.max_interruptions,
+                jobs.c.attempt,
+            )
             .where(jobs.c.status == "running", jobs.c.lease_expires_at < db_now())
             .limit(200)
             .with_for_update(skip_locked=True)
@@ -322,9 +340,16 @@ class Queue:
             ).rowcount
             if not done:
                 continue
-            self._event(conn, r.id, "lease_lost", worker=r.lease_owner, attempt=r.attempt,
-                        detail=f"lease of {r.lease_owner} expired; job is claimable again"
-                        if not exhausted else values["error"])
+            self._event(
+                conn,
+                r.id,
+                "lease_lost",
+                worker=r.lease_owner,
+                attempt=r.attempt,
+                detail=f"lease of {r.lease_owner} expired; job is claimable again"
+                if not exhausted
+                else values["error"],
+            )
             if exhausted:
                 finished_stages.setdefault(r.sweep, set()).add(r.stage)
         for sweep_name, names in finished_stages.items():
@@ -337,12 +362,20 @@ class Queue:
             jobs.update()
             .where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
             .values(updated_at=db_now(), **values)
-            .returning(jobs.c.sweep, jobs.c.stage, jobs.c.failures, jobs.c.max_failures, jobs.c.interruptions,
-                       jobs.c.max_interruptions)
+            .returning(
+                jobs.c.sweep,
+                jobs.c.stage,
+                jobs.c.failures,
+                jobs.c.max_failures,
+                jobs.c.interruptions,
+                jobs.c.max_interruptions,
+            )
         ).first()
         if row is None:
-            raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone (the job was taken over, "
-                            "cancelled or expired); dropping it")
+            raise LeaseLost(
+                f"job {lease.job_id}: this worker's lease is gone (the job was taken over, "
+                "cancelled or expired); dropping it"
+            )
         return row
 
     def renew(self, lease: Lease, ttl_s: float, progress: float | None = None, message: str | None = None) -> None:
@@ -356,8 +389,11 @@ class Queue:
                 if message is not None:
                     values["progress_message"] = message
                 self._fenced(conn, lease, **values)
-                conn.execute(workers.update().where(workers.c.id == lease.worker_id)
-                             .values(last_heartbeat=_now(), current_job=lease.job_id))
+                conn.execute(
+                    workers.update()
+                    .where(workers.c.id == lease.worker_id)
+                    .values(last_heartbeat=_now(), current_job=lease.job_id)
+                )
 
         self._write(txn, "renew a lease")
 
@@ -367,8 +403,9 @@ class Queue:
         def txn() -> None:
             with self.db.read() as conn:
                 found = conn.execute(
-                    sa.select(jobs.c.id).where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token,
-                                               jobs.c.status == "running")
+                    sa.select(jobs.c.id).where(
+                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
+                    )
                 ).first()
             if found is None:
                 raise LeaseLost(f"job {lease.job_id}: lease is gone")
@@ -385,10 +422,21 @@ class Queue:
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn() -> None:
             with self.db.write() as conn:
-                row = self._fenced(conn, lease, status="done", result=result, finished_at=db_now(), progress=1.0,
-                                   lease_token=None, lease_owner=None, lease_expires_at=None, error=None)
-                self._event(conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt,
-                            detail=_summary(result))
+                row = self._fenced(
+                    conn,
+                    lease,
+                    status="done",
+                    result=result,
+                    finished_at=db_now(),
+                    progress=1.0,
+                    lease_token=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error=None,
+                )
+                self._event(
+                    conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
+                )
                 self._clear_worker_job(conn, lease)
                 self._settle(conn, row.sweep, {row.stage})
 
@@ -401,26 +449,55 @@ class Queue:
             with self.db.write() as conn:
                 row = conn.execute(
                     sa.select(jobs.c.failures, jobs.c.max_failures).where(
-                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
+                    )
                 ).first()
                 if row is None:
                     raise LeaseLost(f"job {lease.job_id}: lease is gone; not recording the failure")
                 failures = row.failures + 1
                 if retry and failures < row.max_failures:
                     delay = self.retry_backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
-                    self._fenced(conn, lease, status="pending", failures=failures, error=error,
-                                 not_before=db_now() + delay, lease_token=None, lease_owner=None,
-                                 lease_expires_at=None)
-                    self._event(conn, lease.job_id, "retried", worker=lease.worker_id, attempt=lease.attempt,
-                                detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: "
-                                f"{_last_line(error)}")
+                    self._fenced(
+                        conn,
+                        lease,
+                        status="pending",
+                        failures=failures,
+                        error=error,
+                        not_before=db_now() + delay,
+                        lease_token=None,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                    self._event(
+                        conn,
+                        lease.job_id,
+                        "retried",
+                        worker=lease.worker_id,
+                        attempt=lease.attempt,
+                        detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {_last_line(error)}",
+                    )
                     status = "pending"
                 else:
-                    r = self._fenced(conn, lease, status="failed", failures=failures, error=error,
-                                     finished_at=db_now(), lease_token=None, lease_owner=None, lease_expires_at=None)
+                    r = self._fenced(
+                        conn,
+                        lease,
+                        status="failed",
+                        failures=failures,
+                        error=error,
+                        finished_at=db_now(),
+                        lease_token=None,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
                     why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
-                    self._event(conn, lease.job_id, "failed", worker=lease.worker_id, attempt=lease.attempt,
-                                detail=f"{why}: {_last_line(error)}")
+                    self._event(
+                        conn,
+                        lease.job_id,
+                        "failed",
+                        worker=lease.worker_id,
+                        attempt=lease.attempt,
+                        detail=f"{why}: {_last_line(error)}",
+                    )
                     self._settle(conn, r.sweep, {r.stage})
                     status = "failed"
                 self._clear_worker_job(conn, lease)
@@ -435,7 +512,8 @@ class Queue:
             with self.db.write() as conn:
                 row = conn.execute(
                     sa.select(jobs.c.interruptions, jobs.c.max_interruptions).where(
-                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
+                    )
                 ).first()
                 if row is None:
                     raise LeaseLost(f"job {lease.job_id}: lease is gone; nothing to release")
@@ -443,14 +521,20 @@ class Queue:
                 values: dict[str, Any] = {
                     "status": "failed" if exhausted else "pending",
                     "interruptions": row.interruptions + 1,
-                    "lease_token": None, "lease_owner": None, "lease_expires_at": None,
+                    "lease_token": None,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
                 }
                 if exhausted:
-                    values.update(error=f"interrupted {row.interruptions + 1} times (limit "
-                                        f"{row.max_interruptions}); last: {reason}", finished_at=db_now())
+                    values.update(
+                        error=f"interrupted {row.interruptions + 1} times (limit "
+                        f"{row.max_interruptions}); last: {reason}",
+                        finished_at=db_now(),
+                    )
                 r = self._fenced(conn, lease, **values)
-                self._event(conn, lease.job_id, "released", worker=lease.worker_id, attempt=lease.attempt,
-                            detail=reason)
+                self._event(
+                    conn, lease.job_id, "released", worker=lease.worker_id, attempt=lease.attempt, detail=reason
+                )
                 self._clear_worker_job(conn, lease)
                 if exhausted:
                     self._settle(conn, r.sweep, {r.stage})
@@ -461,10 +545,19 @@ class Queue:
     def _clear_worker_job(self, conn: Connection, lease: Lease) -> None:
         conn.execute(workers.update().where(workers.c.id == lease.worker_id).values(current_job=None))
 
-    def _event(self, conn: Connection, job_id: str | None, type_: str, *, worker: str | None = None,
-               attempt: int | None = None, detail: str | None = None) -> None:
-        conn.execute(events.insert().values(job_id=job_id, ts=_now(), type=type_, worker=worker, attempt=attempt,
-                                            detail=detail))
+    def _event(
+        self,
+        conn: Connection,
+        job_id: str | None,
+        type_: str,
+        *,
+        worker: str | None = None,
+        attempt: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        conn.execute(
+            events.insert().values(job_id=job_id, ts=_now(), type=type_, worker=worker, attempt=attempt, detail=detail)
+        )
 
     def record_event(self, lease: Lease, type_: str, detail: str) -> None:
         def txn() -> None:
@@ -477,8 +570,9 @@ class Queue:
     # Dependencies: blocked jobs become pending (or fail) once everything upstream has finished.
 
     def _stage_specs(self, conn: Connection, sweep: str) -> dict[str, StageSpec]:
-        rows = conn.execute(sa.select(stages.c.name, stages.c.config).where(stages.c.sweep == sweep)
-                            .order_by(stages.c.position)).all()
+        rows = conn.execute(
+            sa.select(stages.c.name, stages.c.config).where(stages.c.sweep == sweep).order_by(stages.c.position)
+        ).all()
         return {r.name: StageSpec.from_json(r.name, r.config) for r in rows}
 
     def _settle(self, conn: Connection, sweep: str, changed: set[str]) -> None:
@@ -489,15 +583,22 @@ class Queue:
             if not dep.needs:
                 continue
             blocked = conn.execute(
-                sa.select(jobs.c.id, jobs.c.params).where(jobs.c.sweep == sweep, jobs.c.stage == dep.name,
-                                                          jobs.c.status == "blocked").order_by(jobs.c.position)
+                sa.select(jobs.c.id, jobs.c.params)
+                .where(jobs.c.sweep == sweep, jobs.c.stage == dep.name, jobs.c.status == "blocked")
+                .order_by(jobs.c.position)
             ).all()
             if not blocked:
                 continue
             up = conn.execute(
-                sa.select(jobs.c.id, jobs.c.stage, jobs.c.status, jobs.c.params, jobs.c.resolved_params,
-                          jobs.c.result, jobs.c.position)
-                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
+                sa.select(
+                    jobs.c.id,
+                    jobs.c.stage,
+                    jobs.c.status,
+                    jobs.c.params,
+                    jobs.c.resolved_params,
+                    jobs.c.result,
+                    jobs.c.position,
+                ).where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
             ).all()
             if any(r.status in ACTIVE for r in up):
                 continue
@@ -508,8 +609,11 @@ class Queue:
             for job in blocked:
                 if not ok:
                     counts = _status_counts(up)
-                    rule = "all upstream jobs must succeed (require_all)" if dep.require_all else \
-                        "no upstream job succeeded"
+                    rule = (
+                        "all upstream jobs must succeed (require_all)"
+                        if dep.require_all
+                        else "no upstream job succeeded"
+                    )
                     self._block_failed(conn, job.id, f"upstream {', '.join(dep.needs)} finished with {counts}: {rule}")
                     failed_any = True
                     continue
@@ -519,33 +623,47 @@ class Queue:
                     self._block_failed(conn, job.id, f"hand-off could not be resolved: {exc}")
                     failed_any = True
                     continue
-                conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.status == "blocked").values(
-                    status="pending", resolved_params=resolved, provenance=provenance, updated_at=db_now()))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job.id, jobs.c.status == "blocked")
+                    .values(status="pending", resolved_params=resolved, provenance=provenance, updated_at=db_now())
+                )
                 self._event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
             if failed_any:
                 self._settle(conn, sweep, {dep.name})
 
     def _block_failed(self, conn: Connection, job_id: str, reason: str) -> None:
-        conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-            status="failed", error=reason, finished_at=db_now(), updated_at=db_now()))
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(status="failed", error=reason, finished_at=db_now(), updated_at=db_now())
+        )
         self._event(conn, job_id, "failed", detail=reason)
 
     def _outcomes(self, conn: Connection, rows: Sequence[sa.Row]) -> list[handoff.Outcome]:
         ids = [r.id for r in rows if r.status == "done"]
         arts: dict[str, dict[str, dict[str, Any]]] = {}
         if ids:
-            for a in conn.execute(sa.select(artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256,
-                                            artifacts.c.size, artifacts.c.location)
-                                  .where(artifacts.c.job_id.in_(ids))):
+            for a in conn.execute(
+                sa.select(
+                    artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256, artifacts.c.size, artifacts.c.location
+                ).where(artifacts.c.job_id.in_(ids))
+            ):
                 arts.setdefault(a.job_id, {})[a.name] = {
-                    "sha256": a.sha256, "size": a.size, "location": a.location,
+                    "sha256": a.sha256,
+                    "size": a.size,
+                    "location": a.location,
                     "store": "file" if a.location else "db",
                 }
         return [
             handoff.Outcome(
-                job_id=r.id, stage=r.stage, status=r.status,
+                job_id=r.id,
+                stage=r.stage,
+                status=r.status,
                 params=r.resolved_params if r.resolved_params is not None else r.params,
-                result=r.result, artifacts=arts.get(r.id, {}), position=r.position,
+                result=r.result,
+                artifacts=arts.get(r.id, {}),
+                position=r.position,
             )
             for r in rows
         ]
@@ -553,25 +671,50 @@ class Queue:
     # -----------------------------------------------------------------------------------------
     # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
 
-    def record_checkpoint(self, lease: Lease, *, sha256: str, size: int, location: str | None,
-                          blob: bytes | None, keep: int = 2) -> tuple[int, list[str]]:
+    def record_checkpoint(
+        self, lease: Lease, *, sha256: str, size: int, location: str | None, blob: bytes | None, keep: int = 2
+    ) -> tuple[int, list[str]]:
         """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
 
         def txn() -> tuple[int, list[str]]:
             with self.db.write() as conn:
                 self._fenced(conn, lease)
-                seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0))
-                                   .where(checkpoints.c.job_id == lease.job_id)).scalar_one() + 1
-                conn.execute(checkpoints.insert().values(job_id=lease.job_id, seq=seq, sha256=sha256, size=size,
-                                                         location=location, blob=blob, attempt=lease.attempt,
-                                                         created_at=_now()))
-                old = conn.execute(sa.select(checkpoints.c.id, checkpoints.c.location)
-                                   .where(checkpoints.c.job_id == lease.job_id)
-                                   .order_by(checkpoints.c.seq.desc()).offset(keep)).all()
+                seq = (
+                    conn.execute(
+                        sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
+                            checkpoints.c.job_id == lease.job_id
+                        )
+                    ).scalar_one()
+                    + 1
+                )
+                conn.execute(
+                    checkpoints.insert().values(
+                        job_id=lease.job_id,
+                        seq=seq,
+                        sha256=sha256,
+                        size=size,
+                        location=location,
+                        blob=blob,
+                        attempt=lease.attempt,
+                        created_at=_now(),
+                    )
+                )
+                old = conn.execute(
+                    sa.select(checkpoints.c.id, checkpoints.c.location)
+                    .where(checkpoints.c.job_id == lease.job_id)
+                    .order_by(checkpoints.c.seq.desc())
+                    .offset(keep)
+                ).all()
                 if old:
                     conn.execute(checkpoints.delete().where(checkpoints.c.id.in_([o.id for o in old])))
-                self._event(conn, lease.job_id, "checkpointed", worker=lease.worker_id, attempt=lease.attempt,
-                            detail=f"seq {seq}, {size} bytes")
+                self._event(
+                    conn,
+                    lease.job_id,
+                    "checkpointed",
+                    worker=lease.worker_id,
+                    attempt=lease.attempt,
+                    detail=f"seq {seq}, {size} bytes",
+                )
                 return seq, [o.location for o in old if o.location]
 
         return self._write(txn, "record a checkpoint")  # type: ignore[return-value]
@@ -579,26 +722,46 @@ class Queue:
     def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(checkpoints.c.id, checkpoints.c.job_id, checkpoints.c.seq, checkpoints.c.sha256,
-                          checkpoints.c.size, checkpoints.c.location, checkpoints.c.created_at, checkpoints.c.attempt)
-                .where(checkpoints.c.job_id == job_id).order_by(checkpoints.c.seq.desc())
+                sa.select(
+                    checkpoints.c.id,
+                    checkpoints.c.job_id,
+                    checkpoints.c.seq,
+                    checkpoints.c.sha256,
+                    checkpoints.c.size,
+                    checkpoints.c.location,
+                    checkpoints.c.created_at,
+                    checkpoints.c.attempt,
+                )
+                .where(checkpoints.c.job_id == job_id)
+                .order_by(checkpoints.c.seq.desc())
             ).all()
-        return [StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt)
-                for r in rows]
+        return [
+            StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows
+        ]
 
     def read_blob(self, table: str, row_id: int) -> bytes | None:
         t = checkpoints if table == "checkpoints" else artifacts
         with self.db.read() as conn:
             return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
 
-    def record_artifact(self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None,
-                        blob: bytes | None) -> None:
+    def record_artifact(
+        self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
+    ) -> None:
         def txn() -> None:
             with self.db.write() as conn:
                 self._fenced(conn, lease)
                 conn.execute(artifacts.delete().where(artifacts.c.job_id == lease.job_id, artifacts.c.name == name))
-                conn.execute(artifacts.insert().values(job_id=lease.job_id, name=name, sha256=sha256, size=size,
-                                                       location=location, blob=blob, created_at=_now()))
+                conn.execute(
+                    artifacts.insert().values(
+                        job_id=lease.job_id,
+                        name=name,
+                        sha256=sha256,
+                        size=size,
+                        location=location,
+                        blob=blob,
+                        created_at=_now(),
+                    )
+                )
 
         self._write(txn, "record an artifact")
 
@@ -608,9 +771,17 @@ class Queue:
             return []
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(artifacts.c.id, artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256,
-                          artifacts.c.size, artifacts.c.location, artifacts.c.created_at)
-                .where(artifacts.c.job_id.in_(ids)).order_by(artifacts.c.job_id, artifacts.c.name)
+                sa.select(
+                    artifacts.c.id,
+                    artifacts.c.job_id,
+                    artifacts.c.name,
+                    artifacts.c.sha256,
+                    artifacts.c.size,
+                    artifacts.c.location,
+                    artifacts.c.created_at,
+                )
+                .where(artifacts.c.job_id.in_(ids))
+                .order_by(artifacts.c.job_id, artifacts.c.name)
             ).all()
         return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
 
@@ -622,8 +793,17 @@ class Queue:
             with self.db.write() as conn:
                 now = _now()
                 conn.execute(workers.delete().where(workers.c.id == worker_id))
-                conn.execute(workers.insert().values(id=worker_id, host=host, pid=pid, threads=threads,
-                                                     status="running", started_at=now, last_heartbeat=now))
+                conn.execute(
+                    workers.insert().values(
+                        id=worker_id,
+                        host=host,
+                        pid=pid,
+                        threads=threads,
+                        status="running",
+                        started_at=now,
+                        last_heartbeat=now,
+                    )
+                )
 
         self._write(txn, "register the worker")
 
@@ -637,8 +817,11 @@ class Queue:
     def stop_worker(self, worker_id: str) -> None:
         def txn() -> None:
             with self.db.write() as conn:
-                conn.execute(workers.update().where(workers.c.id == worker_id)
-                             .values(status="stopped", current_job=None, last_heartbeat=_now()))
+                conn.execute(
+                    workers.update()
+                    .where(workers.c.id == worker_id)
+                    .values(status="stopped", current_job=None, last_heartbeat=_now())
+                )
 
         self._write(txn, "unregister the worker")
 
@@ -656,11 +839,13 @@ class Queue:
                 now = conn.execute(sa.select(db_now())).scalar_one()
                 rows = conn.execute(
                     sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
-                    .where(jobs.c.status.in_(ACTIVE), *cond).group_by(jobs.c.status)
+                    .where(jobs.c.status.in_(ACTIVE), *cond)
+                    .group_by(jobs.c.status)
                 ).all()
                 later = conn.execute(
-                    sa.select(sa.func.count(), sa.func.min(jobs.c.not_before))
-                    .where(jobs.c.status == "pending", jobs.c.not_before > now, *cond)
+                    sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
+                        jobs.c.status == "pending", jobs.c.not_before > now, *cond
+                    )
                 ).first()
             counts = {r[0]: r[1] for r in rows}
             pending_later = later[0] if later else 0
@@ -691,8 +876,9 @@ class Queue:
             raise UsageError(f"job id '{prefix}' is ambiguous ({', '.join(ids)}, ...)", hint="give more characters")
         return ids[0]
 
-    def _select_ids(self, conn: Connection, ids: Sequence[str], statuses: Sequence[str],
-                    stage: str | None, sweep: str | None) -> list[str]:
+    def _select_ids(
+        self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
+    ) -> list[str]:
         cond = [jobs.c.status.in_(list(statuses))]
         if ids:
             cond.append(jobs.c.id.in_(list(ids)))
@@ -702,8 +888,14 @@ class Queue:
             cond.append(jobs.c.sweep == sweep)
         return list(conn.execute(sa.select(jobs.c.id).where(*cond).order_by(jobs.c.position)).scalars())
 
-    def retry(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None,
-              include_cancelled: bool = True) -> list[str]:
+    def retry(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        stage: str | None = None,
+        sweep: str | None = None,
+        include_cancelled: bool = True,
+    ) -> list[str]:
         """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
         statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
 
@@ -712,13 +904,23 @@ class Queue:
                 picked = self._select_ids(conn, ids, statuses, stage, sweep)
                 touched: dict[str, set[str]] = {}
                 for job_id in picked:
-                    row = conn.execute(sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params)
-                                       .where(jobs.c.id == job_id)).one()
+                    row = conn.execute(
+                        sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params).where(jobs.c.id == job_id)
+                    ).one()
                     # A dependent job whose hand-off never resolved waits for its upstream again.
                     status = "blocked" if row.resolved_params is None else "pending"
-                    conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                        status=status, failures=0, interruptions=0, not_before=None, finished_at=None,
-                        updated_at=db_now()))
+                    conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id)
+                        .values(
+                            status=status,
+                            failures=0,
+                            interruptions=0,
+                            not_before=None,
+                            finished_at=None,
+                            updated_at=db_now(),
+                        )
+                    )
                     self._event(conn, job_id, "retried", detail="by user")
                     touched.setdefault(row.sweep, set()).add(row.stage)
                 for sweep_name, names in touched.items():
@@ -742,9 +944,19 @@ class Queue:
                 picked = self._select_ids(conn, ids, ACTIVE, stage, sweep)
                 touched: dict[str, set[str]] = {}
                 for job_id in picked:
-                    row = conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                        status="cancelled", lease_token=None, lease_owner=None, lease_expires_at=None,
-                        finished_at=db_now(), updated_at=db_now()).returning(jobs.c.sweep, jobs.c.stage)).one()
+                    row = conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id)
+                        .values(
+                            status="cancelled",
+                            lease_token=None,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            finished_at=db_now(),
+                            updated_at=db_now(),
+                        )
+                        .returning(jobs.c.sweep, jobs.c.stage)
+                    ).one()
                     self._event(conn, job_id, "cancelled", detail="by user")
                     touched.setdefault(row.sweep, set()).add(row.stage)
                 for sweep_name, names in touched.items():
@@ -767,8 +979,11 @@ def _last_line(text: str) -> str:
 
 
 def _summary(result: dict[str, Any]) -> str:
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in list(result.items())[:6] if isinstance(v, (int, float, str, bool))]
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in list(result.items())[:6]
+        if isinstance(v, (int, float, str, bool))
+    ]
     return " ".join(parts)
 
 

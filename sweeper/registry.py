@@ -39,10 +39,7 @@ class KindError(UsageError):
 @cache
 def registered_kinds() -> dict[str, Kind]:
     params = {ep.name: ep.value for ep in entry_points(group=PARAMS_GROUP)}
-    return {
-        ep.name: Kind(ep.name, ep.value, params.get(ep.name))
-        for ep in entry_points(group=KINDS_GROUP)
-    }
+    return {ep.name: Kind(ep.name, ep.value, params.get(ep.name)) for ep in entry_points(group=KINDS_GROUP)}
 
 
 def _split_target(target: str) -> tuple[str, str]:

@@ -126,18 +126,21 @@ class _Reader:
         self.file = file
         self.lines = lines
 
-    def error(self, message: str, *path: object, stage: str | None = None, key: str | None = None,
-              hint: str | None = None) -> SpecError:
+    def error(
+        self, message: str, *path: object, stage: str | None = None, key: str | None = None, hint: str | None = None
+    ) -> SpecError:
         return SpecError(message, file=self.file, line=self.lines.line(*path), stage=stage, key=key, hint=hint)
 
-    def check_keys(self, mapping: Mapping[str, Any], allowed: Iterable[str], *path: object,
-                   stage: str | None = None, what: str) -> None:
+    def check_keys(
+        self, mapping: Mapping[str, Any], allowed: Iterable[str], *path: object, stage: str | None = None, what: str
+    ) -> None:
         allowed = tuple(allowed)
         for key in mapping:
             if key not in allowed:
                 raise self.error(
                     f"unknown {what} key '{key}'",
-                    *path, key,
+                    *path,
+                    key,
                     stage=stage,
                     key=str(key),
                     hint=_suggest(str(key), allowed) or f"allowed keys: {', '.join(allowed)}",
@@ -160,14 +163,20 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     r = _Reader(file, lines)
     if not isinstance(data, Mapping):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise r.error(f"expected a mapping with keys sweep, defaults, stages; got {got}",
-                      hint="see jobs/grids/quickstart.yaml for an example")
+        raise r.error(
+            f"expected a mapping with keys sweep, defaults, stages; got {got}",
+            hint="see jobs/grids/quickstart.yaml for an example",
+        )
     r.check_keys(data, TOP_KEYS, what="top-level")
 
     name = data.get("sweep")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise r.error("'sweep' must be a name made of letters, digits, '_', '-' or '.'", "sweep", key="sweep",
-                      hint="for example: sweep: fmnist-assignment")
+        raise r.error(
+            "'sweep' must be a name made of letters, digits, '_', '-' or '.'",
+            "sweep",
+            key="sweep",
+            hint="for example: sweep: fmnist-assignment",
+        )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise r.error("'defaults' must be a mapping of param names to values", "defaults", key="defaults")
@@ -180,8 +189,9 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     for stage_name, raw in stages_raw.items():
         stage_name = str(stage_name)
         if not _NAME.match(stage_name):
-            raise r.error("a stage name is made of letters, digits, '_', '-' or '.'", "stages", stage_name,
-                          stage=stage_name)
+            raise r.error(
+                "a stage name is made of letters, digits, '_', '-' or '.'", "stages", stage_name, stage=stage_name
+            )
         if not isinstance(raw, Mapping):
             raise r.error("a stage must be a mapping with at least 'kind'", "stages", stage_name, stage=stage_name)
         r.check_keys(raw, STAGE_KEYS, "stages", stage_name, stage=stage_name, what="stage")
@@ -191,10 +201,19 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     for stage in stages.values():
         for need in stage.needs:
             if need not in stages:
-                raise r.error(f"needs unknown stage '{need}'", "stages", stage.name, "needs", stage=stage.name,
-                              key="needs", hint=_suggest(need, stages) or f"stages: {', '.join(stages)}")
+                raise r.error(
+                    f"needs unknown stage '{need}'",
+                    "stages",
+                    stage.name,
+                    "needs",
+                    stage=stage.name,
+                    key="needs",
+                    hint=_suggest(need, stages) or f"stages: {', '.join(stages)}",
+                )
             if need == stage.name:
-                raise r.error("a stage cannot need itself", "stages", stage.name, "needs", stage=stage.name, key="needs")
+                raise r.error(
+                    "a stage cannot need itself", "stages", stage.name, "needs", stage=stage.name, key="needs"
+                )
     _check_acyclic(r, stages)
 
     spec = SweepSpec(name=name, file=file, text=text, description=str(data.get("description") or ""))
@@ -211,8 +230,13 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
 def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
     kind = raw.get("kind")
     if not isinstance(kind, str) or not kind:
-        raise r.error("every stage needs 'kind' (train, prune, benchmark, or module:function)",
-                      "stages", name, stage=name, key="kind")
+        raise r.error(
+            "every stage needs 'kind' (train, prune, benchmark, or module:function)",
+            "stages",
+            name,
+            stage=name,
+            key="kind",
+        )
     try:
         registry.lookup(kind)
     except registry.KindError as exc:
@@ -230,9 +254,15 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
         except ValueError as exc:
             raise r.error(str(exc), "stages", name, "inherit", stage=name, key="inherit") from None
         if inherit.from_stage not in needs_list:
-            raise r.error(f"inherits from '{inherit.from_stage}', which is not in 'needs'",
-                          "stages", name, "inherit", stage=name, key="inherit",
-                          hint=f"add it: needs: [{', '.join([*needs_list, inherit.from_stage])}]")
+            raise r.error(
+                f"inherits from '{inherit.from_stage}', which is not in 'needs'",
+                "stages",
+                name,
+                "inherit",
+                stage=name,
+                key="inherit",
+                hint=f"add it: needs: [{', '.join([*needs_list, inherit.from_stage])}]",
+            )
 
     def integer(key: str, default: int, minimum: int) -> int:
         value = raw.get(key, default)
@@ -242,8 +272,9 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
 
     require_all = raw.get("require_all", False)
     if not isinstance(require_all, bool):
-        raise r.error("'require_all' must be true or false", "stages", name, "require_all", stage=name,
-                      key="require_all")
+        raise r.error(
+            "'require_all' must be true or false", "stages", name, "require_all", stage=name, key="require_all"
+        )
     return StageSpec(
         name=name,
         kind=kind,
@@ -264,9 +295,16 @@ def _check_acyclic(r: _Reader, stages: Mapping[str, StageSpec]) -> None:
         state[name] = 1
         for need in stages[name].needs:
             if state.get(need) == 1:
-                cycle = [*path[path.index(need):], need] if need in path else [name, need]
-                raise r.error(f"dependency cycle: {' -> '.join(cycle)}", "stages", name, "needs", stage=name,
-                              key="needs", hint="remove one of these 'needs' so the stages form a chain")
+                cycle = [*path[path.index(need) :], need] if need in path else [name, need]
+                raise r.error(
+                    f"dependency cycle: {' -> '.join(cycle)}",
+                    "stages",
+                    name,
+                    "needs",
+                    stage=name,
+                    key="needs",
+                    hint="remove one of these 'needs' so the stages form a chain",
+                )
             if state.get(need) is None:
                 visit(need, [*path, need])
         state[name] = 2
@@ -361,8 +399,9 @@ def _label(overrides: list[tuple[str, Any]]) -> str:
     return " ".join(parts)
 
 
-def _expand_stage(r: _Reader, sweep: str, stage: StageSpec, raw: Mapping[str, Any],
-                  defaults: Mapping[str, Any]) -> list[JobSpec]:
+def _expand_stage(
+    r: _Reader, sweep: str, stage: StageSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> list[JobSpec]:
     name = stage.name
     stage_params = raw.get("params") or {}
     if not isinstance(stage_params, Mapping):
@@ -381,29 +420,65 @@ def _expand_stage(r: _Reader, sweep: str, stage: StageSpec, raw: Mapping[str, An
     for axis, values in grid.items():
         axis = str(axis)
         if not isinstance(values, list):
-            raise r.error(f"grid axis '{axis}' must be a list of values", "stages", name, "grid", axis,
-                          stage=name, key=axis, hint=f"write {axis}: [{values!r}] for a single value")
+            raise r.error(
+                f"grid axis '{axis}' must be a list of values",
+                "stages",
+                name,
+                "grid",
+                axis,
+                stage=name,
+                key=axis,
+                hint=f"write {axis}: [{values!r}] for a single value",
+            )
         if not values:
-            raise r.error(f"grid axis '{axis}' has an empty list of values", "stages", name, "grid", axis,
-                          stage=name, key=axis, hint="give at least one value, or remove the axis")
+            raise r.error(
+                f"grid axis '{axis}' has an empty list of values",
+                "stages",
+                name,
+                "grid",
+                axis,
+                stage=name,
+                key=axis,
+                hint="give at least one value, or remove the axis",
+            )
         axes.append((axis, values))
 
     configs = raw.get("configs")
     if configs is not None:
         if not isinstance(configs, list) or not configs:
-            raise r.error("'configs' must be a non-empty list of param mappings", "stages", name, "configs",
-                          stage=name, key="configs")
+            raise r.error(
+                "'configs' must be a non-empty list of param mappings",
+                "stages",
+                name,
+                "configs",
+                stage=name,
+                key="configs",
+            )
         for i, config in enumerate(configs):
             if not isinstance(config, Mapping) or not config:
-                raise r.error(f"configs[{i}] must be a non-empty mapping of params", "stages", name, "configs", i,
-                              stage=name, key="configs")
+                raise r.error(
+                    f"configs[{i}] must be a non-empty mapping of params",
+                    "stages",
+                    name,
+                    "configs",
+                    i,
+                    stage=name,
+                    key="configs",
+                )
 
     if stage.inherit is not None:
         for axis, _ in axes:
             if axis.split(".")[0] in stage.inherit.keys:
-                raise r.error(f"'{axis}' is both a grid axis and inherited from '{stage.inherit.from_stage}'",
-                              "stages", name, "grid", axis, stage=name, key=axis,
-                              hint="remove it from the grid or from inherit.keys")
+                raise r.error(
+                    f"'{axis}' is both a grid axis and inherited from '{stage.inherit.from_stage}'",
+                    "stages",
+                    name,
+                    "grid",
+                    axis,
+                    stage=name,
+                    key=axis,
+                    hint="remove it from the grid or from inherit.keys",
+                )
 
     points = list(itertools.product(*[[(axis, v) for v in values] for axis, values in axes])) or [()]
     config_list: list[Mapping[str, Any] | None] = list(configs) if configs else [None]
@@ -425,16 +500,31 @@ def _expand_stage(r: _Reader, sweep: str, stage: StageSpec, raw: Mapping[str, An
             job_id = job_identity(sweep, name, stage.kind, params)
             label = _label(overrides)
             if job_id in seen:
-                raise r.error(f"two points of this stage give the same job ({label or 'no overrides'})",
-                              "stages", name, stage=name, hint="remove the duplicated value or config")
+                raise r.error(
+                    f"two points of this stage give the same job ({label or 'no overrides'})",
+                    "stages",
+                    name,
+                    stage=name,
+                    hint="remove the duplicated value or config",
+                )
             seen[job_id] = label
-            jobs.append(JobSpec(job_id, sweep, name, stage.kind, params, label, stage.priority,
-                                stage.max_failures, stage.max_interruptions))
+            jobs.append(
+                JobSpec(
+                    job_id,
+                    sweep,
+                    name,
+                    stage.kind,
+                    params,
+                    label,
+                    stage.priority,
+                    stage.max_failures,
+                    stage.max_interruptions,
+                )
+            )
     return jobs
 
 
-def _validate_params(r: _Reader, stage: StageSpec, params: dict[str, Any], model: Any,
-                     raw: Mapping[str, Any]) -> None:
+def _validate_params(r: _Reader, stage: StageSpec, params: dict[str, Any], model: Any, raw: Mapping[str, Any]) -> None:
     """Check names and types against the kind's param model, skipping hand-off references."""
     if model is None:
         return
@@ -454,10 +544,12 @@ def _validate_params(r: _Reader, stage: StageSpec, params: dict[str, Any], model
         where = ("stages", stage.name, "grid", top) if top in (raw.get("grid") or {}) else ("stages", stage.name)
         if first.get("type") == "extra_forbidden":
             hint = _suggest(top, model.model_fields) or f"{stage.kind} takes: {', '.join(sorted(model.model_fields))}"
-            raise r.error(f"unknown param '{loc}' for kind '{stage.kind}'", *where, stage=stage.name,
-                          key=loc, hint=hint) from None
-        raise r.error(f"param '{loc}': {first.get('msg')} (got {first.get('input')!r})", *where,
-                      stage=stage.name, key=loc) from None
+            raise r.error(
+                f"unknown param '{loc}' for kind '{stage.kind}'", *where, stage=stage.name, key=loc, hint=hint
+            ) from None
+        raise r.error(
+            f"param '{loc}': {first.get('msg')} (got {first.get('input')!r})", *where, stage=stage.name, key=loc
+        ) from None
 
 
 def _safe_refs(r: _Reader, stage: StageSpec, params: Mapping[str, Any]) -> list[tuple[str, handoff.Ref]]:
@@ -467,8 +559,9 @@ def _safe_refs(r: _Reader, stage: StageSpec, params: Mapping[str, Any]) -> list[
         raise r.error(str(exc), "stages", stage.name, "params", stage=stage.name, key="params") from None
 
 
-def _check_refs(r: _Reader, spec: SweepSpec, raw_by_stage: Mapping[str, Mapping[str, Any]],
-                job_counts: Mapping[str, int]) -> None:
+def _check_refs(
+    r: _Reader, spec: SweepSpec, raw_by_stage: Mapping[str, Mapping[str, Any]], job_counts: Mapping[str, int]
+) -> None:
     stages = {s.name: s for s in spec.stages}
     checked: set[str] = set()
     for job in spec.jobs:
@@ -479,15 +572,35 @@ def _check_refs(r: _Reader, spec: SweepSpec, raw_by_stage: Mapping[str, Mapping[
         for path, ref in _safe_refs(r, stage, job.params):
             for target in ref.stages:
                 if target not in stages:
-                    raise r.error(f"{ref.form} names unknown stage '{target}'", "stages", stage.name, "params",
-                                  path.split(".")[0], stage=stage.name, key=path,
-                                  hint=_suggest(target, stages) or None)
+                    raise r.error(
+                        f"{ref.form} names unknown stage '{target}'",
+                        "stages",
+                        stage.name,
+                        "params",
+                        path.split(".")[0],
+                        stage=stage.name,
+                        key=path,
+                        hint=_suggest(target, stages) or None,
+                    )
                 if target not in stage.needs:
-                    raise r.error(f"{ref.form} refers to '{target}', which is not in 'needs'", "stages",
-                                  stage.name, "params", path.split(".")[0], stage=stage.name, key=path,
-                                  hint=f"add it: needs: [{', '.join([*stage.needs, target])}]")
+                    raise r.error(
+                        f"{ref.form} refers to '{target}', which is not in 'needs'",
+                        "stages",
+                        stage.name,
+                        "params",
+                        path.split(".")[0],
+                        stage=stage.name,
+                        key=path,
+                        hint=f"add it: needs: [{', '.join([*stage.needs, target])}]",
+                    )
             if ref.form == "result_of" and ref.metric is None and job_counts[ref.stages[0]] != 1:
-                raise r.error(f"result_of '{ref.stages[0]}' is ambiguous: that stage has "
-                              f"{job_counts[ref.stages[0]]} jobs", "stages", stage.name, "params",
-                              path.split(".")[0], stage=stage.name, key=path,
-                              hint=f"use best_of: {ref.stages[0]} with a metric and mode")
+                raise r.error(
+                    f"result_of '{ref.stages[0]}' is ambiguous: that stage has {job_counts[ref.stages[0]]} jobs",
+                    "stages",
+                    stage.name,
+                    "params",
+                    path.split(".")[0],
+                    stage=stage.name,
+                    key=path,
+                    hint=f"use best_of: {ref.stages[0]} with a metric and mode",
+                )

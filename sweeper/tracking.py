@@ -104,8 +104,7 @@ class MLflowTracker:
 
     BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
-    def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
-                 init_lock: Path | None = None) -> None:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None, init_lock: Path | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.init_lock = init_lock
@@ -137,8 +136,9 @@ class MLflowTracker:
             return exp.experiment_id
         location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
         try:
-            return _retry_locked(lambda: self.client.create_experiment(name, artifact_location=location),
-                                 "create the experiment")
+            return _retry_locked(
+                lambda: self.client.create_experiment(name, artifact_location=location), "create the experiment"
+            )
         except Exception:
             exp = self.client.get_experiment_by_name(name)  # another worker created it first
             if exp is None:
@@ -146,8 +146,13 @@ class MLflowTracker:
             return exp.experiment_id
 
     def start(self, run: RunInfo, run_id: str | None) -> str | None:
-        tags = {"sweep": run.sweep, "stage": run.stage, "job_id": run.job_id, "kind": run.kind,
-                "attempt": str(run.attempt)}
+        tags = {
+            "sweep": run.sweep,
+            "stage": run.stage,
+            "job_id": run.job_id,
+            "kind": run.kind,
+            "attempt": str(run.attempt),
+        }
         if run_id is not None:
             try:
                 existing = _retry_locked(lambda: self.client.get_run(run_id), "reopen the run")
@@ -160,8 +165,9 @@ class MLflowTracker:
                 _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
                 return run_id
         exp_id = self._experiment_id(run.sweep)
-        created = _retry_locked(lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags),
-                                "create the run")
+        created = _retry_locked(
+            lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
+        )
         self._run_id = created.info.run_id
         self._floor = {}
         params = flatten_params(run.params)
@@ -169,8 +175,9 @@ class MLflowTracker:
 
         items = [Param(k, v) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
-            _retry_locked(lambda chunk=items[i:i + 100]: self.client.log_batch(self._run_id, params=chunk),
-                          "log params")
+            _retry_locked(
+                lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
+            )
         return self._run_id
 
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
@@ -201,7 +208,7 @@ class MLflowTracker:
         points, self._buffer = self._buffer, []
         metrics = [Metric(k, v, ts, step) for k, v, ts, step in points]
         for i in range(0, len(metrics), self.BATCH):
-            chunk = metrics[i:i + self.BATCH]
+            chunk = metrics[i : i + self.BATCH]
             _retry_locked(lambda c=chunk: self.client.log_batch(self._run_id, metrics=c), "log metrics")
         for key, _, _, step in points:
             self._floor[key] = max(self._floor.get(key, -1), step)

@@ -7,6 +7,7 @@ them. Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -79,10 +80,8 @@ def configure_threads(threads: int) -> None:
     except ImportError:
         return
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set: parallel work has run in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set (parallel work has run in this process)
 
 
 class Heartbeat(threading.Thread):
@@ -102,9 +101,12 @@ class Heartbeat(threading.Thread):
         while not self._halt.wait(self.interval):
             progress = self.ctx.take_progress()
             try:
-                self.queue.renew(self.ctx.job.lease, self.ttl_s,
-                                 progress.fraction if progress else None,
-                                 progress.message if progress else None)
+                self.queue.renew(
+                    self.ctx.job.lease,
+                    self.ttl_s,
+                    progress.fraction if progress else None,
+                    progress.message if progress else None,
+                )
             except LeaseLost:
                 self.log(f"job {self.ctx.job_id}: lease lost (taken over or cancelled); stopping it")
                 self.ctx.mark_lease_lost()
@@ -125,8 +127,9 @@ class Heartbeat(threading.Thread):
 class Worker:
     """One worker process: claims and runs jobs until there is nothing left (or it is told to stop)."""
 
-    def __init__(self, opts: WorkerOptions, index: int | None = None,
-                 console_log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, opts: WorkerOptions, index: int | None = None, console_log: Callable[[str], None] | None = None
+    ) -> None:
         self.opts = opts
         self.index = index
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -152,8 +155,10 @@ class Worker:
         self._stop.set()
         if self._ctx is not None:
             self._ctx.request_stop()
-            self.log(f"{signal.Signals(signum).name}: job {self._ctx.job_id} will checkpoint and be released; "
-                     "send it again to exit at once")
+            self.log(
+                f"{signal.Signals(signum).name}: job {self._ctx.job_id} will checkpoint and be released; "
+                "send it again to exit at once"
+            )
         else:
             self.log(f"{signal.Signals(signum).name}: stopping")
 
@@ -169,20 +174,22 @@ class Worker:
         self._install_signals()
         settings = self.opts.settings
         try:
-            db = open_database(settings.db_url, create=True,
-                               outage=OutagePolicy(limit_s=self.opts.db_outage_s, log=self.log))
+            db = open_database(
+                settings.db_url, create=True, outage=OutagePolicy(limit_s=self.opts.db_outage_s, log=self.log)
+            )
         except SweeperError as exc:
             self.log(str(exc))
             return exc.exit_code
-        queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s,
-                      reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
+        queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s, reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
         self.queue = queue
         self.checkpoints = CheckpointStore(queue, settings.state_dir, self.opts.store_mode, warn=self.log)
         self.artifacts = ArtifactStore(queue, settings.state_dir, self.opts.store_mode)
         try:
             queue.register_worker(self.id, socket.gethostname(), os.getpid(), self.opts.threads)
-            self.log(f"started on {db.display_url} ({self.opts.threads} thread(s), "
-                     f"lease {self.opts.lease_ttl_s:g}s, store {self.opts.store_mode})")
+            self.log(
+                f"started on {db.display_url} ({self.opts.threads} thread(s), "
+                f"lease {self.opts.lease_ttl_s:g}s, store {self.opts.store_mode})"
+            )
             self._loop(queue)
             return 0
         except DatabaseUnavailable as exc:
@@ -219,10 +226,15 @@ class Worker:
             if opts.wait and (left.running or left.blocked):
                 self._idle(queue, opts.poll_s)
                 continue
-            what = f"{left.running} running elsewhere, {left.blocked} blocked" if (left.running or left.blocked) \
+            what = (
+                f"{left.running} running elsewhere, {left.blocked} blocked"
+                if (left.running or left.blocked)
                 else "queue is empty"
-            self.log(f"no runnable job left ({what}); exiting"
-                     + ("; use --wait to keep polling" if left.running or left.blocked else ""))
+            )
+            self.log(
+                f"no runnable job left ({what}); exiting"
+                + ("; use --wait to keep polling" if left.running or left.blocked else "")
+            )
             return
         self.log("stopped")
 
@@ -237,9 +249,15 @@ class Worker:
         settings = opts.settings
         tracker = make_tracker(settings.tracking_uri, settings.state_dir)
         ctx = JobContext(
-            job=job, queue=queue, checkpoints=self.checkpoints, artifacts=self.artifacts, tracker=tracker,
-            threads=opts.threads, state_dir=settings.state_dir,
-            options={"data_dir": opts.data_dir, **opts.extra}, log=self.log,
+            job=job,
+            queue=queue,
+            checkpoints=self.checkpoints,
+            artifacts=self.artifacts,
+            tracker=tracker,
+            threads=opts.threads,
+            state_dir=settings.state_dir,
+            options={"data_dir": opts.data_dir, **opts.extra},
+            log=self.log,
             scan_checkpoints=bool(opts.extra.get("scan_checkpoints")),
         )
         if self._stop.is_set():
@@ -372,8 +390,9 @@ def run_workers(opts: WorkerOptions, view: Any = None) -> int:
 def _supervise(opts: WorkerOptions) -> int:
     mp = multiprocessing.get_context("spawn")
     child_opts = replace(opts, workers=opts.workers, threads_per_worker=opts.threads)
-    procs = [mp.Process(target=_child_main, args=(child_opts, i), name=f"sweeper-worker-{i}")
-             for i in range(opts.workers)]
+    procs = [
+        mp.Process(target=_child_main, args=(child_opts, i), name=f"sweeper-worker-{i}") for i in range(opts.workers)
+    ]
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -384,8 +403,10 @@ def _supervise(opts: WorkerOptions) -> int:
                     os.kill(p.pid, signal.SIGKILL)
             os._exit(130)
         stopping.set()
-        _stderr_line(f"{signal.Signals(signum).name}: asking {len(procs)} workers to checkpoint and stop; "
-                     "send it again to exit at once")
+        _stderr_line(
+            f"{signal.Signals(signum).name}: asking {len(procs)} workers to checkpoint and stop; "
+            "send it again to exit at once"
+        )
         for p in procs:
             if p.pid and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
@@ -399,4 +420,3 @@ def _supervise(opts: WorkerOptions) -> int:
             p.join(timeout=0.5)
     codes = [p.exitcode or 0 for p in procs]
     return max((c for c in codes if c > 0), default=0)
-

@@ -42,9 +42,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, Hashable) or isinstance(key, (list, dict)):
-            raise SpecError(
-                "a mapping key must be a plain value", file=loader.file, line=key_node.start_mark.line + 1
-            )
+            raise SpecError("a mapping key must be a plain value", file=loader.file, line=key_node.start_mark.line + 1)
         if key in mapping:
             raise SpecError(
                 f"duplicate key '{key}' (first defined on line {first_line[key]})",
