@@ -6,6 +6,7 @@ unreachable the PostgreSQL tests skip, unless SWEEPER_REQUIRE_POSTGRES=1 (as in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -130,10 +131,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
             os.kill(proc.pid, sig)
         except ProcessLookupError:
             return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
@@ -150,6 +149,7 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str
 @pytest.fixture
 def fmnist_dir() -> Path:
     if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"real Fashion-MNIST not found in {FMNIST_DIR}: apt-get install dataset-fashion-mnist",
-                    pytrace=False)
+        pytest.fail(
+            f"real Fashion-MNIST not found in {FMNIST_DIR}: apt-get install dataset-fashion-mnist", pytrace=False
+        )
     return FMNIST_DIR
