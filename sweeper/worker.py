@@ -72,12 +72,19 @@ def available_cpus() -> int:
 
 
 def configure_threads(threads: int) -> None:
-    """Pin the math libraries to `threads`: one thread per process beats two in one on small nets."""
+    """Pin the math libraries to `threads`: one thread per process beats two in one on small nets.
+
+    The environment variables reach torch when a job kind first imports it; a worker that only
+    runs torch-free kinds never pays for importing torch.
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    try:
-        import torch
-    except ImportError:
+    apply_torch_threads(threads)
+
+
+def apply_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is None or torch.get_num_threads() == threads:
         return
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set: parallel work has run in this process
@@ -279,6 +286,7 @@ class Worker:
             if run_id and run_id != job.tracking_run_id:
                 queue.set_tracking_run(job.lease, run_id)
             fn = registry.load_run(job.kind)
+            apply_torch_threads(opts.threads)  # the kind's module may have just imported torch
             result = fn(ctx, job.params)
             if heartbeat.db_down is not None:
                 raise heartbeat.db_down
