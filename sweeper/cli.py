@@ -221,25 +221,52 @@ def work(
 @app.command()
 def status(
     sweep: SweepOpt = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="Rank the leaderboard by this result metric; append :max or :min to set the direction "
+            "(default: min for times, losses and sizes, else max).",
+        ),
+    ] = "test_accuracy",
+    top: Annotated[int, typer.Option("--top", min=0, help="Leaderboard rows (0 hides it).")] = 5,
+    failures: Annotated[int, typer.Option("--failures", min=0, help="Recent failures to list.")] = 5,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
+    ] = 2.0,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the status as JSON (schema sweeper.status/1).")
+        bool,
+        typer.Option("--json", help="Print one snapshot as JSON (schema sweeper.status/1, documented in the README)."),
     ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Counts per stage and state, running jobs with their heartbeat, recent failures, workers."""
-    from .dashboard import collect, render, to_json
+    """Progress per stage with ETA, running jobs, the leaderboard, recent failures and workers.
 
+    Reads the queue only (never torch or MLflow), so it is quick to run from any machine.
+    """
+    from .dashboard import collect, render, to_json
+    from .dashboard import watch as watch_status
+    from .ranking import parse_metric
+
+    if watch and as_json:
+        raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
+    metric = parse_metric(by)
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        snap = collect(database, sweep)
+        read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
+        if watch:
+            watch_status(read, out, interval=interval)
+            return
+        snap = read()
     finally:
         database.dispose()
     if as_json:
         sys.stdout.write(mask_password(json.dumps(to_json(snap), indent=2)) + "\n")
         return
-    out.print(render(snap))
+    out.print(render(snap, out.width))
 
 
 def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:

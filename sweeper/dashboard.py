@@ -1,21 +1,36 @@
-"""`sweeper status`: what is done, running, blocked and failed, read in a handful of queries.
+"""`sweeper status`: what is done, running, blocked and failed, and the leaders so far.
 
-`collect()` reads a StatusSnapshot (plain dataclasses, no rich), `to_json()` gives the documented
-`--json` schema, and `render()` draws it with rich. Nothing here imports torch or mlflow.
+`collect()` reads a StatusSnapshot (plain dataclasses, no rich) in a handful of aggregate
+queries, so it stays fast on a 10,000-job queue; `to_json()` gives the documented `--json` schema
+(`sweeper.status/1`, see README "sweeper status --json"); `render()` draws it with rich for an
+80-column terminal and up; `watch()` redraws it live. Nothing here imports torch or mlflow.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from .db import STATUSES, Database, db_now, jobs, stages, sweeps, workers
+from .db import ACTIVE, STATUSES, Database, db_now, jobs, stages, sweeps, workers
+from .ranking import Metric, metric_value
 from .spec import StageSpec
 
 JSON_SCHEMA = "sweeper.status/1"
+LOST_WORKER_S = 120.0  # a "running" worker silent this long has most likely died (kill -9, disconnect)
+_EPOCH = re.compile(r"\bepoch\s+(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
+
+
+@dataclass
+class SweepRow:
+    name: str
+    description: str
+    spec_file: str | None
+    created_at: float
 
 
 @dataclass
@@ -26,7 +41,14 @@ class StageRow:
     counts: dict[str, int]
     total: int
     needs: list[str]
-    waiting_on: str | None = None  # why blocked jobs wait, e.g. "model_search: 60/72 done"
+    waiting_on: str | None = None  # why blocked jobs wait, e.g. "waiting on model_search: 60/72 done"
+    mean_duration_s: float | None = None  # of its finished (done) jobs
+    throughput_per_h: float | None = None  # done jobs per hour while the stage was running
+    eta_s: float | None = None  # None: unknown (no job of the stage has finished yet)
+
+    @property
+    def remaining(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ACTIVE)
 
 
 @dataclass
@@ -39,7 +61,29 @@ class RunningRow:
     attempt: int
     progress: float | None
     message: str | None
+    epoch: int | None
+    epochs: int | None
     heartbeat_age_s: float | None
+
+
+@dataclass
+class LeaderRow:
+    rank: int
+    id: str
+    sweep: str
+    stage: str
+    label: str
+    value: float
+    metrics: dict[str, float]  # every numeric top-level value of the job's result
+
+
+@dataclass
+class Leaderboard:
+    metric: str
+    mode: str
+    k: int
+    rows: list[LeaderRow] = field(default_factory=list)
+    available: list[str] = field(default_factory=list)  # numeric metrics of the newest result (a hint)
 
 
 @dataclass
@@ -58,7 +102,7 @@ class WorkerRow:
     id: str
     host: str
     pid: int
-    status: str
+    status: str  # running | stopped | lost (running but silent for LOST_WORKER_S)
     heartbeat_age_s: float
     current_job: str | None
 
@@ -68,10 +112,14 @@ class StatusSnapshot:
     database: str
     time: float
     sweep: str | None
+    sweeps: list[SweepRow] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     running: list[RunningRow] = field(default_factory=list)
+    leaderboard: Leaderboard | None = None
     failed: list[FailedRow] = field(default_factory=list)
+    failed_total: int = 0
     workers: list[WorkerRow] = field(default_factory=list)
+    workers_hidden: int = 0
 
     def totals(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES}
@@ -80,179 +128,616 @@ class StatusSnapshot:
                 out[status] += n
         return out
 
+    @property
+    def workers_live(self) -> int:
+        return sum(1 for w in self.workers if w.status == "running")
+
+    @property
+    def throughput_per_h(self) -> float | None:
+        rates = [s.throughput_per_h for s in self.stages if s.throughput_per_h and s.counts.get("running")]
+        return sum(rates) if rates else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Sum of the stage ETAs that are known (each already divided among the live workers)."""
+        known = [s.eta_s for s in self.stages if s.remaining and s.eta_s is not None]
+        return sum(known) if known else (0.0 if not any(s.remaining for s in self.stages) else None)
+
+    @property
+    def eta_complete(self) -> bool:
+        return all(s.eta_s is not None for s in self.stages if s.remaining)
+
 
 def error_summary(text: str | None) -> str:
-    """The line of an error worth showing: the exception line of a traceback, else the first."""
+    """The line of an error worth showing: the exception line of a traceback, else the first line."""
     if not text:
         return ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return ""
-    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
+    if lines[0].startswith("Traceback"):
+        # The last line that is not indented code: "ValueError: ..." (skip a trailing "^^^^" marker).
+        for ln in reversed(lines):
+            if not set(ln) <= set("^~ "):
+                return ln[:300]
+    return lines[0][:300]
+
+
+def parse_epoch(message: str | None) -> tuple[int | None, int | None]:
+    """("epoch 3/15 loss 0.41") -> (3, 15): jobs report epochs in their progress message."""
+    m = _EPOCH.search(message or "")
+    if not m:
+        return None, None
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
 
 
 def collect(
-    db: Database, sweep: str | None = None, *, failures: int = 10, stale_worker_s: float = 3600.0
+    db: Database,
+    sweep: str | None = None,
+    *,
+    by: Metric | None = None,
+    top: int = 5,
+    failures: int = 5,
+    max_workers: int = 8,
+    stale_worker_s: float = 3600.0,
 ) -> StatusSnapshot:
+    """One consistent read of the queue: a few GROUP BY queries plus the handful of rows shown."""
+    by = by or Metric("test_accuracy", "max")
     with db.read() as conn:
         now = conn.execute(sa.select(db_now())).scalar_one()
         snap = StatusSnapshot(database=db.display_url, time=now, sweep=sweep)
         cond = [jobs.c.sweep == sweep] if sweep else []
 
-        counts: dict[tuple[str, str], dict[str, int]] = {}
+        sweep_cond = [sweeps.c.name == sweep] if sweep else []
         for r in conn.execute(
-            sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.status, sa.func.count())
-            .where(*cond)
-            .group_by(jobs.c.sweep, jobs.c.stage, jobs.c.status)
+            sa.select(sweeps.c.name, sweeps.c.description, sweeps.c.spec_file, sweeps.c.created_at)
+            .where(*sweep_cond)
+            .order_by(sweeps.c.created_at)
         ):
-            counts.setdefault((r[0], r[1]), {s: 0 for s in STATUSES})[r[2]] = r[3]
-        stage_cond = [stages.c.sweep == sweep] if sweep else []
-        stage_rows = conn.execute(
-            sa.select(stages.c.sweep, stages.c.name, stages.c.kind, stages.c.config)
-            .select_from(stages.join(sweeps, stages.c.sweep == sweeps.c.name))
-            .where(*stage_cond)
-            .order_by(sweeps.c.created_at, stages.c.position)
-        ).all()
-        for r in stage_rows:
-            spec = StageSpec.from_json(r.name, r.config)
-            c = counts.get((r.sweep, r.name), {s: 0 for s in STATUSES})
-            snap.stages.append(StageRow(r.sweep, r.name, r.kind, c, sum(c.values()), list(spec.needs)))
-        by_key = {(s.sweep, s.stage): s for s in snap.stages}
-        for row in snap.stages:
-            if row.counts.get("blocked"):
-                parts = []
-                for need in row.needs:
-                    up = by_key.get((row.sweep, need))
-                    if up is not None:
-                        parts.append(f"{need}: {up.counts.get('done', 0)}/{up.total} done")
-                row.waiting_on = "waiting on " + ", ".join(parts) if parts else None
+            snap.sweeps.append(SweepRow(r.name, r.description or "", r.spec_file, r.created_at))
 
-        for r in conn.execute(
-            sa.select(
-                jobs.c.id,
-                jobs.c.sweep,
-                jobs.c.stage,
-                jobs.c.label,
-                jobs.c.lease_owner,
-                jobs.c.attempt,
-                jobs.c.progress,
-                jobs.c.progress_message,
-                jobs.c.updated_at,
-            )
-            .where(jobs.c.status == "running", *cond)
-            .order_by(jobs.c.started_at)
-        ):
-            snap.running.append(
-                RunningRow(
-                    r.id,
-                    r.sweep,
-                    r.stage,
-                    r.label,
-                    r.lease_owner,
-                    r.attempt,
-                    r.progress,
-                    r.progress_message,
-                    max(0.0, now - r.updated_at),
-                )
-            )
-
-        for r in conn.execute(
-            sa.select(
-                jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.error, jobs.c.failures, jobs.c.finished_at
-            )
-            .where(jobs.c.status == "failed", *cond)
-            .order_by(jobs.c.finished_at.desc())
-            .limit(failures)
-        ):
-            snap.failed.append(
-                FailedRow(r.id, r.sweep, r.stage, r.label, error_summary(r.error), r.failures, r.finished_at)
-            )
-
-        for r in conn.execute(
-            sa.select(workers)
-            .where(sa.or_(workers.c.status == "running", workers.c.last_heartbeat > time.time() - stale_worker_s))
-            .order_by(workers.c.started_at)
-        ):
-            snap.workers.append(
-                WorkerRow(r.id, r.host, r.pid, r.status, max(0.0, time.time() - r.last_heartbeat), r.current_job)
-            )
+        _read_stages(conn, snap, sweep, cond)
+        _read_workers(conn, snap, stale_worker_s, max_workers)
+        _estimate(snap)
+        _read_running(conn, snap, cond, now)
+        if top > 0:
+            snap.leaderboard = _read_leaderboard(conn, db.dialect, by, top, cond)
+        _read_failures(conn, snap, cond, failures)
     return snap
 
 
+def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, cond: list) -> None:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in conn.execute(
+        sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.status, sa.func.count())
+        .where(*cond)
+        .group_by(jobs.c.sweep, jobs.c.stage, jobs.c.status)
+    ):
+        counts.setdefault((r[0], r[1]), {s: 0 for s in STATUSES})[r[2]] = r[3]
+
+    # Durations of finished jobs: the ETA's only evidence. started_at is the first claim, so a job
+    # resumed after a long pause counts long; the mean is still the honest number we have.
+    timing: dict[tuple[str, str], sa.Row] = {}
+    duration = jobs.c.finished_at - jobs.c.started_at
+    for r in conn.execute(
+        sa.select(
+            jobs.c.sweep,
+            jobs.c.stage,
+            sa.func.count().label("n"),
+            sa.func.avg(duration).label("mean"),
+            sa.func.min(jobs.c.started_at).label("first"),
+            sa.func.max(jobs.c.finished_at).label("last"),
+        )
+        .where(jobs.c.status == "done", jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None), *cond)
+        .group_by(jobs.c.sweep, jobs.c.stage)
+    ):
+        timing[(r.sweep, r.stage)] = r
+
+    stage_cond = [stages.c.sweep == sweep] if sweep else []
+    for r in conn.execute(
+        sa.select(stages.c.sweep, stages.c.name, stages.c.kind, stages.c.config)
+        .select_from(stages.join(sweeps, stages.c.sweep == sweeps.c.name))
+        .where(*stage_cond)
+        .order_by(sweeps.c.created_at, stages.c.sweep, stages.c.position)
+    ):
+        spec = StageSpec.from_json(r.name, r.config)
+        c = counts.get((r.sweep, r.name), {s: 0 for s in STATUSES})
+        row = StageRow(r.sweep, r.name, r.kind, c, sum(c.values()), list(spec.needs))
+        t = timing.get((r.sweep, r.name))
+        if t is not None and t.n:
+            row.mean_duration_s = max(0.0, float(t.mean))
+            span = float(t.last) - float(t.first)
+            row.throughput_per_h = 3600.0 * t.n / span if span > 0 else None
+        snap.stages.append(row)
+
+    by_key = {(s.sweep, s.stage): s for s in snap.stages}
+    for row in snap.stages:
+        if row.counts.get("blocked"):
+            parts = []
+            for need in row.needs:
+                up = by_key.get((row.sweep, need))
+                if up is not None:
+                    parts.append(f"{need}: {up.counts.get('done', 0)}/{up.total} done")
+            row.waiting_on = "waiting on " + ", ".join(parts) if parts else None
+
+
+def _read_workers(conn: sa.Connection, snap: StatusSnapshot, stale_worker_s: float, limit: int) -> None:
+    # Workers stamp their heartbeats with their own clock (time.time()), so compare with ours.
+    wall = time.time()
+    rows = conn.execute(
+        sa.select(workers)
+        .where(sa.or_(workers.c.status == "running", workers.c.last_heartbeat > wall - stale_worker_s))
+        .order_by(workers.c.last_heartbeat.desc())
+    ).all()
+    found = []
+    for r in rows:
+        age = max(0.0, wall - r.last_heartbeat)
+        status = "lost" if r.status == "running" and age > LOST_WORKER_S else r.status
+        found.append(WorkerRow(r.id, r.host, r.pid, status, age, r.current_job))
+    order = {"running": 0, "lost": 1, "stopped": 2}
+    found.sort(key=lambda w: (order.get(w.status, 3), w.heartbeat_age_s))
+    snap.workers = found[:limit]
+    snap.workers_hidden = max(0, len(found) - limit)
+
+
+def _estimate(snap: StatusSnapshot) -> None:
+    """ETA per stage: the work left, at the mean duration of its finished jobs, shared by the live workers."""
+    parallel = max(1, snap.workers_live)
+    for row in snap.stages:
+        if not row.remaining:
+            row.eta_s = 0.0
+        elif row.mean_duration_s is not None:
+            row.eta_s = row.remaining * row.mean_duration_s / parallel
+
+
+def _read_running(conn: sa.Connection, snap: StatusSnapshot, cond: list, now: float) -> None:
+    by_key = {(s.sweep, s.stage): s for s in snap.stages}
+    parallel = max(1, snap.workers_live)
+    for r in conn.execute(
+        sa.select(
+            jobs.c.id,
+            jobs.c.sweep,
+            jobs.c.stage,
+            jobs.c.label,
+            jobs.c.lease_owner,
+            jobs.c.attempt,
+            jobs.c.progress,
+            jobs.c.progress_message,
+            jobs.c.updated_at,
+        )
+        .where(jobs.c.status == "running", *cond)
+        .order_by(jobs.c.started_at, jobs.c.id)
+    ):
+        epoch, epochs = parse_epoch(r.progress_message)
+        snap.running.append(
+            RunningRow(
+                r.id,
+                r.sweep,
+                r.stage,
+                r.label,
+                r.lease_owner,
+                r.attempt,
+                r.progress,
+                r.progress_message,
+                epoch,
+                epochs,
+                max(0.0, now - r.updated_at),
+            )
+        )
+        # A running job is partly done: take its finished fraction off the stage's ETA.
+        stage = by_key.get((r.sweep, r.stage))
+        if stage is not None and stage.eta_s and stage.mean_duration_s and r.progress:
+            stage.eta_s = max(0.0, stage.eta_s - min(1.0, r.progress) * stage.mean_duration_s / parallel)
+
+
+def _read_leaderboard(conn: sa.Connection, dialect: str, by: Metric, top: int, cond: list) -> Leaderboard:
+    board = Leaderboard(by.name, by.mode, top)
+    value = metric_value(jobs.c.result, by.name, dialect).label("value")
+    order = value.desc() if by.mode == "max" else value.asc()
+    rows = conn.execute(
+        sa.select(jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.result, value)
+        .where(jobs.c.status == "done", value.is_not(None), *cond)
+        .order_by(order, jobs.c.position)
+        .limit(top)
+    ).all()
+    for i, r in enumerate(rows, 1):
+        board.rows.append(LeaderRow(i, r.id, r.sweep, r.stage, r.label, float(r.value), _numbers(r.result)))
+    if not rows:
+        newest = conn.execute(
+            sa.select(jobs.c.result).where(jobs.c.status == "done", *cond).order_by(jobs.c.finished_at.desc()).limit(1)
+        ).scalar_one_or_none()
+        board.available = sorted(_numbers(newest))
+    return board
+
+
+def _numbers(result: Any) -> dict[str, float]:
+    if not isinstance(result, dict):
+        return {}
+    return {
+        k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    }
+
+
+def _read_failures(conn: sa.Connection, snap: StatusSnapshot, cond: list, limit: int) -> None:
+    snap.failed_total = conn.execute(
+        sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == "failed", *cond)
+    ).scalar_one()
+    if not limit:
+        return
+    for r in conn.execute(
+        sa.select(
+            jobs.c.id, jobs.c.sweep, jobs.c.stage, jobs.c.label, jobs.c.error, jobs.c.failures, jobs.c.finished_at
+        )
+        .where(jobs.c.status == "failed", *cond)
+        .order_by(jobs.c.finished_at.desc(), jobs.c.id)
+        .limit(limit)
+    ):
+        snap.failed.append(
+            FailedRow(r.id, r.sweep, r.stage, r.label, error_summary(r.error), r.failures, r.finished_at)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
 def to_json(snap: StatusSnapshot) -> dict[str, Any]:
+    """The `--json` document. Schema `sweeper.status/1`: keys are only ever added, never changed."""
     return {
         "schema": JSON_SCHEMA,
         "database": snap.database,
         "time": snap.time,
         "sweep": snap.sweep,
+        "sweeps": [asdict(s) for s in snap.sweeps],
         "totals": snap.totals(),
+        "workers_live": snap.workers_live,
+        "throughput_per_h": snap.throughput_per_h,
+        "eta_s": snap.eta_s,
+        "eta_complete": snap.eta_complete,
         "stages": [asdict(s) for s in snap.stages],
         "running": [asdict(r) for r in snap.running],
+        "leaderboard": asdict(snap.leaderboard) if snap.leaderboard else None,
         "failed": [asdict(f) for f in snap.failed],
+        "failed_total": snap.failed_total,
         "workers": [asdict(w) for w in snap.workers],
+        "workers_hidden": snap.workers_hidden,
     }
 
 
-def _age(seconds: float | None) -> str:
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+# Bar glyphs differ by state as well as by colour, so the bar reads on a monochrome terminal too.
+BAR = {
+    "done": ("█", "green"),
+    "running": ("▓", "yellow"),
+    "pending": ("▒", "blue"),
+    "blocked": ("░", "bright_black"),
+    "failed": ("×", "red"),
+    "cancelled": ("-", "magenta"),
+}
+BAR_ORDER = ("done", "failed", "cancelled", "running", "pending", "blocked")
+
+
+def duration(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+        return "?"
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86400:
+        h, m = divmod(round(s / 60), 60)
+        return f"{h}h{m:02d}m"
+    d, h = divmod(round(s / 3600), 24)
+    return f"{d}d{h:02d}h"
 
 
-def render(snap: StatusSnapshot) -> Any:
+def rate(per_hour: float) -> str:
+    return f"{per_hour:,.0f}" if per_hour >= 10 else f"{per_hour:.2g}"
+
+
+def segments(counts: dict[str, int], width: int) -> list[tuple[str, int]]:
+    """Split `width` cells among the states in proportion (largest remainder); no state with jobs gets 0."""
+    total = sum(counts.get(s, 0) for s in BAR_ORDER)
+    if total == 0 or width <= 0:
+        return []
+    present = [s for s in BAR_ORDER if counts.get(s, 0)]
+    width = max(width, len(present))
+    exact = {s: counts[s] * width / total for s in present}
+    cells = {s: max(1, int(exact[s])) for s in present}
+    while sum(cells.values()) > width:
+        biggest = max(cells, key=lambda s: cells[s])
+        cells[biggest] -= 1
+    for s in sorted(present, key=lambda s: exact[s] - int(exact[s]), reverse=True):
+        if sum(cells.values()) >= width:
+            break
+        cells[s] += 1
+    return [(s, cells[s]) for s in present]
+
+
+def stage_bar(counts: dict[str, int], width: int) -> Any:
+    from rich.text import Text
+
+    bar = Text()
+    for state, n in segments(counts, width):
+        glyph, style = BAR[state]
+        bar.append(glyph * n, style=style)
+    return bar
+
+
+def render(snap: StatusSnapshot, width: int = 80) -> Any:
+    """A rich renderable of the snapshot, laid out for a terminal `width` columns wide (80 and up)."""
     from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = [_header(snap)]
+    if not snap.stages:
+        parts.append(Text("no jobs yet: sweeper enqueue GRID.yaml", style="dim"))
+        return Group(*parts)
+    parts.append(_stages(snap, width))
+    if snap.running:
+        parts.append(_running(snap, width))
+    if snap.leaderboard is not None:
+        parts.append(_leaders(snap.leaderboard))
+    if snap.failed:
+        parts.append(_failures(snap))
+    if snap.workers:
+        parts.append(_workers(snap))
+    return Group(*parts)
+
+
+def _header(snap: StatusSnapshot) -> Any:
+    from rich.text import Text
+
+    head = Text()
+    if len(snap.sweeps) == 1:
+        s = snap.sweeps[0]
+        head.append(f"sweep {s.name}", style="bold")
+        if s.description:
+            head.append(f"  {s.description}", style="italic")
+    elif snap.sweeps:
+        head.append(f"{len(snap.sweeps)} sweeps: ", style="bold")
+        head.append(", ".join(s.name for s in snap.sweeps))
+    else:
+        head.append("no sweep", style="bold")
+    head.append("\n")
+    head.append(snap.database, style="dim")
+    head.append(f"  at {time.strftime('%H:%M:%S', time.localtime(snap.time))}\n", style="dim")
+    totals = snap.totals()
+    n = sum(totals.values())
+    head.append(f"{n} jobs: ", style="bold")
+    head.append(
+        ", ".join(f"{v} {k}" for k, v in totals.items() if v) or "none",
+    )
+    live = snap.workers_live
+    head.append(f"\n{live} worker{'s' if live != 1 else ''} live")
+    if snap.throughput_per_h:
+        head.append(f"  ·  {rate(snap.throughput_per_h)} jobs/h")
+    if any(s.remaining for s in snap.stages):
+        eta = snap.eta_s
+        head.append("  ·  ETA ")
+        if eta is None:
+            head.append("? (no job finished yet)")
+        else:
+            head.append(duration(eta) if snap.eta_complete else f"≥{duration(eta)}", style="bold")
+    return head
+
+
+def _stages(snap: StatusSnapshot, width: int) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    parts: list[Any] = []
-    totals = snap.totals()
-    head = Text(f"{snap.database}  ", style="bold")
-    head.append("  ".join(f"{k} {v}" for k, v in totals.items() if v) or "no jobs", style="")
-    parts.append(head)
+    multi = len({s.sweep for s in snap.stages}) > 1
+    names = [f"{s.sweep}/{s.stage}" if multi else s.stage for s in snap.stages]
+    name_w = min(22, max(len(n) for n in names))
+    count_w = max(len(f"{s.counts.get('done', 0)}/{s.total}") for s in snap.stages)
+    # name | bar | "done/total done" | "ETA 1h05m": keep the row inside `width`.
+    bar_w = max(10, width - name_w - count_w - 5 - 16)
 
-    table = Table(title="stages", title_justify="left", expand=False)
-    for col in ("sweep", "stage", "kind", *STATUSES, "note"):
-        table.add_column(col, justify="right" if col in STATUSES else "left")
-    for s in snap.stages:
-        table.add_row(
-            s.sweep, s.stage, s.kind, *[str(s.counts.get(st, 0) or "") for st in STATUSES], s.waiting_on or ""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True, overflow="ellipsis", max_width=name_w)
+    table.add_column()
+    for name, s in zip(names, snap.stages, strict=True):
+        top = stage_bar(s.counts, bar_w)
+        top.append(f" {s.counts.get('done', 0):>{len(str(s.total))}}/{s.total} done", style="bold")
+        if s.remaining:
+            top.append(f"  ETA {duration(s.eta_s)}" if s.eta_s is not None else "  ETA ?")
+        detail = Text(style="dim")
+        bits = [f"{s.counts[k]} {k}" for k in ("running", "pending", "blocked", "failed", "cancelled") if s.counts[k]]
+        if s.mean_duration_s is not None:
+            bits.append(f"{duration(s.mean_duration_s)}/job")
+        if s.throughput_per_h:
+            bits.append(f"{rate(s.throughput_per_h)}/h")
+        detail.append(" · ".join(bits) if bits else s.kind)
+        if s.waiting_on:
+            detail.append(f" · {s.waiting_on}", style="yellow")
+        table.add_row(Text(name, style="bold cyan"), top)
+        table.add_row("", detail)
+    legend = Text("  ".join(f"{BAR[s][0]} {s}" for s in BAR_ORDER), style="dim")
+    return _titled("stages", table, legend)
+
+
+def _titled(title: str, body: Any, footer: Any = None) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    items = [Text(""), Text(title, style="bold underline"), body]
+    if footer is not None:
+        items.append(footer)
+    return Group(*items)
+
+
+def _table(*columns: tuple[str, dict[str, Any]]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False, header_style="bold")
+    for name, opts in columns:
+        t.add_column(name, **opts)
+    return t
+
+
+def _cell(text: Any, width: int, justify: str = "left") -> Any:
+    """`text` cut or padded to exactly `width` cells."""
+    from rich.text import Text
+
+    t = text.copy() if isinstance(text, Text) else Text(str(text))
+    if t.cell_len > width:
+        t.truncate(width, overflow="ellipsis")
+    pad = width - t.cell_len
+    if justify == "right":
+        return Text(" " * pad) + t
+    t.append(" " * pad)
+    return t
+
+
+def _epoch_text(r: RunningRow) -> str:
+    if r.epoch is None:
+        return r.message or "-"
+    return f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch)
+
+
+def _running(snap: StatusSnapshot, width: int) -> Any:
+    """One line per running job with aligned columns, and its params on a dim line below.
+
+    Hand-laid rather than a rich Table: the params line spans the row, which a table cell cannot.
+    """
+    from rich.text import Text
+
+    stage_w = min(14, max(5, *(len(r.stage) for r in snap.running)))
+    cols = [("job", 12, "left"), ("stage", stage_w, "left"), ("progress", 13, "left"), ("epoch", 7, "left")]
+    cols += [("beat", 4, "right"), ("try", 3, "right")]
+    used = sum(w for _, w, _ in cols) + 2 * len(cols)
+    worker_w = max(6, width - used)
+    lines = []
+    head = Text(style="bold")
+    for name, w, justify in cols:
+        head += _cell(name, w, justify) + Text("  ")
+    head += _cell("worker", worker_w)
+    lines.append(head)
+    for r in snap.running:
+        prog = Text()
+        if r.progress is not None:
+            p = min(1.0, max(0.0, r.progress))
+            filled = round(p * 8)
+            prog.append("█" * filled, style="yellow")
+            prog.append("░" * (8 - filled), style="bright_black")
+            prog.append(f" {100 * p:3.0f}%")
+        else:
+            prog.append("-")
+        epoch = _epoch_text(r)
+        beat = Text(duration(r.heartbeat_age_s), style="red" if (r.heartbeat_age_s or 0) > 60 else "")
+        cells = [r.id, Text(r.stage, style="cyan"), prog, epoch, beat, str(r.attempt)]
+        line = Text()
+        for value, (_, w, justify) in zip(cells, cols, strict=True):
+            line += _cell(value, w, justify) + Text("  ")
+        line += _cell(r.worker or "-", worker_w)
+        lines.append(line)
+        if r.label:
+            lines.append(_cell(Text(" " * 14 + r.label, style="dim"), width))
+    return _titled(f"running ({len(snap.running)})", Text("\n").join(lines))
+
+
+def _leaders(board: Leaderboard) -> Any:
+    from rich.text import Text
+
+    title = f"top {board.k} by {board.metric} ({'higher' if board.mode == 'max' else 'lower'} is better)"
+    if not board.rows:
+        hint = f"no finished job reports {board.metric} yet"
+        if board.available:
+            pick = next((m for m in board.available if re.search("acc|score|loss|value", m)), board.available[0])
+            hint += f"; results have {', '.join(board.available[:8])} (try --by {pick})"
+        return _titled(title, Text(hint, style="dim"))
+    t = _table(
+        ("#", {"justify": "right", "no_wrap": True}),
+        ("job", {"no_wrap": True, "min_width": 12}),
+        ("stage", {"no_wrap": True, "overflow": "ellipsis", "max_width": 14}),
+        (board.metric, {"justify": "right", "no_wrap": True}),
+        ("params", {"overflow": "fold", "ratio": 1}),
+    )
+    for r in board.rows:
+        t.add_row(str(r.rank), r.id, r.stage, f"{r.value:.4g}", r.label or "-")
+    return _titled(title, t)
+
+
+def _failures(snap: StatusSnapshot) -> Any:
+    from rich.text import Text
+
+    more = f", {snap.failed_total - len(snap.failed)} more" if snap.failed_total > len(snap.failed) else ""
+    t = _table(
+        ("job", {"no_wrap": True, "min_width": 12}),
+        ("stage", {"no_wrap": True, "overflow": "ellipsis", "max_width": 14}),
+        ("error", {"overflow": "fold", "ratio": 1}),
+    )
+    for f in snap.failed:
+        error = f.error if len(f.error) <= 160 else f.error[:157] + "..."
+        t.add_row(f.id, f.stage, Text(error, style="red"))
+    return _titled(f"failed ({snap.failed_total}{more}; sweeper show JOB for the traceback)", t)
+
+
+def _workers(snap: StatusSnapshot) -> Any:
+    from rich.text import Text
+
+    t = _table(
+        ("host", {"no_wrap": True, "overflow": "ellipsis", "max_width": 20}),
+        ("pid", {"justify": "right", "no_wrap": True}),
+        ("status", {"no_wrap": True}),
+        ("heartbeat", {"justify": "right", "no_wrap": True}),
+        ("job", {"no_wrap": True}),
+    )
+    styles = {"running": "green", "lost": "red", "stopped": "dim"}
+    for w in snap.workers:
+        t.add_row(
+            w.host,
+            str(w.pid),
+            Text(w.status, style=styles.get(w.status, "")),
+            f"{duration(w.heartbeat_age_s)} ago",
+            w.current_job or "-",
         )
-    parts.append(table)
+    more = f", {snap.workers_hidden} older not shown" if snap.workers_hidden else ""
+    return _titled(f"workers ({snap.workers_live} live{more})", t)
 
-    if snap.running:
-        t = Table(title="running", title_justify="left")
-        for col in ("job", "stage", "params", "worker", "progress", "heartbeat", "attempt"):
-            t.add_column(col)
-        for r in snap.running:
-            pct = f"{100 * r.progress:.0f}%" if r.progress is not None else "-"
-            t.add_row(
-                r.id,
-                r.stage,
-                r.label,
-                r.worker or "-",
-                f"{pct} {r.message or ''}".strip(),
-                _age(r.heartbeat_age_s),
-                str(r.attempt),
-            )
-        parts.append(t)
 
-    if snap.failed:
-        t = Table(title="failed", title_justify="left")
-        for col in ("job", "stage", "params", "error"):
-            t.add_column(col, overflow="fold")
-        for f in snap.failed:
-            t.add_row(f.id, f.stage, f.label, f.error)
-        parts.append(t)
+# ---------------------------------------------------------------------------------------------
+# Live
 
-    if snap.workers:
-        t = Table(title="workers", title_justify="left")
-        for col in ("worker", "host", "pid", "status", "heartbeat", "job"):
-            t.add_column(col)
-        for w in snap.workers:
-            t.add_row(w.id, w.host, str(w.pid), w.status, _age(w.heartbeat_age_s), w.current_job or "-")
-        parts.append(t)
-    return Group(*parts)
+
+def watch(
+    read: Callable[[], StatusSnapshot],
+    console: Any,
+    *,
+    interval: float = 2.0,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Redraw the status every `interval` seconds until Ctrl-C (or `stop()` says so).
+
+    A failed read (database restarting, network blip) keeps the last picture on screen with the
+    error under it, and the next tick tries again.
+    """
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    last: Any = Text("reading the queue ...", style="dim")
+    with Live(last, console=console, auto_refresh=False, vertical_overflow="crop", transient=False) as live:
+        try:
+            while True:
+                try:
+                    snap = read()
+                    last = render(snap, console.width)
+                    view = Group(last, Text(f"\nrefreshing every {interval:g}s; Ctrl-C to quit", style="dim"))
+                except Exception as exc:  # show it and keep watching: the next read may work
+                    msg = str(getattr(exc, "message", None) or exc).splitlines()[0][:200]
+                    view = Group(last, Text(f"\ncannot read the queue: {msg}; retrying", style="red"))
+                live.update(view, refresh=True)
+                if stop is not None and stop():
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return

@@ -1,0 +1,85 @@
+"""Ranking jobs by a metric of their result: which way is better, and how to read it in SQL.
+
+A metric is named as `NAME` or `NAME:max` / `NAME:min`. Without a direction, names that look like
+costs (times, losses, errors, sizes, FLOPs) are minimised and everything else is maximised, so
+`--by test_accuracy` and `--by time_to_target_s` both do what a user means.
+
+`metric_value()` reads a numeric metric out of `jobs.result` with SQLAlchemy's JSON element
+access, so the leaderboard is sorted by the database (SQLite and PostgreSQL alike) and only the
+top rows travel. It returns NULL, never an error, for a result that lacks the metric, holds a
+non-number there, or (on SQLite) is not valid JSON at all: one odd job must not take the
+dashboard down.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+
+from .errors import UsageError
+
+MODES = ("max", "min")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# Substrings of metric names where smaller is better.
+_COST_WORDS = ("time", "loss", "error", "latency", "flops", "macs", "params", "size", "bytes", "duration")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    mode: str = "max"  # max: larger is better
+
+    @property
+    def better(self) -> str:
+        return "higher" if self.mode == "max" else "lower"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.mode}"
+
+    def sort_key(self, value: float) -> float:
+        """A key for sorted() that puts the best value first."""
+        return -value if self.mode == "max" else value
+
+
+def default_mode(name: str) -> str:
+    lowered = name.lower()
+    if lowered.endswith("_s") or any(w in lowered for w in _COST_WORDS):
+        return "min"
+    return "max"
+
+
+def parse_metric(text: str, *, option: str = "--by") -> Metric:
+    """`test_accuracy`, `test_accuracy:max` or `time_to_target_s:min` -> Metric."""
+    name, _, mode = text.strip().partition(":")
+    if not _NAME.match(name):
+        raise UsageError(
+            f"{option} {text!r}: a metric is the name of a key in the jobs' results",
+            hint=f"for example {option} test_accuracy or {option} time_to_target_s:min",
+        )
+    if mode and mode not in MODES:
+        raise UsageError(f"{option} {text!r}: the direction after ':' is max or min, not {mode!r}")
+    return Metric(name, mode or default_mode(name))
+
+
+def metric_value(column: sa.Column, name: str, dialect: str) -> ColumnElement:
+    """SQL for the float value of `column[name]`, NULL where it is missing or not a number."""
+    element = column[name]
+    value = element.as_float()
+    if dialect == "postgresql":
+        # ->> then a cast would raise on a string; json_typeof tells numbers apart first.
+        return sa.case((sa.func.json_typeof(element) == "number", value), else_=None)
+    if dialect == "sqlite":
+        # json_extract raises "malformed JSON" on a row that is not JSON (Python's json writes NaN),
+        # so check the document first; CASE evaluates lazily.
+        path = '$."' + name.replace('"', '""') + '"'
+        return sa.case(
+            (
+                sa.func.json_valid(column) == 1,
+                sa.case((sa.func.json_type(column, path).in_(["integer", "real"]), value), else_=None),
+            ),
+            else_=None,
+        )
+    return value
