@@ -269,6 +269,75 @@ def status(
     out.print(render(snap, out.width))
 
 
+@app.command()
+def show(
+    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix of at least 4 characters).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON (schema sweeper.job/1).")] = False,
+    no_traceback: Annotated[bool, typer.Option("--no-traceback", help="Only the error's summary line.")] = False,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Everything about one job: params as written and as resolved, attempts, metrics, files, the error."""
+    from .queue import Queue
+    from .show import collect_job, render, to_json
+
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        detail = collect_job(database, Queue(database).resolve_job_id(job_id), settings.state_dir)
+    finally:
+        database.dispose()
+    if as_json:
+        sys.stdout.write(mask_password(json.dumps(to_json(detail), indent=2, default=str)) + "\n")
+        return
+    out.print(render(detail, traceback=not no_traceback))
+
+
+@app.command()
+def export(
+    csv_file: Annotated[
+        str,
+        typer.Option(
+            "--csv",
+            help="Write CSV to this file ('-' for stdout): one row per job, params.* and metrics.* columns.",
+            show_default=False,
+        ),
+    ],
+    sweep: SweepOpt = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage.")] = None,
+    status_filter: Annotated[
+        list[str] | None, typer.Option("--status", help="Only jobs in this state (repeatable), e.g. --status done.")
+    ] = None,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
+    from .db import STATUSES
+    from .export import write_csv
+    from .results import load_jobs
+
+    bad = [s for s in status_filter or [] if s not in STATUSES]
+    if bad:
+        raise UsageError(f"--status {bad[0]!r} is not a job state", hint=f"states: {', '.join(STATUSES)}")
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        records = load_jobs(database, sweep, stage, status_filter or None)
+    finally:
+        database.dispose()
+    if csv_file == "-":
+        write_csv(records, sys.stdout)
+        return
+    import io
+
+    from .checkpoints import atomic_write
+
+    buf = io.StringIO()
+    n = write_csv(records, buf)
+    atomic_write(Path(csv_file), buf.getvalue().encode("utf-8"))
+    out.print(f"wrote {n} job(s) to {csv_file}")
+
+
 def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:
     if not job_ids and not failed and not stage and not sweep:
         raise UsageError(f"say which jobs to {verb}: job ids, --failed, --stage or --sweep")

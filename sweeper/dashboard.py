@@ -560,10 +560,10 @@ def _stages(snap: StatusSnapshot, width: int) -> Any:
         table.add_row(Text(name, style="bold cyan"), top)
         table.add_row("", detail)
     legend = Text("  ".join(f"{BAR[s][0]} {s}" for s in BAR_ORDER), style="dim")
-    return _titled("stages", table, legend)
+    return titled("stages", table, legend)
 
 
-def _titled(title: str, body: Any, footer: Any = None) -> Any:
+def titled(title: str, body: Any, footer: Any = None) -> Any:
     from rich.console import Group
     from rich.text import Text
 
@@ -573,7 +573,7 @@ def _titled(title: str, body: Any, footer: Any = None) -> Any:
     return Group(*items)
 
 
-def _table(*columns: tuple[str, dict[str, Any]]) -> Any:
+def plain_table(*columns: tuple[str, dict[str, Any]]) -> Any:
     from rich import box
     from rich.table import Table
 
@@ -641,7 +641,7 @@ def _running(snap: StatusSnapshot, width: int) -> Any:
         lines.append(line)
         if r.label:
             lines.append(_cell(Text(" " * 14 + r.label, style="dim"), width))
-    return _titled(f"running ({len(snap.running)})", Text("\n").join(lines))
+    return titled(f"running ({len(snap.running)})", Text("\n").join(lines))
 
 
 def _leaders(board: Leaderboard) -> Any:
@@ -653,8 +653,8 @@ def _leaders(board: Leaderboard) -> Any:
         if board.available:
             pick = next((m for m in board.available if re.search("acc|score|loss|value", m)), board.available[0])
             hint += f"; results have {', '.join(board.available[:8])} (try --by {pick})"
-        return _titled(title, Text(hint, style="dim"))
-    t = _table(
+        return titled(title, Text(hint, style="dim"))
+    t = plain_table(
         ("#", {"justify": "right", "no_wrap": True}),
         ("job", {"no_wrap": True, "min_width": 12}),
         ("stage", {"no_wrap": True, "overflow": "ellipsis", "max_width": 14}),
@@ -663,14 +663,14 @@ def _leaders(board: Leaderboard) -> Any:
     )
     for r in board.rows:
         t.add_row(str(r.rank), r.id, r.stage, f"{r.value:.4g}", r.label or "-")
-    return _titled(title, t)
+    return titled(title, t)
 
 
 def _failures(snap: StatusSnapshot) -> Any:
     from rich.text import Text
 
     more = f", {snap.failed_total - len(snap.failed)} more" if snap.failed_total > len(snap.failed) else ""
-    t = _table(
+    t = plain_table(
         ("job", {"no_wrap": True, "min_width": 12}),
         ("stage", {"no_wrap": True, "overflow": "ellipsis", "max_width": 14}),
         ("error", {"overflow": "fold", "ratio": 1}),
@@ -678,13 +678,13 @@ def _failures(snap: StatusSnapshot) -> Any:
     for f in snap.failed:
         error = f.error if len(f.error) <= 160 else f.error[:157] + "..."
         t.add_row(f.id, f.stage, Text(error, style="red"))
-    return _titled(f"failed ({snap.failed_total}{more}; sweeper show JOB for the traceback)", t)
+    return titled(f"failed ({snap.failed_total}{more}; sweeper show JOB for the traceback)", t)
 
 
 def _workers(snap: StatusSnapshot) -> Any:
     from rich.text import Text
 
-    t = _table(
+    t = plain_table(
         ("host", {"no_wrap": True, "overflow": "ellipsis", "max_width": 20}),
         ("pid", {"justify": "right", "no_wrap": True}),
         ("status", {"no_wrap": True}),
@@ -701,7 +701,7 @@ def _workers(snap: StatusSnapshot) -> Any:
             w.current_job or "-",
         )
     more = f", {snap.workers_hidden} older not shown" if snap.workers_hidden else ""
-    return _titled(f"workers ({snap.workers_live} live{more})", t)
+    return titled(f"workers ({snap.workers_live} live{more})", t)
 
 
 # ---------------------------------------------------------------------------------------------
