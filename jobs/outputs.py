@@ -1,0 +1,102 @@
+"""The files a training job leaves behind: history.json, predictions.csv, curve and confusion PNGs.
+
+`sweeper report` reads history.json and predictions.csv from the artifact store, so their shape is
+a contract (documented in README "Results of a train job"):
+
+    history.json   {"version": 1, "points": [{step, epoch, loss, train_acc, train_s}, ...],
+                    "epochs": [{epoch, step, train_loss, train_acc, test_loss, test_acc, train_s}, ...],
+                    "time": {...}, "final": {...}, "target": {...}, "arch": {...}, "dataset": {...}}
+    predictions.csv  index,true,predicted,true_name,predicted_name (one row per test image)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import CLASSES
+
+
+def write_history(path: Path, history: Mapping[str, Any]) -> Path:
+    path.write_text(json.dumps(history, indent=1, allow_nan=False, default=_plain) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def write_predictions(path: Path, true: torch.Tensor, predicted: torch.Tensor) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "true", "predicted", "true_name", "predicted_name"])
+        for i, (t, p) in enumerate(zip(true.tolist(), predicted.tolist(), strict=True)):
+            w.writerow([i, t, p, CLASSES[t], CLASSES[p]])
+    return path
+
+
+def confusion(true: torch.Tensor, predicted: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """counts[t, p]: how many test images of class t were predicted as p."""
+    return torch.bincount(true * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(
+    path: Path, points: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], title: str
+) -> Path:
+    """Loss and accuracy against training progress (batches), with the per-epoch test figures."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [p["step"] for p in points]
+    ax_loss.plot(steps, [p["loss"] for p in points], lw=0.8, label="train (running)")
+    ax_acc.plot(steps, [p["train_acc"] for p in points], lw=0.8, label="train (running)")
+    tested = [e for e in epochs if "test_loss" in e]
+    if tested:
+        ax_loss.plot([e["step"] for e in tested], [e["test_loss"] for e in tested], "o-", label="test (epoch end)")
+        ax_acc.plot([e["step"] for e in tested], [e["test_acc"] for e in tested], "o-", label="test (epoch end)")
+    for ax, name in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("batches")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(path: Path, counts: torch.Tensor, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(counts.numpy(), cmap="Blues")
+    for t in range(counts.shape[0]):
+        for p in range(counts.shape[1]):
+            value = int(counts[t, p])
+            if value:
+                color = "white" if value > counts.max().item() / 2 else "black"
+                ax.text(p, t, str(value), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
