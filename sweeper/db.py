@@ -85,10 +85,12 @@ jobs = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),  # first claim
     sa.Column("finished_at", sa.Float),
-    sa.Index("ix_jobs_claim", "status", "priority", "position"),
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_stage", "sweep", "stage", "status"),
 )
+
+# Matches the claim's ORDER BY priority DESC, position: the next job is the first index entry.
+sa.Index("ix_jobs_claim", jobs.c.status, jobs.c.priority.desc(), jobs.c.position)
 
 workers = sa.Table(
     "workers",

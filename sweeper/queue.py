@@ -16,6 +16,7 @@ clause (which SQLAlchemy leaves out on SQLite) is not needed there.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import secrets
@@ -106,6 +107,117 @@ def _now() -> float:
     return time.time()
 
 
+# The hot path (claim, complete, heartbeat) runs prebuilt statements: building a SQLAlchemy
+# statement costs more than executing it on SQLite, and a prebuilt one also keeps its cache key.
+
+
+@functools.cache
+def _claim_statement(with_stages: bool, with_sweep: bool) -> sa.Update:
+    cond = [jobs.c.status == "pending", sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= db_now())]
+    if with_stages:
+        cond.append(jobs.c.stage.in_(sa.bindparam("p_stages", expanding=True)))
+    if with_sweep:
+        cond.append(jobs.c.sweep == sa.bindparam("p_sweep"))
+    # On PostgreSQL, SKIP LOCKED lets concurrent claimers pass over each other's row instead of
+    # queueing behind it. SQLAlchemy drops the clause on SQLite, where BEGIN IMMEDIATE serializes.
+    next_job = (
+        sa.select(jobs.c.id)
+        .where(*cond)
+        .order_by(jobs.c.priority.desc(), jobs.c.position)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("next_job")
+    )
+    return (
+        jobs.update()
+        .where(jobs.c.id == sa.select(next_job.c.id).scalar_subquery())
+        .values(
+            status="running",
+            lease_owner=sa.bindparam("p_worker"),
+            lease_token=sa.bindparam("p_token"),
+            lease_expires_at=db_now() + sa.bindparam("p_ttl", type_=sa.Float),
+            attempt=jobs.c.attempt + 1,
+            started_at=sa.func.coalesce(jobs.c.started_at, db_now()),
+            updated_at=db_now(),
+            not_before=None,
+            progress=None,
+            progress_message=None,
+        )
+        .returning(
+            jobs.c.id,
+            jobs.c.sweep,
+            jobs.c.stage,
+            jobs.c.kind,
+            jobs.c.label,
+            jobs.c.params,
+            jobs.c.resolved_params,
+            jobs.c.attempt,
+            jobs.c.failures,
+            jobs.c.interruptions,
+            jobs.c.tracking_run_id,
+        )
+    )
+
+
+_INSERT_EVENT = events.insert()
+
+_OWNED = sa.and_(
+    jobs.c.id == sa.bindparam("p_job"), jobs.c.lease_token == sa.bindparam("p_token"), jobs.c.status == "running"
+)
+
+_COMPLETE = (
+    jobs.update()
+    .where(_OWNED)
+    .values(
+        status="done",
+        result=sa.bindparam("p_result", type_=jobs.c.result.type),
+        finished_at=db_now(),
+        updated_at=db_now(),
+        progress=1.0,
+        lease_token=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        error=None,
+    )
+    .returning(jobs.c.sweep, jobs.c.stage)
+)
+
+_RENEW = (
+    jobs.update()
+    .where(_OWNED)
+    .values(
+        lease_expires_at=db_now() + sa.bindparam("p_ttl", type_=sa.Float),
+        updated_at=db_now(),
+        progress=sa.func.coalesce(sa.bindparam("p_progress", type_=sa.Float), jobs.c.progress),
+        progress_message=sa.func.coalesce(sa.bindparam("p_message", type_=sa.Text), jobs.c.progress_message),
+    )
+    .returning(jobs.c.id)
+)
+
+_WORKER_BEAT = (
+    workers.update()
+    .where(workers.c.id == sa.bindparam("p_worker"))
+    .values(last_heartbeat=sa.bindparam("p_now", type_=sa.Float), current_job=sa.bindparam("p_current"))
+)
+
+_LIST_CHECKPOINTS = (
+    sa.select(
+        checkpoints.c.id,
+        checkpoints.c.job_id,
+        checkpoints.c.seq,
+        checkpoints.c.sha256,
+        checkpoints.c.size,
+        checkpoints.c.location,
+        checkpoints.c.created_at,
+        checkpoints.c.attempt,
+    )
+    .where(checkpoints.c.job_id == sa.bindparam("p_job"))
+    .order_by(checkpoints.c.seq.desc())
+)
+
+_SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindparam("p_sweep"))
+
+
 class Queue:
     """The job queue on one database. Safe to share between threads of one process."""
 
@@ -114,6 +226,7 @@ class Queue:
         self.retry_backoff_s = retry_backoff_s
         self.reap_every_s = reap_every_s
         self._last_reap = 0.0
+        self._stage_cache: dict[str, tuple[float | None, dict[str, StageSpec]]] = {}
         # Called after every committed write with what it was (mirrored mode snapshots on it).
         self.after_write: Callable[[str], None] | None = None
 
@@ -226,59 +339,24 @@ class Queue:
                     self._reap_expired(conn)
                     self._last_reap = time.monotonic()
                 token = secrets.token_hex(16)
-                cond = [
-                    jobs.c.status == "pending",
-                    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= db_now()),
-                ]
+                params: dict[str, Any] = {"p_worker": worker_id, "p_token": token, "p_ttl": float(ttl_s)}
                 if stages_filter:
-                    cond.append(jobs.c.stage.in_(list(stages_filter)))
+                    params["p_stages"] = list(stages_filter)
                 if sweep:
-                    cond.append(jobs.c.sweep == sweep)
-                next_job = (
-                    sa.select(jobs.c.id)
-                    .where(*cond)
-                    .order_by(jobs.c.priority.desc(), jobs.c.position)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                    .cte("next_job")
-                )
-                row = conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == sa.select(next_job.c.id).scalar_subquery())
-                    .values(
-                        status="running",
-                        lease_owner=worker_id,
-                        lease_token=token,
-                        lease_expires_at=db_now() + ttl_s,
-                        attempt=jobs.c.attempt + 1,
-                        started_at=sa.func.coalesce(jobs.c.started_at, db_now()),
-                        updated_at=db_now(),
-                        not_before=None,
-                        progress=None,
-                        progress_message=None,
-                    )
-                    .returning(
-                        jobs.c.id,
-                        jobs.c.sweep,
-                        jobs.c.stage,
-                        jobs.c.kind,
-                        jobs.c.label,
-                        jobs.c.params,
-                        jobs.c.resolved_params,
-                        jobs.c.attempt,
-                        jobs.c.failures,
-                        jobs.c.interruptions,
-                        jobs.c.tracking_run_id,
-                    )
-                ).first()
+                    params["p_sweep"] = sweep
+                row = conn.execute(_claim_statement(bool(stages_filter), bool(sweep)), params).first()
                 if row is None:
                     return None
-                now = _now()
                 conn.execute(
-                    events.insert().values(job_id=row.id, ts=now, type="claimed", worker=worker_id, attempt=row.attempt)
-                )
-                conn.execute(
-                    workers.update().where(workers.c.id == worker_id).values(current_job=row.id, last_heartbeat=now)
+                    _INSERT_EVENT,
+                    {
+                        "job_id": row.id,
+                        "ts": _now(),
+                        "type": "claimed",
+                        "worker": worker_id,
+                        "attempt": row.attempt,
+                        "detail": None,
+                    },
                 )
                 return ClaimedJob(
                     id=row.id,
@@ -383,17 +461,22 @@ class Queue:
 
         def txn() -> None:
             with self.db.write() as conn:
-                values: dict[str, Any] = {"lease_expires_at": db_now() + ttl_s}
-                if progress is not None:
-                    values["progress"] = progress
-                if message is not None:
-                    values["progress_message"] = message
-                self._fenced(conn, lease, **values)
-                conn.execute(
-                    workers.update()
-                    .where(workers.c.id == lease.worker_id)
-                    .values(last_heartbeat=_now(), current_job=lease.job_id)
-                )
+                owned = conn.execute(
+                    _RENEW,
+                    {
+                        "p_job": lease.job_id,
+                        "p_token": lease.token,
+                        "p_ttl": float(ttl_s),
+                        "p_progress": progress,
+                        "p_message": message,
+                    },
+                ).first()
+                if owned is None:
+                    raise LeaseLost(
+                        f"job {lease.job_id}: this worker's lease is gone (taken over, cancelled or "
+                        "expired); dropping it"
+                    )
+                conn.execute(_WORKER_BEAT, {"p_worker": lease.worker_id, "p_now": _now(), "p_current": lease.job_id})
 
         self._write(txn, "renew a lease")
 
@@ -422,22 +505,14 @@ class Queue:
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn() -> None:
             with self.db.write() as conn:
-                row = self._fenced(
-                    conn,
-                    lease,
-                    status="done",
-                    result=result,
-                    finished_at=db_now(),
-                    progress=1.0,
-                    lease_token=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    error=None,
-                )
+                row = conn.execute(
+                    _COMPLETE, {"p_job": lease.job_id, "p_token": lease.token, "p_result": result}
+                ).first()
+                if row is None:
+                    raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; its result is not recorded")
                 self._event(
                     conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
                 )
-                self._clear_worker_job(conn, lease)
                 self._settle(conn, row.sweep, {row.stage})
 
         self._write(txn, "complete a job")
@@ -500,7 +575,6 @@ class Queue:
                     )
                     self._settle(conn, r.sweep, {r.stage})
                     status = "failed"
-                self._clear_worker_job(conn, lease)
                 return status
 
         return self._write(txn, "record a failure")  # type: ignore[return-value]
@@ -535,15 +609,11 @@ class Queue:
                 self._event(
                     conn, lease.job_id, "released", worker=lease.worker_id, attempt=lease.attempt, detail=reason
                 )
-                self._clear_worker_job(conn, lease)
                 if exhausted:
                     self._settle(conn, r.sweep, {r.stage})
                 return values["status"]
 
         return self._write(txn, "release a job")  # type: ignore[return-value]
-
-    def _clear_worker_job(self, conn: Connection, lease: Lease) -> None:
-        conn.execute(workers.update().where(workers.c.id == lease.worker_id).values(current_job=None))
 
     def _event(
         self,
@@ -556,7 +626,8 @@ class Queue:
         detail: str | None = None,
     ) -> None:
         conn.execute(
-            events.insert().values(job_id=job_id, ts=_now(), type=type_, worker=worker, attempt=attempt, detail=detail)
+            _INSERT_EVENT,
+            {"job_id": job_id, "ts": _now(), "type": type_, "worker": worker, "attempt": attempt, "detail": detail},
         )
 
     def record_event(self, lease: Lease, type_: str, detail: str) -> None:
@@ -570,10 +641,17 @@ class Queue:
     # Dependencies: blocked jobs become pending (or fail) once everything upstream has finished.
 
     def _stage_specs(self, conn: Connection, sweep: str) -> dict[str, StageSpec]:
+        """The sweep's stages, cached until `enqueue` changes the sweep (its updated_at moves)."""
+        version = conn.execute(_SWEEP_VERSION, {"p_sweep": sweep}).scalar_one_or_none()
+        cached = self._stage_cache.get(sweep)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         rows = conn.execute(
             sa.select(stages.c.name, stages.c.config).where(stages.c.sweep == sweep).order_by(stages.c.position)
         ).all()
-        return {r.name: StageSpec.from_json(r.name, r.config) for r in rows}
+        specs = {r.name: StageSpec.from_json(r.name, r.config) for r in rows}
+        self._stage_cache[sweep] = (version, specs)
+        return specs
 
     def _settle(self, conn: Connection, sweep: str, changed: set[str]) -> None:
         specs = self._stage_specs(conn, sweep)
@@ -721,20 +799,7 @@ class Queue:
 
     def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
         with self.db.read() as conn:
-            rows = conn.execute(
-                sa.select(
-                    checkpoints.c.id,
-                    checkpoints.c.job_id,
-                    checkpoints.c.seq,
-                    checkpoints.c.sha256,
-                    checkpoints.c.size,
-                    checkpoints.c.location,
-                    checkpoints.c.created_at,
-                    checkpoints.c.attempt,
-                )
-                .where(checkpoints.c.job_id == job_id)
-                .order_by(checkpoints.c.seq.desc())
-            ).all()
+            rows = conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
         return [
             StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows
         ]
@@ -808,9 +873,11 @@ class Queue:
         self._write(txn, "register the worker")
 
     def worker_heartbeat(self, worker_id: str) -> None:
+        """An idle worker's heartbeat: alive, and running nothing."""
+
         def txn() -> None:
             with self.db.write() as conn:
-                conn.execute(workers.update().where(workers.c.id == worker_id).values(last_heartbeat=_now()))
+                conn.execute(_WORKER_BEAT, {"p_worker": worker_id, "p_now": _now(), "p_current": None})
 
         self._write(txn, "heartbeat")
 

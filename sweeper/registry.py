@@ -88,6 +88,7 @@ def load_target(target: str) -> Callable[..., Any]:
     return fn
 
 
+@cache
 def load_run(name: str) -> Callable[..., Any]:
     """The job function for a kind (imports its module: call this on workers only)."""
     return load_target(lookup(name).target)

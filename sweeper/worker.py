@@ -92,38 +92,60 @@ def apply_torch_threads(threads: int) -> None:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease of the running job and publishes its progress."""
+    """Renews the lease of the job being run and publishes its progress; beats for the idle worker.
 
-    def __init__(self, queue: Queue, ctx: JobContext, ttl_s: float, log: Callable[[str], None]) -> None:
-        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+    One thread per worker process for its whole life (starting a thread per job costs more than
+    a no-op job). `detach()` returns only once no renewal for the finished job is in flight, so
+    the final write (complete, fail, release) never races a renewal with the same token.
+    """
+
+    def __init__(self, queue: Queue, worker_id: str, ttl_s: float, log: Callable[[str], None]) -> None:
+        super().__init__(name="heartbeat", daemon=True)
         self.queue = queue
-        self.ctx = ctx
+        self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.interval = max(0.05, min(ttl_s / 3.0, 5.0))
         self.log = log
         self.db_down: DatabaseUnavailable | None = None
+        self._ctx: JobContext | None = None
+        self._lock = threading.Lock()
         self._halt = threading.Event()
+
+    def attach(self, ctx: JobContext) -> None:
+        with self._lock:
+            self._ctx = ctx
+
+    def detach(self) -> None:
+        with self._lock:
+            self._ctx = None
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            progress = self.ctx.take_progress()
-            try:
-                self.queue.renew(
-                    self.ctx.job.lease,
-                    self.ttl_s,
-                    progress.fraction if progress else None,
-                    progress.message if progress else None,
-                )
-            except LeaseLost:
-                self.log(f"job {self.ctx.job_id}: lease lost (taken over or cancelled); stopping it")
-                self.ctx.mark_lease_lost()
-                return
-            except DatabaseUnavailable as exc:
-                self.db_down = exc
-                self.ctx.mark_lease_lost()
-                return
-            except Exception as exc:  # keep beating; the next renewal may work
-                self.log(f"heartbeat for job {self.ctx.job_id} failed: {exc}")
+            with self._lock:
+                ctx = self._ctx
+                try:
+                    if ctx is None:
+                        self.queue.worker_heartbeat(self.worker_id)
+                        continue
+                    progress = ctx.take_progress()
+                    self.queue.renew(
+                        ctx.job.lease,
+                        self.ttl_s,
+                        progress.fraction if progress else None,
+                        progress.message if progress else None,
+                    )
+                except LeaseLost:
+                    if ctx is not None:
+                        self.log(f"job {ctx.job_id}: lease lost (taken over or cancelled); stopping it")
+                        ctx.mark_lease_lost()
+                    self._ctx = None
+                except DatabaseUnavailable as exc:
+                    self.db_down = exc
+                    if ctx is not None:
+                        ctx.mark_lease_lost()
+                    return
+                except Exception as exc:  # keep beating; the next renewal may work
+                    self.log(f"heartbeat failed: {exc}")
 
     def stop(self) -> None:
         self._halt.set()
@@ -146,6 +168,7 @@ class Worker:
         self._print = console_log or _stderr_line
         self.jobs_run = 0
         self.view: Any = None
+        self.heartbeat: Heartbeat | None = None
 
     # -- logging -----------------------------------------------------------------------------
 
@@ -197,12 +220,16 @@ class Worker:
                 f"started on {db.display_url} ({self.opts.threads} thread(s), "
                 f"lease {self.opts.lease_ttl_s:g}s, store {self.opts.store_mode})"
             )
+            self.heartbeat = Heartbeat(queue, self.id, self.opts.lease_ttl_s, self.log)
+            self.heartbeat.start()
             self._loop(queue)
             return 0
         except DatabaseUnavailable as exc:
             self.log(f"giving up: {exc}")
             return exc.exit_code
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             try:
                 queue.db.outage.limit_s = min(queue.db.outage.limit_s, 5.0)
                 queue.stop_worker(self.id)
@@ -228,10 +255,10 @@ class Worker:
             if left.pending_now:
                 continue
             if left.pending_later:
-                self._idle(queue, min(opts.poll_s, (left.next_ready_in or 0) + 0.01))
+                self._idle(min(opts.poll_s, (left.next_ready_in or 0) + 0.01))
                 continue
             if opts.wait and (left.running or left.blocked):
-                self._idle(queue, opts.poll_s)
+                self._idle(opts.poll_s)
                 continue
             what = (
                 f"{left.running} running elsewhere, {left.blocked} blocked"
@@ -245,8 +272,7 @@ class Worker:
             return
         self.log("stopped")
 
-    def _idle(self, queue: Queue, seconds: float) -> None:
-        queue.worker_heartbeat(self.id)
+    def _idle(self, seconds: float) -> None:
         self._stop.wait(max(0.01, seconds))
 
     # -- one job -----------------------------------------------------------------------------
@@ -275,31 +301,23 @@ class Worker:
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
         if self.view is not None:
             ctx.on_progress = self.view.updater(job)
-        heartbeat = Heartbeat(queue, ctx, opts.lease_ttl_s, self.log)
-        heartbeat.start()
+        self.heartbeat.attach(ctx)
         run_status = "FAILED"
         try:
-            run_id = tracker.start(
-                RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
-                job.tracking_run_id,
-            )
-            if run_id and run_id != job.tracking_run_id:
-                queue.set_tracking_run(job.lease, run_id)
-            fn = registry.load_run(job.kind)
-            apply_torch_threads(opts.threads)  # the kind's module may have just imported torch
-            result = fn(ctx, job.params)
-            if heartbeat.db_down is not None:
-                raise heartbeat.db_down
-            if isinstance(result, Interrupted):
+            result, error, retry = self._call(queue, job, ctx, tracker)
+            self.heartbeat.detach()  # from here on no renewal races the final write
+            if self.heartbeat.db_down is not None:
+                raise self.heartbeat.db_down
+            if error is not None:
+                self._record_failure(queue, job, error, retry=retry)
+            elif isinstance(result, Interrupted):
                 tracker.flush()
                 run_status = "KILLED"
-                if ctx._lease_lost.is_set():
-                    raise LeaseLost(f"job {job.id}: lease lost")
                 status = queue.release(job.lease, result.reason)
                 self.log(f"released {job.id} ({result.reason}); it is {status} again")
             else:
                 tracker.flush()
-                queue.complete(job.lease, plain_result(result))
+                queue.complete(job.lease, result)
                 run_status = "FINISHED"
                 self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
         except LeaseLost as exc:
@@ -308,16 +326,8 @@ class Worker:
         except DatabaseUnavailable:
             run_status = "KILLED"
             raise
-        except JobFailed as exc:
-            self._record_failure(queue, job, exc.message, retry=exc.retry)
-        except registry.KindError as exc:
-            self._record_failure(queue, job, str(exc), retry=False)
-        except Exception:
-            if heartbeat.db_down is not None:
-                raise heartbeat.db_down from None
-            self._record_failure(queue, job, traceback.format_exc(), retry=True)
         finally:
-            heartbeat.stop()
+            self.heartbeat.detach()
             self._ctx = None
             if self.view is not None:
                 self.view.remove(job)
@@ -325,6 +335,33 @@ class Worker:
                 tracker.end(run_status)
             except Exception as exc:
                 self.log(f"tracking: could not close the run of {job.id}: {exc}")
+
+    def _call(self, queue: Queue, job: ClaimedJob, ctx: JobContext, tracker: Any) -> tuple[Any, str | None, bool]:
+        """Run the kind's function: (result, None, _) or (None, error text, retry?).
+
+        LeaseLost and DatabaseUnavailable propagate: neither is the job's fault.
+        """
+        try:
+            run_id = tracker.start(
+                RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                job.tracking_run_id,
+            )
+            if run_id and run_id != job.tracking_run_id:
+                queue.set_tracking_run(job.lease, run_id)
+            fn = registry.load_run(job.kind)
+            apply_torch_threads(self.opts.threads)  # the kind's module may have just imported torch
+            result = fn(ctx, job.params)
+            return (result if isinstance(result, Interrupted) else plain_result(result)), None, False
+        except (LeaseLost, DatabaseUnavailable):
+            raise
+        except JobFailed as exc:
+            return None, exc.message, exc.retry
+        except registry.KindError as exc:
+            return None, str(exc), False
+        except Exception:
+            if self.heartbeat.db_down is not None:
+                raise self.heartbeat.db_down from None
+            return None, traceback.format_exc(), True
 
     def _record_failure(self, queue: Queue, job: ClaimedJob, error: str, *, retry: bool) -> None:
         try:
