@@ -1,0 +1,106 @@
+"""The CLI as users run it: a real subprocess against a real queue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli_env, run_cli
+
+GRID = """
+sweep: cli
+stages:
+  ok: {kind: noop, grid: {value: [1, 2]}, params: {checkpoint: false}}
+  bad: {kind: noop, params: {fail: true, checkpoint: false}, max_failures: 1}
+  later: {kind: noop, needs: [ok], params: {checkpoint: false}}
+"""
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    return path
+
+
+def test_dry_run_lists_jobs_and_writes_nothing(tmp_path: Path, grid: Path):
+    proc = run_cli("enqueue", str(grid), "--dry-run", "--state", str(tmp_path / "state"))
+    assert proc.returncode == 0, proc.stderr
+    assert "would add 4 new job(s)" in proc.stdout
+    assert proc.stdout.count("new ") >= 4
+    assert not (tmp_path / "state").exists()
+
+
+def test_enqueue_prints_the_difference(tmp_path: Path, grid: Path):
+    state = str(tmp_path / "state")
+    assert "added 4 new job(s), 0 unchanged" in run_cli("enqueue", str(grid), "--state", state).stdout
+    grid.write_text(GRID.replace("[1, 2]", "[2, 3]"))
+    out = run_cli("enqueue", str(grid), "--state", state).stdout
+    assert "added 1 new job(s), 3 unchanged, 1 no longer in the file (left alone)" in out
+    assert "not in file (pending)" in out
+
+
+def test_status_json_retry_and_cancel_round_trip(tmp_path: Path, grid: Path):
+    state = str(tmp_path / "state")
+    run_cli("enqueue", str(grid), "--state", state)
+    work = run_cli("work", "--state", state, "--no-tracking", "--retry-backoff", "0")
+    assert work.returncode == 0, work.stderr
+
+    status = json.loads(run_cli("status", "--json", "--state", state).stdout)
+    assert status["schema"].startswith("sweeper.status/")
+    assert status["totals"]["done"] == 3 and status["totals"]["failed"] == 1
+    failed = status["failed"][0]
+    assert failed["stage"] == "bad" and "asked to fail" in failed["error"]
+
+    retried = run_cli("retry", "--failed", "--state", state)
+    assert retried.returncode == 0 and "retrying 1 job(s)" in retried.stdout
+    cancelled = run_cli("cancel", failed["id"][:6], "--state", state)
+    assert cancelled.returncode == 0 and f"cancelled 1 job(s): {failed['id']}" in cancelled.stdout
+    status = json.loads(run_cli("status", "--json", "--state", state).stdout)
+    assert status["totals"]["cancelled"] == 1
+
+
+def test_retry_without_a_selection_is_a_usage_error(tmp_path: Path, grid: Path):
+    state = str(tmp_path / "state")
+    run_cli("enqueue", str(grid), "--state", state)
+    proc = run_cli("retry", "--state", state)
+    assert proc.returncode == 2 and "say which jobs to retry" in proc.stderr
+
+
+def test_environment_variables_choose_the_queue(tmp_path: Path, grid: Path):
+    db = tmp_path / "elsewhere" / "q.db"
+    proc = run_cli("enqueue", str(grid), SWEEPER_DB=f"sqlite:///{db}")
+    assert proc.returncode == 0, proc.stderr
+    assert db.exists()
+    status = json.loads(run_cli("status", "--json", SWEEPER_DB=f"sqlite:///{db}").stdout)
+    assert sum(status["totals"].values()) == 4
+
+
+@pytest.mark.parametrize("command", ["enqueue", "status"])
+def test_enqueue_and_status_never_import_torch_or_mlflow(tmp_path: Path, grid: Path, command: str):
+    state = str(tmp_path / "state")
+    run_cli("enqueue", str(grid), "--state", state)
+    args = [command, str(grid)] if command == "enqueue" else [command]
+    code = (
+        "import sys\n"
+        "from sweeper.cli import main\n"
+        f"sys.argv = ['sweeper', *{args!r}, '--state', {state!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'mlflow', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+def test_help_explains_every_command():
+    proc = run_cli("--help")
+    for command in ("enqueue", "work", "status", "retry", "cancel"):
+        assert command in proc.stdout
+    work = run_cli("work", "--help").stdout
+    assert "--lease-ttl" in work and "--threads-per-worker" in work and "Ctrl-C" in work
