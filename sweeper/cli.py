@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,10 +50,112 @@ DbOpt = Annotated[
     ),
 ]
 SweepOpt = Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")]
+MirrorOpt = Annotated[
+    str,
+    typer.Option(
+        "--mirror",
+        envvar="SWEEPER_MIRROR",
+        help="Keep the live SQLite files on local disk and push snapshots to the state directory: auto "
+        "(when it is on a network mount such as Google Drive), on, or off. Local copies live under "
+        "$SWEEPER_MIRROR_DIR (default: the temp dir).",
+    ),
+]
+TakeOverOpt = Annotated[
+    bool,
+    typer.Option(
+        "--take-over",
+        help="Mirrored mode: take the state over although another session's lease is live "
+        "(only when you know that session is gone, e.g. its Colab runtime was disconnected).",
+    ),
+]
+
+# Commands that only read the queue: in mirrored mode they never take the state lease.
+READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
 
 
 def _settings(state: Path | None, db: str | None, mlflow_uri: str | None = None, tracking: bool = True) -> Settings:
-    return resolve_settings(state=state, db=db, tracking_uri=mlflow_uri, tracking=tracking)
+    settings = resolve_settings(state=state, db=db, tracking_uri=mlflow_uri, tracking=tracking)
+    return _state_session(settings).settings
+
+
+def _state_session(settings: Settings) -> Any:
+    """Mirrored mode (mirror.py) for the running command; a plain session when it is not needed.
+
+    On a network mount every command works on local copies of the SQLite files; the session (the
+    state lease, the snapshots) stays open until the command returns, when click closes it. The
+    command's --mirror and --take-over options are read from its click context.
+    """
+    from .mirror import StateSession, open_state
+
+    ctx = _click_context()
+    if ctx is None:
+        return StateSession(settings)
+    if "sweeper.session" in ctx.meta:
+        return ctx.meta["sweeper.session"]
+    command = ctx.info_name or "?"
+    if command == "work":
+        access = "work"
+    elif command in READ_ONLY_COMMANDS or ctx.params.get("dry_run"):
+        access = "read"
+    else:
+        access = "write"
+
+    def lost() -> None:  # another session took the state over: stop like on SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    session = ctx.with_resource(
+        open_state(
+            settings,
+            command=command,
+            access=access,
+            mirror=ctx.params.get("mirror") or os.environ.get("SWEEPER_MIRROR") or "auto",
+            take_over=bool(ctx.params.get("take_over")),
+            log=lambda line: err.print(mask_password(line), markup=False, highlight=False),
+            on_lost=lost,
+        )
+    )
+    ctx.meta["sweeper.session"] = session
+    return session
+
+
+def _click_context() -> Any:
+    try:  # typer >= 0.22 ships its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def _mirror_info(settings: Settings) -> dict[str, Any] | None:
+    """Where mirrored state came from and the last recovery (None when the state is not mirrored)."""
+    session = _state_session(settings)
+    if not session.mirrored:
+        return None
+    from .recovery import last_recovery
+
+    database = _open(settings, create=False)
+    try:
+        recovery = last_recovery(database)
+    finally:
+        database.dispose()
+    return {"notes": list(session.notes), "last_recovery": recovery}
+
+
+def _mirror_lines(settings: Settings) -> list[str]:
+    from .recovery import describe_recovery
+
+    info = _mirror_info(settings)
+    if info is None:
+        return []
+    lines = list(info["notes"])
+    if info["last_recovery"]:
+        lines.append(describe_recovery(info["last_recovery"]))
+    return lines
+
+
+def _with_mirror(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    info = _mirror_info(settings)
+    return payload if info is None else {**payload, "mirror": info}
 
 
 def _open(settings: Settings, *, create: bool):
@@ -68,6 +171,8 @@ def enqueue(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs without writing anything.")] = False,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
+    take_over: TakeOverOpt = False,
 ) -> None:
     """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
     from .queue import EnqueueDiff, Queue
@@ -188,17 +293,29 @@ def work(
     ] = 120.0,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
+    take_over: TakeOverOpt = False,
 ) -> None:
     """Claim jobs and run them, checkpointing as they go. Exits when no runnable job is left.
 
     The first Ctrl-C (or SIGTERM) lets the running job checkpoint and gives it back to the queue;
     a second one exits at once. A job whose worker vanished is taken over after --lease-ttl.
+
+    With the state on a network mount (Google Drive on Colab) the queue runs from a local copy and
+    snapshots go to the state directory (see --mirror); one session at a time may use that state.
     """
     if store not in ("auto", "files", "db"):
         raise UsageError(f"--store must be files, db or auto, not {store!r}")
     from .worker import WorkerOptions, run_workers
 
     settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
+    session = _state_session(settings)
+    if session.mirrored and store == "db":
+        raise UsageError(
+            "--store db keeps checkpoints inside the queue database, which in mirrored mode reaches the "
+            "state directory only with each snapshot",
+            hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
+        )
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -213,6 +330,7 @@ def work(
         store=store,
         db_outage_s=db_outage_limit,
         data_dir=str(data_dir) if data_dir else None,
+        extra=session.worker_extra,
     )
     code = run_workers(opts)
     raise typer.Exit(code)
@@ -232,15 +350,14 @@ def status(
     top: Annotated[int, typer.Option("--top", min=0, help="Leaderboard rows (0 hides it).")] = 5,
     failures: Annotated[int, typer.Option("--failures", min=0, help="Recent failures to list.")] = 5,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl-C.")] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
-    ] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")] = 2.0,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print one snapshot as JSON (schema sweeper.status/1, documented in the README)."),
     ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
 ) -> None:
     """Progress per stage with ETA, running jobs, the leaderboard, recent failures and workers.
 
@@ -264,14 +381,18 @@ def status(
     finally:
         database.dispose()
     if as_json:
-        sys.stdout.write(mask_password(json.dumps(to_json(snap), indent=2)) + "\n")
+        sys.stdout.write(mask_password(json.dumps(_with_mirror(to_json(snap), settings), indent=2)) + "\n")
         return
     out.print(render(snap, out.width))
+    for line in _mirror_lines(settings):
+        out.print(line, style="yellow" if line.startswith("recovered") else "dim", markup=False)
 
 
 @app.command()
 def show(
-    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix of at least 4 characters).", show_default=False)],
+    job_id: Annotated[
+        str, typer.Argument(help="Job id (or a unique prefix of at least 4 characters).", show_default=False)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON (schema sweeper.job/1).")] = False,
     no_traceback: Annotated[bool, typer.Option("--no-traceback", help="Only the error's summary line.")] = False,
     state: StateOpt = None,
@@ -338,6 +459,57 @@ def export(
     out.print(f"wrote {n} job(s) to {csv_file}")
 
 
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")],
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="The sweep to report on. [default: the only sweep in the queue]")
+    ] = None,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min].")
+    ] = "test_accuracy",
+    second: Annotated[
+        str, typer.Option("--second", help="Secondary metric: a second sorted table, Pareto x axis. NAME[:max|min].")
+    ] = "time_to_target_s",
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows of the top-k tables.")] = 3,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin", help="Only these report plug-ins (entry-point names or module:function; repeatable)."
+        ),
+    ] = None,
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Only the generic sections.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only, no PNGs (faster).")] = False,
+    state: StateOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Write a Markdown report of a sweep: per-stage tables, top-k, Pareto and scatter plots, plug-in sections.
+
+    Reads the queue and the artifact store (sha256-verified); needs neither MLflow nor a running worker.
+    """
+    from .ranking import parse_metric
+    from .report import ReportOptions, write_report
+    from .results import SweepView, only_sweep
+
+    opts = ReportOptions(
+        primary=parse_metric(metric, option="--metric"),
+        secondary=parse_metric(second, option="--second"),
+        top=top,
+        plugins=[] if no_plugins else plugin,
+        plots=not no_plots,
+    )
+    settings = _settings(state, db, tracking=False)
+    database = _open(settings, create=False)
+    try:
+        view = SweepView(database, settings.state_dir, sweep or only_sweep(database), out_dir)
+        result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
+    finally:
+        database.dispose()
+    for note in result.notes:
+        err.print(f"[yellow]warning:[/] {note}")
+    out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
+
+
 def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:
     if not job_ids and not failed and not stage and not sweep:
         raise UsageError(f"say which jobs to {verb}: job ids, --failed, --stage or --sweep")
@@ -353,6 +525,8 @@ def retry(
     sweep: SweepOpt = None,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
+    take_over: TakeOverOpt = False,
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
     from .queue import Queue
@@ -378,6 +552,8 @@ def cancel(
     sweep: SweepOpt = None,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
+    take_over: TakeOverOpt = False,
 ) -> None:
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
     from .queue import Queue

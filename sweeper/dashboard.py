@@ -268,19 +268,19 @@ def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, c
 def _read_workers(conn: sa.Connection, snap: StatusSnapshot, stale_worker_s: float, limit: int) -> None:
     # Workers stamp their heartbeats with their own clock (time.time()), so compare with ours.
     wall = time.time()
-    rows = conn.execute(
-        sa.select(workers)
-        .where(sa.or_(workers.c.status == "running", workers.c.last_heartbeat > wall - stale_worker_s))
-        .order_by(workers.c.last_heartbeat.desc())
-    ).all()
-    found = []
-    for r in rows:
+    order = {"running": 0, "lost": 1, "stopped": 2}
+    found: list[tuple[int, float, WorkerRow]] = []
+    for r in conn.execute(
+        sa.select(workers).where(
+            sa.or_(workers.c.status == "running", workers.c.last_heartbeat > wall - stale_worker_s)
+        )
+    ):
         age = max(0.0, wall - r.last_heartbeat)
         status = "lost" if r.status == "running" and age > LOST_WORKER_S else r.status
-        found.append(WorkerRow(r.id, r.host, r.pid, status, age, r.current_job))
-    order = {"running": 0, "lost": 1, "stopped": 2}
-    found.sort(key=lambda w: (order.get(w.status, 3), w.heartbeat_age_s))
-    snap.workers = found[:limit]
+        found.append((order.get(status, 3), r.started_at, WorkerRow(r.id, r.host, r.pid, status, age, r.current_job)))
+    # Stable between redraws: live ones first, each group in start order.
+    found.sort(key=lambda t: (t[0], t[1]))
+    snap.workers = [w for _, _, w in found[:limit]]
     snap.workers_hidden = max(0, len(found) - limit)
 
 
@@ -611,7 +611,7 @@ def _running(snap: StatusSnapshot, width: int) -> Any:
     from rich.text import Text
 
     stage_w = min(14, max(5, *(len(r.stage) for r in snap.running)))
-    cols = [("job", 12, "left"), ("stage", stage_w, "left"), ("progress", 13, "left"), ("epoch", 7, "left")]
+    cols = [("job", 12, "left"), ("stage", stage_w, "left"), ("progress", 13, "left"), ("epoch", 10, "left")]
     cols += [("beat", 4, "right"), ("try", 3, "right")]
     used = sum(w for _, w, _ in cols) + 2 * len(cols)
     worker_w = max(6, width - used)

@@ -158,6 +158,17 @@ def load_jobs(
     return [_record(r) for r in rows]
 
 
+def only_sweep(db: Database) -> str:
+    """The name of the one sweep in the queue; a clear error when there are none or several."""
+    with db.read() as conn:
+        names = list(conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UsageError(f"no sweep in {db.display_url}", hint="run `sweeper enqueue GRID.yaml` first")
+    raise UsageError(f"the queue holds {len(names)} sweeps: {', '.join(names)}", hint="choose one with --sweep NAME")
+
+
 class SweepView:
     """Read-only access to one sweep for reports: stages, jobs, results and verified artifacts.
 
