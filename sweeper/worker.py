@@ -30,6 +30,7 @@ from .context import Interrupted, JobContext, JobFailed
 from .db import OutagePolicy, open_database
 from .errors import DatabaseUnavailable, LeaseLost, SweeperError
 from .queue import ClaimedJob, Queue
+from .recovery import record_result, recorded_result
 from .tracking import RunInfo, make_tracker
 
 
@@ -317,6 +318,7 @@ class Worker:
                 self.log(f"released {job.id} ({result.reason}); it is {status} again")
             else:
                 tracker.flush()
+                self._record_result(queue, job, result)
                 queue.complete(job.lease, result)
                 run_status = "FINISHED"
                 self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
@@ -348,6 +350,9 @@ class Worker:
             )
             if run_id and run_id != job.tracking_run_id:
                 queue.set_tracking_run(job.lease, run_id)
+            recorded = self._recorded_result(job)
+            if recorded is not None:
+                return recorded, None, False
             fn = registry.load_run(job.kind)
             apply_torch_threads(self.opts.threads)  # the kind's module may have just imported torch
             result = fn(ctx, job.params)
@@ -362,6 +367,28 @@ class Worker:
             if self.heartbeat.db_down is not None:
                 raise self.heartbeat.db_down from None
             return None, traceback.format_exc(), True
+
+    # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot,
+    # so a completion is also written to a file there first (recovery.py).
+
+    def _recorded_result(self, job: ClaimedJob) -> dict[str, Any] | None:
+        lineage = self.opts.extra.get("mirror_lineage")
+        if not lineage:
+            return None
+        result = recorded_result(self.opts.settings.state_dir, lineage, job.sweep, job.id)
+        if result is not None:
+            self.log(
+                f"job {job.id} finished in a session that ended before its next snapshot; "
+                "recording the result it wrote instead of running it again"
+            )
+        return result
+
+    def _record_result(self, queue: Queue, job: ClaimedJob, result: dict[str, Any]) -> None:
+        lineage = self.opts.extra.get("mirror_lineage")
+        if not lineage:
+            return
+        queue.verify_lease(job.lease)  # a zombie records nothing
+        record_result(self.opts.settings.state_dir, lineage, job.sweep, job.id, job.attempt, result)
 
     def _record_failure(self, queue: Queue, job: ClaimedJob, error: str, *, retry: bool) -> None:
         try:
