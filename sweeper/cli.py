@@ -397,6 +397,7 @@ def show(
     no_traceback: Annotated[bool, typer.Option("--no-traceback", help="Only the error's summary line.")] = False,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
 ) -> None:
     """Everything about one job: params as written and as resolved, attempts, metrics, files, the error."""
     from .queue import Queue
@@ -431,6 +432,7 @@ def export(
     ] = None,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
     from .db import STATUSES
@@ -482,6 +484,7 @@ def report(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only, no PNGs (faster).")] = False,
     state: StateOpt = None,
     db: DbOpt = None,
+    mirror: MirrorOpt = "auto",
 ) -> None:
     """Write a Markdown report of a sweep: per-stage tables, top-k, Pareto and scatter plots, plug-in sections.
 

@@ -47,7 +47,7 @@ from typing import Literal
 from .config import Settings, default_tracking_uri
 from .errors import StateLocked, UsageError
 from .mounts import Verdict, check, should_mirror
-from .statelease import DEFAULT_LEASE_S, StateLease
+from .statelease import DEFAULT_LEASE_S, Holder, StateLease
 
 SNAPSHOT_DIR = "snapshots"
 KEEP = 2
@@ -325,7 +325,8 @@ class StateSession:
 
     @property
     def worker_extra(self) -> dict[str, object]:
-        return {"scan_checkpoints": True} if self.mirrored else {}
+        """Worker options in mirrored mode: scan for checkpoints newer than the snapshot, record results."""
+        return {"scan_checkpoints": True, "mirror_lineage": self.lineage} if self.mirrored else {}
 
 
 class MirroredState:
@@ -489,7 +490,7 @@ class MirroredState:
             _install(tmp, db.local)
         self.origin.set(db.name, None)
 
-    def _open_queue(self, previous: object) -> None:
+    def _open_queue(self, previous: Holder | None) -> None:
         """Create the schema, fix the lineage and, for a new exclusive session, recover orphans."""
         from .db import open_database
         from .recovery import ensure_lineage, release_orphans
@@ -504,7 +505,7 @@ class MirroredState:
                     db,
                     snapshot=snap.name if snap else None,
                     snapshot_time=snap.taken_at if snap else None,
-                    previous=previous.describe() if unclean else None,  # type: ignore[attr-defined]
+                    previous=previous.who() if previous is not None else None,
                     unclean=unclean,
                 )
                 if rec is not None:
@@ -757,7 +758,7 @@ def open_state(
         session = state.start(access, command, take_over=take_over)
         if access == "work":
             log(
-                f"mirrored mode ({verdict.reason}): live database {state.queue.local}, "
+                f"mirrored mode: {verdict.reason}; live database {state.queue.local}, "
                 f"snapshots in {state.queue.chain.dir} after every job state change and at least every "
                 f"{snapshot_every_s:g}s"
             )

@@ -153,4 +153,4 @@ def should_mirror(path: str | os.PathLike[str], mode: str = "auto", mounts_file:
         return check(path, mounts_file)
     where = _existing(Path(path))
     forced = mode == "on"
-    return Verdict(where, None, forced, f"--mirror {mode} (mount detection overridden)")
+    return Verdict(where, None, forced, f"--mirror {mode}")

@@ -81,14 +81,14 @@ class Holder:
             return pid_alive(self.pid)
         return True
 
+    def who(self) -> str:
+        return f"session {self.session} (`sweeper {self.command}` on host {self.host}, pid {self.pid})"
+
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.expires_at))
         left = max(0.0, self.expires_at - now)
-        return (
-            f"session {self.session} (`sweeper {self.command}` on host {self.host}, pid {self.pid}) "
-            f"until {until} (in {_duration(left)})"
-        )
+        return f"{self.who()} until {until} (in {_duration(left)})"
 
 
 def _duration(seconds: float) -> str:

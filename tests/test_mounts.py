@@ -104,7 +104,7 @@ def test_override_works_both_ways(tmp_path):
     assert not should_mirror(drive / "s", "off", str(mounts)).unsafe
     assert should_mirror(tmp_path / "local", "on", str(mounts)).unsafe
     assert not should_mirror(tmp_path / "local", "auto", str(mounts)).unsafe
-    assert "overridden" in should_mirror(drive / "s", "off", str(mounts)).reason
+    assert "--mirror off" in should_mirror(drive / "s", "off", str(mounts)).reason
 
 
 def test_bad_mirror_mode_is_a_usage_error(tmp_path):

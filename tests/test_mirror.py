@@ -1,0 +1,307 @@
+"""Mirrored mode: the live queue on local disk, verified snapshots on the (simulated) network mount.
+
+Every test works on a plain directory forced into mirrored mode (--mirror on), or one that a fake
+mount table describes as Google Drive, with SWEEPER_MIRROR_DIR pointing each "machine" at its own
+local disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeper.config import resolve_settings
+from sweeper.errors import UsageError
+from sweeper.mirror import SnapshotChain, open_state
+from sweeper.recovery import record_result
+
+from .conftest import run_cli, start_worker, stop_process, wait_for
+
+GRID_A = """\
+sweep: mirror
+stages:
+  s:
+    kind: noop
+    grid:
+      value: [1, 2, 3]
+"""
+GRID_B = GRID_A.replace("[1, 2, 3]", "[1, 2, 3, 4, 5]")
+
+
+def _cli(tmp_path: Path, vm: str, *args: str, mirror: str = "on", **env: str):
+    """`sweeper ARGS --state <tmp>/state --mirror on` as run on machine `vm` (its own local disk)."""
+    env = {"SWEEPER_MIRROR_DIR": str(tmp_path / vm), **env}
+    return run_cli(*args, "--state", str(tmp_path / "state"), "--mirror", mirror, **env)
+
+
+def _status(tmp_path: Path, vm: str, **env: str) -> tuple[dict, str]:
+    done = _cli(tmp_path, vm, "status", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def _jobs(status: dict) -> int:
+    return sum(sum(stage["counts"].values()) for stage in status["stages"])
+
+
+def _snapshots(state: Path, stem: str = "queue") -> list[Path]:
+    return [s.path for s in SnapshotChain(state / f"{stem}.db").list()]
+
+
+def _grid(tmp_path: Path, text: str, name: str = "grid.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_new_machine_restores_the_newest_snapshot(tmp_path):
+    state = tmp_path / "state"
+    done = _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A))
+    assert done.returncode == 0, done.stderr
+    # Nothing live on the "network mount": no queue.db, no -wal, no -shm; one verified snapshot.
+    assert not list(state.glob("queue.db*"))
+    (snap,) = _snapshots(state)
+    assert snap.name.startswith("queue.") and len(snap.name.split(".")[2]) == 64
+
+    status, _ = _status(tmp_path, "vm2")  # another machine, empty local disk
+    assert _jobs(status) == 3
+    assert "snapshot" in status["mirror"]["notes"][0]
+    # A second enqueue on a third machine is idempotent and adds the new values only.
+    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B))
+    assert done.returncode == 0 and "added 2 new job(s), 3 unchanged" in done.stdout, done.stdout + done.stderr
+    assert _jobs(_status(tmp_path, "vm4")[0]) == 5
+
+
+def test_only_the_last_two_snapshots_are_kept(tmp_path):
+    for i, values in enumerate(["[1]", "[1, 2]", "[1, 2, 3]", "[1, 2, 3, 4]"]):
+        grid = _grid(tmp_path, GRID_A.replace("[1, 2, 3]", values), f"g{i}.yaml")
+        assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    snaps = _snapshots(tmp_path / "state")
+    assert len(snaps) == 2
+    assert _jobs(_status(tmp_path, "vm2")[0]) == 4
+
+
+def test_unchanged_state_pushes_no_new_snapshot(tmp_path, monkeypatch):
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    before = _snapshots(tmp_path / "state")
+    settings = resolve_settings(state=tmp_path / "state", tracking=False)
+    for vm in ("vm1", "vm2"):  # the same machine, then a new one: a session that changes nothing
+        monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / vm))
+        with open_state(settings, command="retry", access="write", mirror="on", log=lambda _: None):
+            pass
+    assert _snapshots(tmp_path / "state") == before
+
+
+def test_corrupted_newest_snapshot_is_skipped_with_a_warning(tmp_path):
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_B, "b.yaml")).returncode == 0
+    newest, previous = _snapshots(tmp_path / "state")
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a torn upload
+    newest.write_bytes(bytes(data))
+
+    status, stderr = _status(tmp_path, "vm2")
+    assert _jobs(status) == 3  # the previous snapshot: before grid B was enqueued
+    assert "warning" in stderr and newest.name in stderr and "previous" in stderr
+    assert previous.name[:30] in status["mirror"]["notes"][0]
+
+    # A writing session on a new machine continues from the previous snapshot as well.
+    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"))
+    assert done.returncode == 0 and "added 2 new job(s)" in done.stdout, done.stderr
+    assert newest.name in done.stderr
+
+
+def test_no_intact_snapshot_refuses_to_start_from_an_empty_queue(tmp_path):
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    for snap in _snapshots(tmp_path / "state"):
+        snap.write_bytes(b"not a database")
+    done = _cli(tmp_path, "vm2", "enqueue", _grid(tmp_path, GRID_A))
+    assert done.returncode == 2, done.stderr
+    assert "passes its sha256 check" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_drive_mount_is_mirrored_automatically_and_off_overrides(tmp_path):
+    drive = tmp_path / "content" / "drive"
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\ndrive {drive} fuse.drive rw,nosuid,nodev 0 0\n")
+    state = drive / "MyDrive" / "sweeps" / "fmnist"
+    env = {"SWEEPER_MOUNTS_FILE": str(mounts), "SWEEPER_MIRROR_DIR": str(tmp_path / "vm1")}
+    grid = _grid(tmp_path, GRID_A)
+
+    done = run_cli("enqueue", grid, "--state", str(state), **env)
+    assert done.returncode == 0, done.stderr
+    assert not (state / "queue.db").exists() and len(_snapshots(state)) == 1
+
+    local = tmp_path / "local-state"
+    done = run_cli("enqueue", grid, "--state", str(local), **env)  # not on the mount: used in place
+    assert done.returncode == 0 and (local / "queue.db").exists() and not (local / "snapshots").exists()
+
+    done = run_cli("enqueue", grid, "--state", str(state), "--mirror", "off", **env)
+    assert done.returncode == 0 and (state / "queue.db").exists()
+
+
+def test_database_used_in_place_before_is_imported_once(tmp_path):
+    grid = _grid(tmp_path, GRID_A)
+    assert _cli(tmp_path, "vm1", "enqueue", grid, mirror="off").returncode == 0
+    assert (tmp_path / "state" / "queue.db").exists()
+    done = _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"))
+    assert done.returncode == 0 and "importing" in done.stderr, done.stderr
+    assert "added 2 new job(s), 3 unchanged" in done.stdout
+    assert _jobs(_status(tmp_path, "vm2")[0]) == 5
+
+
+def test_local_copy_newer_than_the_snapshot_is_kept_on_the_same_machine(tmp_path, monkeypatch):
+    """A crash after a local write but before its snapshot loses nothing when the same VM restarts.
+    On another machine the snapshot is all there is."""
+    settings = resolve_settings(state=tmp_path / "state", tracking=False)
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
+    with open_state(settings, command="enqueue", access="write", mirror="on", log=lambda _: None) as session:
+        local = Path(session.settings.db_url.split(":///", 1)[1])
+    conn = sqlite3.connect(local)  # a write that never reached a snapshot (the VM died)
+    conn.execute("INSERT INTO sweeper_meta (key, value) VALUES ('unpushed', 'yes')")
+    conn.commit()
+    conn.close()
+
+    with open_state(settings, command="status", access="read", mirror="on", log=lambda _: None) as session:
+        path = session.settings.db_url.split(":///", 1)[1]
+        assert _meta(path, "unpushed") == "yes"
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm2"))
+    with open_state(settings, command="status", access="read", mirror="on", log=lambda _: None) as session:
+        assert _meta(session.settings.db_url.split(":///", 1)[1], "unpushed") is None
+
+
+def _meta(path: str, key: str) -> str | None:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM sweeper_meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
+def test_mlflow_store_is_mirrored_alongside_the_queue(tmp_path, monkeypatch):
+    settings = resolve_settings(state=tmp_path / "state")  # default tracking: sqlite:///<state>/mlflow.db
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
+    with open_state(settings, command="work", access="write", mirror="on", log=lambda _: None) as session:
+        assert session.settings.tracking_uri.startswith("sqlite:///" + str(tmp_path / "vm1"))
+        conn = sqlite3.connect(session.settings.tracking_uri.split(":///", 1)[1])
+        conn.execute("CREATE TABLE runs (run_uuid TEXT)")
+        conn.execute("INSERT INTO runs VALUES ('r1')")
+        conn.commit()
+        conn.close()
+    assert not (tmp_path / "state" / "mlflow.db").exists()
+    assert len(_snapshots(tmp_path / "state", "mlflow")) == 1
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm2"))
+    with open_state(settings, command="work", access="write", mirror="on", log=lambda _: None) as session:
+        conn = sqlite3.connect(session.settings.tracking_uri.split(":///", 1)[1])
+        assert conn.execute("SELECT run_uuid FROM runs").fetchall() == [("r1",)]
+        conn.close()
+
+
+def test_mirror_on_with_postgres_is_a_usage_error():
+    settings = resolve_settings(db="postgresql://postgres@127.0.0.1:5432/test", tracking=False)
+    with (
+        pytest.raises(UsageError, match="SQLite queue only"),
+        open_state(settings, command="x", access="read", mirror="on"),
+    ):
+        pass
+
+
+def test_result_written_before_a_lost_snapshot_is_recorded_not_rerun(tmp_path):
+    """The VM died after a job finished but before the snapshot saying so: it is not run again."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    grid = _grid(tmp_path, GRID_A.replace("grid:", f"params: {{counter_dir: {counts}}}\n    grid:"))
+    assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    settings = resolve_settings(state=tmp_path / "state", tracking=False)
+    os.environ["SWEEPER_MIRROR_DIR"] = str(tmp_path / "vm1")
+    try:
+        with open_state(settings, command="enqueue", access="write", mirror="on", log=lambda _: None) as session:
+            lineage = session.lineage
+            conn = sqlite3.connect(session.settings.db_url.split(":///", 1)[1])
+            job_id = conn.execute("SELECT id FROM jobs WHERE label = 'value=2'").fetchone()[0]
+            conn.close()
+    finally:
+        del os.environ["SWEEPER_MIRROR_DIR"]
+    record_result(tmp_path / "state", lineage, "mirror", job_id, 1, {"value": 2.0, "from": "the lost session"})
+    # The same job id in a queue started afresh (another lineage) must not pick that result up.
+    record_result(tmp_path / "state", "another-lineage", "mirror", "0" * 12, 1, {"value": -1})
+
+    done = _cli(tmp_path, "vm2", "work", "--no-tracking")
+    assert done.returncode == 0, done.stderr
+    assert "instead of running it again" in done.stderr
+    assert not (counts / job_id).exists()  # not run again
+    assert len(list(counts.iterdir())) == 2  # the other two ran
+    shown = _cli(tmp_path, "vm3", "show", job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["result"]["from"] == "the lost session"
+
+
+def test_recovery_after_a_vanished_worker_is_reported_by_status(tmp_path):
+    grid = _grid(tmp_path, GRID_A.replace("grid:", "params: {steps: 200, step_s: 0.05}\n    grid:"))
+    assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    log = tmp_path / "worker.log"
+    proc = start_worker(
+        "--state",
+        str(tmp_path / "state"),
+        "--mirror",
+        "on",
+        "--no-tracking",
+        log=log,
+        SWEEPER_MIRROR_DIR=str(tmp_path / "vm1"),
+    )
+    try:
+        # Wait until a snapshot shows the job running and a checkpoint exists, then pull the plug.
+        wait_for(lambda: "claimed" in log.read_text() and list((tmp_path / "state").glob("checkpoints/*/*/*.ckpt")))
+        time.sleep(1.5)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == -9
+
+    done = _cli(tmp_path, "vm2", "enqueue", grid)  # the next session, on a new VM
+    assert done.returncode == 0, done.stderr
+    assert "recovery: 1 job(s) that were running went back to the queue" in done.stderr
+    human = _cli(tmp_path, "vm3", "status")
+    assert human.returncode == 0, human.stderr
+    text = " ".join(human.stdout.split())
+    assert "recovered at" in text and "at most the work since the last snapshot or checkpoint" in text
+    status, _ = _status(tmp_path, "vm3")
+    recovery = status["mirror"]["last_recovery"]
+    assert len(recovery["released"]) == 1 and "pid" in recovery["previous"]
+    assert status["stages"][0]["counts"].get("running", 0) == 0
+
+
+def test_session_that_loses_its_lease_stops_without_pushing(tmp_path):
+    grid = _grid(tmp_path, GRID_A.replace("grid:", "params: {steps: 400, step_s: 0.05}\n    grid:"))
+    assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    log = tmp_path / "worker.log"
+    proc = start_worker(
+        "--state",
+        str(tmp_path / "state"),
+        "--mirror",
+        "on",
+        "--no-tracking",
+        log=log,
+        SWEEPER_MIRROR_DIR=str(tmp_path / "vm1"),
+        SWEEPER_STATE_LEASE_S="3",
+    )
+    try:
+        wait_for(lambda: "claimed" in log.read_text())
+        lease_file = tmp_path / "state" / "queue.lease"
+        holder = json.loads(lease_file.read_text())
+        thief = {**holder, "session": "thief123", "host": "other-vm", "boot_id": "x", "expires_at": time.time() + 600}
+        lease_file.write_text(json.dumps(thief))
+        taken_at = time.time_ns()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert "taken over by session thief123" in text and "released" in text
+    assert json.loads(lease_file.read_text())["session"] == "thief123"
+    newest = SnapshotChain(tmp_path / "state" / "queue.db").list()[0]
+    assert newest.time_ns < taken_at  # nothing pushed over the new holder's state
