@@ -176,10 +176,13 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
         intro += f" · {len(failed)} failed"
     if info and info.description:
         intro = f"{info.description}\n\n{intro}"
+    failures = ""
+    if failed:
+        rows = [[f"`{j.id}`", j.label or "-", error_summary(j.error)] for j in failed]
+        failures = "**Failed jobs**\n\n" + md_table(["job", "params", "error"], rows)
     if not done:
-        out.append(
-            Section(title=f"Stage `{stage}`", body=intro + "\n\n_No job of this stage finished; nothing to show._")
-        )
+        body = intro + "\n\n_No job of this stage finished; nothing to show._"
+        out.append(Section(title=f"Stage `{stage}`", body=body + (f"\n\n{failures}" if failures else "")))
         return out
 
     metrics = [m for m in (opts.primary, opts.secondary) if any(j.metric(m.name) is not None for j in done)]
@@ -216,9 +219,8 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
             figures += _strip_plots(view, stage, done, keys, metrics[0], log)
     if figures:
         parts.append("\n\n".join(f"![{f}]({f})" for f in figures))
-    if failed:
-        rows = [[f"`{j.id}`", j.label, error_summary(j.error)] for j in failed]
-        parts.append("**Failed jobs**\n\n" + md_table(["job", "params", "error"], rows))
+    if failures:
+        parts.append(failures)
     out.append(Section(title=f"Stage `{stage}`", body="\n\n".join(parts), figures=figures))
     return out
 

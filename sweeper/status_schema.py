@@ -10,7 +10,7 @@ JSON Schema for other tools.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,6 +101,11 @@ class Worker(_Strict):
     current_job: str | None
 
 
+class Mirror(_Strict):
+    notes: list[str]
+    last_recovery: dict[str, Any] | None
+
+
 class Status(_Strict):
     schema_: Literal["sweeper.status/1"] = Field(alias="schema")
     database: str = Field(description="URL with the password masked")
@@ -119,6 +124,9 @@ class Status(_Strict):
     failed_total: int
     workers: list[Worker]
     workers_hidden: int
+    mirror: Mirror | None = Field(
+        None, description="only when the state directory is mirrored (a network mount such as Google Drive)"
+    )
 
 
 if __name__ == "__main__":
