@@ -265,6 +265,18 @@ def _records(result: Mapping[str, Any], *prefer: str) -> list[dict[str, Any]]:
     return []
 
 
+def _triplet_cell(key: str, value: Any) -> Any:
+    """Accuracies as percentages and drops as signed percentage points, as in the seed's tables."""
+    v = _num(value)
+    if v is None or isinstance(value, int):
+        return value
+    if key in ("drop", "pruning_drop"):
+        return f"{100 * v:+.2f} pt"
+    if any(w in key for w in ("before", "after", "acc")):
+        return _pct(v)
+    return value
+
+
 def pruning_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     stages = _stages_of(view, PRUNE)
     if not stages:
@@ -282,15 +294,20 @@ def pruning_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
                 parts.append(f"**`{stage.name}`** (layer {layer}): the job reported no per-step table.")
                 continue
             keys = list(dict.fromkeys(k for s in steps for k in s if not isinstance(s[k], (dict, list))))
-            rows = [[s.get(k) for k in keys] for s in steps]
-            summary = ", ".join(
-                f"{k} {_cell(v)}"
-                for k, v in job.result.items()
-                if not isinstance(v, (dict, list)) and k not in ("layer",) and v is not None
-            )
+            rows = [[_triplet_cell(k, s.get(k)) for k in keys] for s in steps]
+            r = job.result
+            summary = []
+            if r.get("architecture") and _num(r.get("test_accuracy")) is not None:
+                summary.append(f"result {r['architecture']} at {_pct(r['test_accuracy'])}")
+            if _num(r.get("input_test_accuracy")) is not None:
+                summary.append(f"input {_pct(r['input_test_accuracy'])}")
+            if r.get("steps_tried") is not None:
+                summary.append(f"{r.get('steps_accepted', '?')}/{r['steps_tried']} steps accepted")
+            if r.get("stop_reason"):
+                summary.append(f"stopped: {r['stop_reason']}")
             parts.append(
                 f"**`{stage.name}`**: layer `{layer}`, job `{job.id}`"
-                + (f" ({summary})" if summary else "")
+                + (f"; {'; '.join(summary)}" if summary else "")
                 + "\n\n"
                 + _table(keys, rows)
             )
