@@ -163,3 +163,65 @@ def test_report_api_reads_artifacts_verified(sweep, tmp_path):
         database.dispose()
     md = result.path.read_text()
     assert "**Top 2 by value**" in md and len(result.figures) == 3
+
+
+ASSIGNMENT = """\
+sweep: tiny-assignment
+defaults: {{data_dir: "{data}", train_subset: 1000, test_subset: 300, max_epochs: 1, log_every: 5,
+           eval_train: false, target_train_acc: 0.5, eval_batch_size: 300}}
+stages:
+  model_search:
+    kind: train
+    grid:
+      dense: [16, 32]
+  diagnostics:
+    kind: train
+    configs: [{{lr: 0.05}}]
+  prune_conv1:
+    kind: prune
+    needs: [model_search]
+    params: {{model: {{best_of: model_search, metric: test_accuracy, mode: max}}, layer: conv1,
+             finetune_epochs: 1, max_steps: 1, max_step_drop: 1.0}}
+"""
+
+
+@pytest.mark.slow
+def test_assignment_sections_from_a_tiny_real_sweep(fmnist_dir, tmp_path):
+    """Real Fashion-MNIST (a subset): train, diagnostics and prune jobs, then the fmnist plug-in's sections."""
+    (tmp_path / "g.yaml").write_text(ASSIGNMENT.format(data=fmnist_dir))
+    db = f"sqlite:///{tmp_path / 'state' / 'queue.db'}"
+    state = str(tmp_path / "state")
+    proc = run_cli("enqueue", "g.yaml", "--db", db, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("work", "--workers", "2", "--db", db, "--state", state, "--no-tracking", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "rep"
+    proc = run_cli("report", "--out", str(out), "--db", db, "--state", state, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+
+    database = open_database(db, create=False)
+    try:
+        view = SweepView(database, tmp_path / "state", "tiny-assignment")
+        search = view.jobs("model_search")
+        prune = view.jobs("prune_conv1")[0]
+        diag = view.jobs("diagnostics")[0]
+    finally:
+        database.dispose()
+    best = max(search, key=lambda j: (j.metric("test_accuracy"), -j.position))
+
+    assert "## Diagnostics: loss curves" in md and "| lr=0.05 |" in md and f"`{diag.id}`" in md
+    assert "## Best model: confusion matrix" in md
+    assert f"Best train job by test accuracy: `{best.id}`" in md and "on 300 test images" in md
+    assert f"{100 * best.metric('test_accuracy'):.2f} %" in md
+
+    assert "## Pruning" in md and f"job `{prune.id}`" in md
+    triplet = prune.result["triplets"][0]
+    row = next(line for line in md.splitlines() if line.startswith("| 1 | conv"))
+    for key in ("before", "after_prune", "after_finetune"):
+        assert f"{100 * triplet[key]:.2f} %" in row
+    assert "## Not in this report" in md and "benchmark" in md
+
+    for name in ("diagnostics_overlay.png", "diagnostics_lr_0_05.png", "confusion_best.png"):
+        assert f"]({name})" in md
+        assert_png(out / name)
