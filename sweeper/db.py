@@ -6,6 +6,8 @@ Times are stored as float seconds since the epoch and always taken from the *dat
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -171,6 +173,25 @@ def _pg_now(element, compiler, **kw):
     return "extract(epoch from clock_timestamp())::float8"
 
 
+def json_dumps(value: object) -> str:
+    """JSON for the database. NaN and infinities become null: they are not JSON, PostgreSQL refuses
+    them (a job whose loss diverged could not complete) and SQLite's JSON functions fail on them."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Engines
 
@@ -178,7 +199,7 @@ def _pg_now(element, compiler, **kw):
 def _sqlite_engine(url: sa.URL) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, json_serializer=json_dumps)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -207,6 +228,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 def _pg_engine(url: sa.URL) -> Engine:
     return sa.create_engine(
         url,
+        json_serializer=json_dumps,
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=4,
