@@ -244,3 +244,16 @@ def test_render_fits_wider_terminals_without_breaking_rows(zoo):
     text = draw(collect(zoo.db), width=140)
     assert max(len(line) for line in text.splitlines()) <= 140
     assert any(line.startswith("search ") and "3/7 done" in line for line in text.splitlines())
+
+
+def test_a_diverged_job_with_nan_metrics_completes_and_ranks(zoo):
+    """NaN is not JSON: stored as null on both databases, so the job completes and status still ranks."""
+    job = zoo.queue.claim("host-a:101:aaaa", 60)
+    assert job is not None
+    zoo.queue.complete(job.lease, {"test_accuracy": 0.95, "test_loss": float("nan"), "curve": [1.0, float("inf")]})
+    with zoo.db.read() as conn:
+        result = conn.execute(sa.select(jobs.c.result).where(jobs.c.id == job.id)).scalar_one()
+    assert result == {"test_accuracy": 0.95, "test_loss": None, "curve": [1.0, None]}
+    snap = collect(zoo.db)
+    assert snap.leaderboard.rows[0].id == job.id
+    assert collect(zoo.db, by=parse_metric("test_loss")).leaderboard.rows == []
