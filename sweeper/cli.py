@@ -373,6 +373,10 @@ def status(
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
+        if sweep:
+            from .results import require_sweep
+
+            require_sweep(database, sweep)
         read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
         if watch:
             watch_status(read, out, interval=interval)
@@ -445,6 +449,10 @@ def export(
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
+        if sweep:
+            from .results import require_sweep
+
+            require_sweep(database, sweep)
         records = load_jobs(database, sweep, stage, status_filter or None)
     finally:
         database.dispose()

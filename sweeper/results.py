@@ -158,6 +158,17 @@ def load_jobs(
     return [_record(r) for r in rows]
 
 
+def require_sweep(db: Database, name: str) -> None:
+    """Raise a UsageError naming the sweeps there are, unless sweep `name` exists."""
+    with db.read() as conn:
+        names = list(conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
+    if name not in names:
+        raise UsageError(
+            f"no sweep named '{name}' in {db.display_url}",
+            hint=f"sweeps there: {', '.join(names)}" if names else "run `sweeper enqueue GRID.yaml` first",
+        )
+
+
 def only_sweep(db: Database) -> str:
     """The name of the one sweep in the queue; a clear error when there are none or several."""
     with db.read() as conn:
@@ -190,11 +201,7 @@ class SweepView:
         with db.read() as conn:
             row = conn.execute(sa.select(sweeps).where(sweeps.c.name == sweep)).first()
             if row is None:
-                names = list(conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
-                raise UsageError(
-                    f"no sweep named '{sweep}' in {db.display_url}",
-                    hint=f"sweeps there: {', '.join(names)}" if names else "run `sweeper enqueue GRID.yaml` first",
-                )
+                require_sweep(db, sweep)
             self.sweep: str = row.name
             self.description: str = row.description or ""
             self.spec_file: str | None = row.spec_file

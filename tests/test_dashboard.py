@@ -257,3 +257,11 @@ def test_a_diverged_job_with_nan_metrics_completes_and_ranks(zoo):
     snap = collect(zoo.db)
     assert snap.leaderboard.rows[0].id == job.id
     assert collect(zoo.db, by=parse_metric("test_loss")).leaderboard.rows == []
+
+
+def test_status_for_an_unknown_sweep_names_the_ones_there(sqlite_url, tmp_path):
+    build_zoo(sqlite_url).close()
+    for args in (["status"], ["status", "--watch"], ["export", "--csv", "-"]):
+        proc = run_cli(*args, "--sweep", "zooo", "--db", sqlite_url, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2, (args, proc.stdout)
+        assert "no sweep named 'zooo'" in proc.stderr and "sweeps there: zoo" in proc.stderr
