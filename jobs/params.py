@@ -7,9 +7,9 @@ happen when the job starts, and fail the job without retries.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class StrictParams(BaseModel):
@@ -63,3 +63,69 @@ class TrainParams(StrictParams):
     log_every: int = Field(100, ge=1)  # batches between step metrics
     eval_batch_size: int = Field(1000, ge=1)
     eval_train: bool = True  # final train_accuracy/train_loss from a full pass (False: last epoch's running figures)
+
+
+PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]
+
+
+class PruneParams(StrictParams):
+    """`kind: prune` (see README "Prune params"). None means: as the upstream model was trained."""
+
+    model: Any = None  # a hand-off: {best_of: STAGE, metric: M, mode: max} or {result_of: STAGE}
+    method: Literal["structured", "magnitude"] = "structured"
+    # structured: conv1 | conv2 | fc1; magnitude: one of conv1, conv2, fc1, fc2, or all (the default)
+    layer: PruneLayer | None = Field(None, validate_default=True)
+    max_step_drop: float = Field(0.01, ge=0)  # accept a step while (accuracy before - after fine-tuning) <= this
+    max_steps: int | None = Field(None, ge=1)  # stop after this many steps even if the drop allows more
+    amounts: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # magnitude
+    finetune_epochs: int | None = Field(None, ge=0)  # default 5 (structured), 0 (magnitude)
+    finetune_lr: float | None = Field(None, gt=0)
+    finetune_momentum: float | None = Field(None, ge=0)
+    finetune_weight_decay: float | None = Field(None, ge=0)
+    finetune_batch_size: int | None = Field(None, ge=1)
+    dataset: Literal["fashion-mnist", "synthetic"] | None = None
+    data_dir: str | None = None
+    train_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0)
+    checkpoint_every_s: float = Field(30.0, gt=0)  # seconds of fine-tuning compute between checkpoints
+    log_every: int = Field(100, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+
+    @field_validator("layer")
+    @classmethod
+    def _layer_fits_method(cls, layer: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method", "structured")
+        if method == "structured" and layer not in ("conv1", "conv2", "fc1"):
+            raise ValueError(
+                "structured pruning needs layer: conv1, conv2 or fc1 (fc2 is the output layer: it keeps its 10 classes)"
+            )
+        return layer or "all"
+
+    @field_validator("amounts")
+    @classmethod
+    def _fractions(cls, amounts: list[float]) -> list[float]:
+        if not amounts:
+            raise ValueError("give at least one amount, e.g. [0.1, 0.5, 0.9]")
+        bad = [a for a in amounts if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"amounts are fractions of each layer's weights to zero, between 0 and 1; got {bad}")
+        return amounts
+
+
+class BenchmarkParams(StrictParams):
+    """`kind: benchmark` (see README "Benchmark params")."""
+
+    models: Any = None  # a hand-off: {all_of: [prune_conv1, prune_conv2, prune_fc1]} (or best_of / result_of)
+    min_test_accuracy: float = Field(0.87, ge=0, le=1)  # the selected model: lowest FLOPs with accuracy above this
+    count_activation: bool = False  # FLOPs: a = 1 (bias) by default; True adds 1 per ReLU output
+    inference_batch_size: int = Field(32, ge=1)
+    threads: int = Field(1, ge=1)  # torch threads while timing (reported with the times)
+    timing_rounds: int = Field(7, ge=1)  # timed passes over the test set per variant, interleaved
+    time_all: bool = False  # time every model, not only the selected one
+    gpu: bool = True  # also time on CUDA when a GPU is present
+    atol: float = Field(1e-4, gt=0)  # matmul vs nn logits, on the whole test set
+    dataset: Literal["fashion-mnist", "synthetic"] | None = None  # None: as the models were trained
+    data_dir: str | None = None
+    test_subset: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
