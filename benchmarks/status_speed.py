@@ -205,7 +205,8 @@ def stats(xs: list[float]) -> dict[str, float]:
 def measure(backend: str, n_jobs: int, repeat: int) -> dict[str, object]:
     from rich.console import Console
 
-    from sweeper.dashboard import collect, render
+    from sweeper.dashboard import collect
+    from sweeper.dashview import render
     from sweeper.db import open_database
 
     with tempfile.TemporaryDirectory() as tmp:

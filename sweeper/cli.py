@@ -363,8 +363,9 @@ def status(
 
     Reads the queue only (never torch or MLflow), so it is quick to run from any machine.
     """
-    from .dashboard import collect, render, to_json
-    from .dashboard import watch as watch_status
+    from .dashboard import collect, to_json
+    from .dashview import render
+    from .dashview import watch as watch_status
     from .ranking import parse_metric
 
     if watch and as_json:

@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .dashboard import duration, error_summary
+from .dashboard import error_summary
+from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound
 from .results import flatten, is_outcome, is_reference
@@ -279,7 +280,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     from rich.console import Group
     from rich.text import Text
 
-    from .dashboard import plain_table, titled
+    from .dashview import plain_table, titled
 
     parts: list[Any] = []
     head = Text()

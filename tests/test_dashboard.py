@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from sweeper.dashboard import BAR, collect, error_summary, parse_epoch, render, segments, to_json
+from sweeper.dashboard import collect, error_summary, parse_epoch, to_json
+from sweeper.dashview import BAR, render, segments
 from sweeper.db import jobs
 from sweeper.ranking import Metric, parse_metric
 from sweeper.spec import parse_spec
