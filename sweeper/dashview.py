@@ -326,7 +326,7 @@ def watch(
     from rich.text import Text
 
     last: Any = Text("reading the queue ...", style="dim")
-    with Live(last, console=console, auto_refresh=False, vertical_overflow="crop", transient=False) as live:
+    with Live(last, console=console, auto_refresh=False, vertical_overflow="ellipsis", transient=False) as live:
         try:
             while True:
                 try:

@@ -89,7 +89,7 @@ def fmt(name: str, value: Any) -> str:
         if name.endswith("_s"):
             return f"{v:.1f} s"
         if isinstance(value, int):
-            return str(value)
+            return f"{value:,}" if abs(value) >= 10_000 else str(value)
         return f"{v:.4g}"
     return str(value)
 
