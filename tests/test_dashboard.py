@@ -266,3 +266,23 @@ def test_status_for_an_unknown_sweep_names_the_ones_there(sqlite_url, tmp_path):
         proc = run_cli(*args, "--sweep", "zooo", "--db", sqlite_url, cwd=tmp_path, timeout=60)
         assert proc.returncode == 2, (args, proc.stdout)
         assert "no sweep named 'zooo'" in proc.stderr and "sweeps there: zoo" in proc.stderr
+
+
+def test_watch_keeps_going_when_a_read_fails(zoo):
+    """A database hiccup during --watch shows a line and the next tick reads again."""
+    from sweeper.dashview import watch
+
+    calls = {"n": 0}
+
+    def read():
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise ConnectionError("server closed the connection unexpectedly")
+        return collect(zoo.db)
+
+    console = Console(record=True, width=80, force_terminal=True)
+    watch(read, console, interval=0.01, stop=lambda: calls["n"] >= 4)
+    text = console.export_text()  # the last frame: the picture of read 3 with read 4's error under it
+    assert calls["n"] == 4
+    assert "cannot read the queue: server closed the connection unexpectedly; retrying" in text
+    assert "sweep zoo" in text
