@@ -1,0 +1,460 @@
+"""`kind: prune`: prune a trained model step by step, fine-tuning after each step (assignment step 3).
+
+    structured (default): each step removes the least important unit of `layer` (squared L2 norm
+        of its weights plus its squared bias) by surgery (jobs/surgery.py: a smaller network),
+        measures test accuracy after the removal, fine-tunes `finetune_epochs` with a fresh SGD
+        optimizer and measures again. The triplet (before, after pruning, after fine-tuning) is
+        the step's record. Pruning drop = accuracy before the step − accuracy after its
+        fine-tuning (the seed report's definition, per step). A step is accepted while its drop
+        <= max_step_drop; the first step over it is kept on file but rejected, and pruning stops.
+        It also stops when one unit is left (or after max_steps).
+    magnitude: for each of `amounts`, zero that fraction of the smallest weights of `layer` (or
+        of every layer) of the *input* model (seed 004), optionally fine-tune with the zeros held
+        at zero, and measure. Drop = input accuracy − accuracy after (fine-tuning). Every amount
+        runs.
+
+The stage's result (`model.pt`) is the last accepted model: for structured, the model after the
+last accepted step (the input when the first step is rejected); for magnitude, the largest amount
+whose drop is within max_step_drop. Every model is kept as an artifact: `step-0.pt` is the input,
+`step-<k>.pt` the model of step k (after its fine-tuning), plus `pruning.json` / `pruning.csv`.
+
+Checkpoints: after the input is evaluated, when a step's unit is removed, inside fine-tuning
+(every checkpoint_every_s of compute and at each epoch end, by jobs/training.fit) and when a step
+is recorded. A killed job resumes mid-fine-tuning at the exact batch and its triplets come out
+identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sweeper.context import JobContext, JobFailed
+
+from . import magnitude, surgery, upstream
+from .data import Dataset, load_dataset
+from .flops import model_cost
+from .model import CNN, Arch, count_params, load_model, save_model
+from .params import PruneParams
+from .training import LoopConfig, evaluate, fit, make_optimizer
+
+STATE_VERSION = 1
+EXAMPLE = "{best_of: train_search, metric: test_accuracy, mode: max}"
+
+
+def parse_params(params: dict[str, Any]) -> PruneParams:
+    try:
+        return PruneParams.model_validate(params)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise JobFailed("bad prune params: " + "; ".join(problems), retry=False) from None
+
+
+def settings(p: PruneParams, ref: dict[str, Any]) -> dict[str, Any]:
+    """Data and fine-tuning settings: as given, else as the upstream model was trained."""
+    up = upstream.training(ref)
+    return {
+        "dataset": upstream.pick(p.dataset, up["dataset"]),
+        "train_subset": upstream.pick(p.train_subset, up["train_subset"]),
+        "test_subset": upstream.pick(p.test_subset, up["test_subset"]),
+        "seed": upstream.pick(p.seed, up["seed"]),
+        "lr": upstream.pick(p.finetune_lr, up["lr"]),
+        "momentum": upstream.pick(p.finetune_momentum, up["momentum"]),
+        "weight_decay": upstream.pick(p.finetune_weight_decay, up["weight_decay"]),
+        "batch_size": upstream.pick(p.finetune_batch_size, up["batch_size"]),
+        "epochs": p.finetune_epochs if p.finetune_epochs is not None else (5 if p.method == "structured" else 0),
+    }
+
+
+def run(ctx: JobContext, params: dict[str, Any]) -> Any:
+    p = parse_params(params)
+    ref = upstream.single(p.model, "model", EXAMPLE)
+    if "model.pt" not in (ref.get("artifacts") or {}):
+        raise JobFailed(
+            f"upstream job {ref['job']} (stage {ref['stage']}) recorded no model.pt; "
+            "prune needs a train or prune stage upstream",
+            retry=False,
+        )
+    s = settings(p, ref)
+    data = load_dataset(
+        s["dataset"],
+        data_dir=p.data_dir or ctx.options.get("data_dir"),
+        state_dir=ctx.state_dir,
+        train_subset=s["train_subset"],
+        test_subset=s["test_subset"],
+    )
+    state = ctx.restore()
+    if state is None:
+        state = start(ctx, p, ref, data)
+    elif state.get("version") != STATE_VERSION:
+        raise JobFailed(f"checkpoint has prune state version {state.get('version')}, expected {STATE_VERSION}")
+
+    while not state["done"]:
+        if state["pending"] is None:
+            plan_next_step(ctx, p, state, data)
+        else:
+            interrupted = finetune(ctx, p, s, state, data)
+            if interrupted is not None:
+                return interrupted
+            record_step(ctx, p, state, data)
+        if ctx.should_stop() and not state["done"]:
+            return ctx.interrupted()  # the state was just checkpointed
+    return finish(ctx, p, s, ref, state)
+
+
+# -- the steps -----------------------------------------------------------------------------------
+
+
+def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -> dict[str, Any]:
+    """Fetch and evaluate the input model; it is step 0."""
+    path = ctx.fetch_artifact(ref, "model.pt")
+    model = load_model(path)
+    if p.method == "structured" and p.layer == "fc1" and model.arch.dense < 1:
+        raise JobFailed("the input model has no fc1 neurons to prune", retry=False)
+    info = ctx.log_artifact(path, "step-0.pt")
+    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    ctx.log(f"job {ctx.job_id}: input {ref['stage']}:{ref['job']} {model.arch.describe()}: test accuracy {acc:.4f}")
+    cost = model_cost(model.arch)
+    input_record = {
+        "step": 0,
+        "arch": model.arch.to_dict(),
+        "architecture": model.arch.describe(),
+        "units": unit_count(p, model.arch),
+        "test_accuracy": acc,
+        "test_loss": loss,
+        "flops": cost.flops,
+        "macs": cost.macs,
+        "params": count_params(model),
+        "model": "step-0.pt",
+        "sha256": info["sha256"],
+    }
+    ctx.log_metrics(step_metrics(input_record, acc), step=0)
+    state = {
+        "version": STATE_VERSION,
+        "method": p.method,
+        "layer": p.layer,
+        "input": input_record,
+        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()},
+        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": model.state_dict(), "accuracy": acc},
+        "steps": [],
+        "pending": None,
+        "finetune": None,
+        "done": False,
+        "stop_reason": None,
+    }
+    ctx.checkpoint(state)
+    return state
+
+
+def unit_count(p: PruneParams, arch: Arch) -> int | None:
+    return surgery.unit_count(arch, p.layer) if p.method == "structured" else None
+
+
+def model_of(arch: dict[str, Any], state_dict: dict[str, Any]) -> CNN:
+    model = CNN(Arch.from_dict(arch))
+    model.load_state_dict(state_dict)
+    return model
+
+
+def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Dataset) -> None:
+    """Prune the next unit (or amount), measure, and checkpoint; or mark the job done."""
+    k = len(state["steps"]) + 1
+    if p.method == "structured":
+        current = model_of(state["current"]["arch"], state["current"]["state_dict"])
+        units = surgery.unit_count(current.arch, p.layer)
+        stop = None
+        if units <= 1:
+            stop = f"one unit left in {p.layer}"
+        elif p.max_steps is not None and k > p.max_steps:
+            stop = f"max_steps {p.max_steps} reached"
+        if stop:
+            state["done"], state["stop_reason"] = True, stop
+            ctx.checkpoint(state)
+            return
+        scores = surgery.importance(current, p.layer)
+        unit = int(scores.argmin())
+        pruned = surgery.remove_units(current, p.layer, [unit])
+        before = state["current"]["accuracy"]
+        pending: dict[str, Any] = {
+            "step": k,
+            "unit": unit,
+            "importance": float(scores[unit]),
+            "units": units - 1,
+            "masks": None,
+        }
+    else:
+        if k > len(p.amounts):
+            state["done"], state["stop_reason"] = True, "every amount done"
+            ctx.checkpoint(state)
+            return
+        original = load_input(state)
+        amount = p.amounts[k - 1]
+        pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
+        before = state["input"]["test_accuracy"]
+        pending = {"step": k, "amount": amount, "masks": masks}
+    _, after = evaluate(pruned, data.test.x, data.test.y, p.eval_batch_size)
+    pending.update(
+        arch=pruned.arch.to_dict(),
+        state_dict=pruned.state_dict(),
+        accuracy_before=before,
+        accuracy_after_prune=after,
+    )
+    state["pending"], state["finetune"] = pending, None
+    ctx.log(
+        f"job {ctx.job_id}: step {k}: {describe(p, pending)}: accuracy {before:.4f} -> {after:.4f} (before fine-tuning)"
+    )
+    ctx.checkpoint(state)
+
+
+def load_input(state: dict[str, Any]) -> CNN:
+    """The input model, for magnitude pruning (which prunes the input at every amount)."""
+    return model_of(state["input_model"]["arch"], state["input_model"]["state_dict"])
+
+
+def describe(p: PruneParams, pending: dict[str, Any]) -> str:
+    if p.method == "structured":
+        return f"{p.layer} unit {pending['unit']} removed, {pending['units']} left"
+    return f"{p.layer} weights {pending['amount']:.0%} zeroed"
+
+
+def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str, Any], data: Dataset) -> Any:
+    """Fine-tune the pending step's model (resuming mid-way from the checkpoint). None when finished."""
+    pending = state["pending"]
+    if s["epochs"] == 0:
+        return None
+    model = model_of(pending["arch"], pending["state_dict"])
+    optimizer = make_optimizer(model, s["lr"], s["momentum"], s["weight_decay"])  # fresh, every step
+    k = pending["step"]
+    cfg = LoopConfig(
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        seed=s["seed"] + k,
+        checkpoint_every_s=p.checkpoint_every_s,
+        log_every=p.log_every,
+        eval_batch_size=p.eval_batch_size,
+        target_train_acc=None,
+        metric_prefix=f"finetune/step{k}/",  # fit() counts its steps from 1 again on every call
+    )
+    masks = pending["masks"]
+
+    def keep_zeros(m: Any) -> None:
+        magnitude.apply_masks(m, masks)
+
+    def save(train_state: dict[str, Any]) -> None:
+        state["finetune"] = train_state
+        ctx.checkpoint(state)
+
+    def progress(fraction: float, message: str) -> None:
+        ctx.progress(fraction, f"step {k} ({describe(p, pending)}): {message}")
+
+    result = fit(
+        ctx,
+        model,
+        optimizer,
+        data.train,
+        data.test,
+        cfg,
+        state=state["finetune"],
+        save=save,
+        after_step=keep_zeros if masks else None,
+        progress=progress,
+    )
+    if not isinstance(result, dict):
+        return result
+    state["finetune"] = result
+    return None
+
+
+def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Dataset) -> None:
+    """Measure the fine-tuned model, keep it as step-<k>.pt, accept or reject the step, checkpoint."""
+    pending = state["pending"]
+    k = pending["step"]
+    model = model_of(pending["arch"], pending["state_dict"])
+    ft = state["finetune"]
+    if ft is not None:
+        model.load_state_dict(ft["model"])
+    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    drop = pending["accuracy_before"] - acc
+    accepted = drop <= p.max_step_drop
+    path = save_model(step_dir(ctx, k) / "model.pt", model)
+    info = ctx.log_artifact(path, f"step-{k}.pt")
+    cost = model_cost(model.arch)
+    record: dict[str, Any] = {
+        "step": k,
+        "layer": p.layer,
+        "arch": model.arch.to_dict(),
+        "architecture": model.arch.describe(),
+        "accuracy_before": pending["accuracy_before"],
+        "accuracy_after_prune": pending["accuracy_after_prune"],
+        "accuracy_after_finetune": acc,
+        "test_loss": loss,
+        "pruning_drop": drop,
+        "accepted": accepted,
+        "flops": cost.flops,
+        "macs": cost.macs,
+        "params": count_params(model),
+        "finetune_s": ft["train_s"] if ft is not None else 0.0,
+        "model": f"step-{k}.pt",
+        "sha256": info["sha256"],
+    }
+    if p.method == "structured":
+        record.update(unit=pending["unit"], importance=pending["importance"], units=pending["units"])
+    else:
+        record.update(
+            amount=pending["amount"],
+            density=magnitude.density(model),
+            nonzero_params=magnitude.nonzero_params(model),
+            effective_macs=magnitude.effective_macs(model),
+        )
+    ctx.log_metrics(step_metrics(record, acc), step=k)
+    state["steps"].append(record)
+    verdict = "accepted" if accepted else f"rejected (drop > {p.max_step_drop:g})"
+    ctx.log(
+        f"job {ctx.job_id}: step {k}: {record['architecture']}: "
+        f"{record['accuracy_before']:.4f} / {record['accuracy_after_prune']:.4f} / {acc:.4f}, "
+        f"drop {drop:+.4f}: {verdict}"
+    )
+    if accepted:
+        state["current"] = {"step": k, "arch": record["arch"], "state_dict": model.state_dict(), "accuracy": acc}
+    if p.method == "structured" and not accepted:
+        state["done"], state["stop_reason"] = (
+            True,
+            f"step {k}'s pruning drop {drop:.4f} > max_step_drop {p.max_step_drop:g}",
+        )
+    state["pending"], state["finetune"] = None, None
+    ctx.checkpoint(state)
+
+
+def step_metrics(record: dict[str, Any], accuracy: float) -> dict[str, float]:
+    arch = record["arch"]
+    metrics = {
+        "test_accuracy": accuracy,
+        "flops": record["flops"],
+        "params": record["params"],
+        "conv1_channels": arch["conv1"]["channels"],
+        "conv2_channels": arch["conv2"]["channels"],
+        "dense": arch["dense"],
+    }
+    for key in ("accuracy_before", "accuracy_after_prune", "accuracy_after_finetune", "pruning_drop", "amount"):
+        if key in record:
+            metrics[key] = record[key]
+    if "accepted" in record:
+        metrics["accepted"] = 1.0 if record["accepted"] else 0.0
+    if "nonzero_params" in record:
+        metrics["nonzero_params"] = record["nonzero_params"]
+        metrics["effective_macs"] = record["effective_macs"]
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def step_dir(ctx: JobContext, k: int | str) -> Path:
+    # Always `.../model.pt`: torch.save names its archive after the file, so equal weights give
+    # equal bytes (and equal sha256) whatever the step, and the benchmark can tell duplicates apart.
+    path = ctx.work_dir() / "out" / f"step-{k}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- the result ----------------------------------------------------------------------------------
+
+
+def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, Any], state: dict[str, Any]) -> dict:
+    current = state["current"]
+    model = model_of(current["arch"], current["state_dict"])
+    info = ctx.log_artifact(save_model(step_dir(ctx, "result") / "model.pt", model), "model.pt")
+    steps = state["steps"]
+    table = {
+        "version": 1,
+        "job": ctx.job_id,
+        "method": p.method,
+        "layer": p.layer,
+        "input": {"job": ref["job"], "stage": ref["stage"], **state["input"]},
+        "steps": steps,
+        "result_step": current["step"],
+        "stop_reason": state["stop_reason"],
+        "training": s,
+    }
+    out = step_dir(ctx, "tables")
+    (out / "pruning.json").write_text(json.dumps(table, indent=1) + "\n")
+    ctx.log_artifact(out / "pruning.json", "pruning.json")
+    write_csv(out / "pruning.csv", steps)
+    ctx.log_artifact(out / "pruning.csv", "pruning.csv")
+    cost = model_cost(model.arch)
+    models = [{"name": "step-0.pt", "step": 0, "test_accuracy": state["input"]["test_accuracy"], "accepted": True}]
+    models += [
+        {
+            "name": r["model"],
+            "step": r["step"],
+            "test_accuracy": r["accuracy_after_finetune"],
+            "accepted": r["accepted"],
+        }
+        for r in steps
+    ]
+    accepted = [r for r in steps if r["accepted"]]
+    result: dict[str, Any] = {
+        "test_accuracy": current["accuracy"],
+        "flops": cost.flops,
+        "macs": cost.macs,
+        "params": count_params(model),
+        "arch": model.arch.to_dict(),
+        "architecture": model.arch.describe(),
+        "method": p.method,
+        "layer": p.layer,
+        "result_step": current["step"],
+        "steps_tried": len(steps),
+        "steps_accepted": len(accepted),
+        "stop_reason": state["stop_reason"],
+        "input_test_accuracy": state["input"]["test_accuracy"],
+        "input_job": ref["job"],
+        "input_stage": ref["stage"],
+        "triplets": [
+            {
+                "step": r["step"],
+                "architecture": r["architecture"],
+                "before": r["accuracy_before"],
+                "after_prune": r["accuracy_after_prune"],
+                "after_finetune": r["accuracy_after_finetune"],
+                "drop": r["pruning_drop"],
+                "accepted": r["accepted"],
+            }
+            for r in steps
+        ],
+        "models": models,
+        "model_sha256": info["sha256"],
+        "training": s,
+        "finetune_s": sum(r["finetune_s"] for r in steps),
+    }
+    ctx.log(
+        f"job {ctx.job_id}: {len(accepted)}/{len(steps)} step(s) accepted ({state['stop_reason']}); "
+        f"result {model.arch.describe()} at test accuracy {current['accuracy']:.4f}"
+    )
+    return result
+
+
+CSV_COLUMNS = (
+    "step",
+    "architecture",
+    "unit",
+    "amount",
+    "accuracy_before",
+    "accuracy_after_prune",
+    "accuracy_after_finetune",
+    "pruning_drop",
+    "accepted",
+    "flops",
+    "params",
+    "nonzero_params",
+    "finetune_s",
+)
+
+
+def write_csv(path: Path, steps: list[dict[str, Any]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in steps:
+            w.writerow(r)
+    return path
