@@ -64,6 +64,8 @@ def _cell(v: Any) -> str:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
@@ -364,18 +366,23 @@ def benchmark_sections(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     if not jobs:
         return [], "FLOPs Pareto plot and inference timing: the benchmark job has not finished."
     job = jobs[-1]
+    r = job.result
     out: list[dict[str, Any]] = []
-    models = _model_rows(job.result)
-    selected = job.result.get("selected")
-    sel_name = _name(selected) if isinstance(selected, Mapping) else (selected if isinstance(selected, str) else None)
     notes = []
+    models = _model_rows(r)
+    selected = r.get("selected")
+    sel_name = _name(selected) if isinstance(selected, Mapping) else (selected if isinstance(selected, str) else None)
     if models:
         name = "flops_pareto.png"
-        front = _plot_flops(view.figure_path(name), models, sel_name, job.result.get("min_test_accuracy"))
-        header = ["model", "FLOPs", "params", "size (bytes)", "test acc", "Pareto", "selected"]
+        listed = r.get("pareto_front")
+        front = _plot_flops(view.figure_path(name), models, sel_name, r.get("min_test_accuracy"))
+        if isinstance(listed, list):
+            front = set(listed)  # the benchmark's own front (it breaks ties its way)
+        header = ["model", "architecture", "FLOPs", "params", "size (bytes)", "test acc", "Pareto", "selected"]
         rows = [
             [
                 _name(m),
+                m.get("architecture") or "-",
                 f"{int(_num(_get(m, 'flops')) or 0):,}",
                 _get(m, "params"),
                 _get(m, "size_bytes") or _get(m, "size"),
@@ -383,37 +390,96 @@ def benchmark_sections(view: Any) -> tuple[list[dict[str, Any]], str | None]:
                 "yes" if _name(m) in front else "",
                 "**yes**" if sel_name and _name(m) == sel_name else "",
             ]
-            for m in sorted(models, key=lambda m: _num(_get(m, "flops")) or 0.0)
+            for m in sorted(models, key=lambda m: (_num(_get(m, "flops")) or 0.0, -(_num(_accuracy(m)) or 0.0)))
         ]
-        floor = job.result.get("min_test_accuracy")
-        rule = f" (the fewest FLOPs with test accuracy of at least {_pct(floor)})" if floor is not None else ""
-        body = (
-            f"Every model of the pruning stages, test accuracy against FLOPs per image. "
-            f"Selected: **{sel_name or 'none'}**{rule}.\n\n![FLOPs Pareto]({name})\n\n" + _table(header, rows)
-        )
-        out.append({"title": "FLOPs and the selected model", "body": body, "figures": [name]})
+        why = r.get("selection") or ""
+        body = [
+            f"Every distinct model of the pruning stages (benchmark job `{job.id}`), test accuracy against "
+            f"analytic FLOPs per image. Selected: **{sel_name or 'none'}**" + (f" ({why})." if why else "."),
+        ]
+        if isinstance(selected, Mapping) and selected.get("architecture"):
+            body.append(_selected_table(selected))
+        body += [f"![FLOPs Pareto]({name})", _table(header, rows)]
+        if r.get("flops_convention"):
+            body.append(f"FLOPs: {r['flops_convention']}.")
+        out.append({"title": "FLOPs and the selected model", "body": "\n\n".join(body), "figures": [name]})
     else:
         notes.append("the benchmark reported no per-model FLOPs and accuracy")
-    timing = _timing_rows(job.result)
-    if timing:
-        out.append(
-            {
-                "title": "Inference timing",
-                "body": "Inference over the test set, nn modules against the matmul-only re-implementation "
-                "(seed: 1.62 s against 2.99 s at batch 32 on Colab).\n\n" + _table(["measure", "value"], timing),
-            }
-        )
+    timing = r.get("timing")
+    if isinstance(timing, Mapping) and timing:
+        out.append({"title": "Inference timing", "body": _timing_body(timing, r)})
     else:
         notes.append("the benchmark reported no timing")
     note = f"Benchmark job `{job.id}`: " + "; ".join(notes) + "." if notes else None
     return out, note
 
 
-def _timing_rows(result: Mapping[str, Any]) -> list[list[Any]]:
-    timing = result.get("timing")
-    if isinstance(timing, Mapping):
-        return [[k, v] for k, v in timing.items() if not isinstance(v, (dict, list))]
-    return [[k, v] for k, v in result.items() if re.search(r"(_s|_ms|speedup|ratio)$", k) and _num(v) is not None]
+def _selected_table(sel: Mapping[str, Any]) -> str:
+    """The seed's table 4.1: the selected model layer by layer."""
+    arch = sel.get("arch") if isinstance(sel.get("arch"), Mapping) else {}
+    rows = []
+    for i, layer in enumerate(("conv1", "conv2"), 1):
+        spec = arch.get(layer) if isinstance(arch.get(layer), Mapping) else None
+        if spec:
+            rows.append([i, f"Conv, {spec.get('kernel')}x{spec.get('kernel')}, {spec.get('channels')} filters, ReLU"])
+    if arch.get("dense") is not None:
+        rows.append([len(rows) + 1, f"Dense, {arch['dense']} neurons, ReLU"])
+        rows.append([len(rows) + 1, "Dense, 10 neurons, softmax"])
+    if not rows:
+        rows = [[1, sel.get("architecture")]]
+    facts = ", ".join(
+        f"{k.replace('_', ' ')} {_cell(v) if k != 'test_accuracy' else _pct(v)}"
+        for k, v in sel.items()
+        if k in ("test_accuracy", "flops", "params", "size_bytes") and v is not None
+    )
+    return _table(["layer", "description"], rows) + (f"\n\n{facts}." if facts else "")
+
+
+def _timing_body(t: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    lines = []
+    if "nn_median_s" in t and "matmul_median_s" in t:
+        rows = [
+            ["nn.Conv2d / nn.Linear", _seconds(t.get("nn_median_s")), _seconds(t.get("nn_iqr_s")), "1.00"],
+            [
+                "matmul only (unfold + matmul)",
+                _seconds(t.get("matmul_median_s")),
+                _seconds(t.get("matmul_iqr_s")),
+                _cell(t.get("matmul_over_nn")),
+            ],
+        ]
+        if t.get("cuda_nn_median_s") is not None:
+            rows.append(["CUDA: nn modules", _seconds(t["cuda_nn_median_s"]), "-", "-"])
+            rows.append(
+                ["CUDA: matmul only", _seconds(t.get("cuda_matmul_median_s")), "-", _cell(t.get("cuda_matmul_over_nn"))]
+            )
+        lines.append(_table(["inference over the test set", "median", "IQR", "× nn"], rows))
+        context = [
+            f"model {t.get('model', '?')}",
+            f"{t.get('images', '?')} images at batch {t.get('batch_size', '?')}",
+            f"{t.get('threads', '?')} thread(s)",
+            f"{t.get('rounds', '?')} interleaved rounds",
+        ]
+        if t.get("cpu"):
+            context.append(f"CPU {t['cpu']}")
+        if t.get("torch"):
+            context.append(f"torch {t['torch']}")
+        if isinstance(t.get("cuda"), str):
+            context.append(f"CUDA {t['cuda']}")
+        lines.append("; ".join(context) + ".")
+        lines.append("The seed report measured 1.62 s (nn modules) against 2.99 s (matmul), 1.85×, on Colab's CPU.")
+    else:
+        lines.append(_table(["measure", "value"], [[k, v] for k, v in t.items() if not isinstance(v, (dict, list))]))
+    if result.get("matmul_allclose") is not None:
+        lines.append(
+            "The matmul re-implementation gives the same logits as the nn modules on the whole test set "
+            f"(allclose: {_cell(result['matmul_allclose'])})."
+        )
+    return "\n\n".join(lines)
+
+
+def _seconds(v: Any) -> str:
+    n = _num(v)
+    return "-" if n is None else f"{n:.3f} s"
 
 
 def _plot_flops(path: Any, models: list[dict[str, Any]], selected: str | None, floor: Any) -> set[str]:
