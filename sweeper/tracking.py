@@ -163,6 +163,8 @@ class MLflowTracker:
                 self._floor = self._max_steps(run_id, existing.data.metrics.keys())
                 _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
                 _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+                if not existing.data.params:  # the attempt that created the run died before logging them
+                    self._log_params(run)
                 return run_id
         exp_id = self._experiment_id(run.sweep)
         created = _retry_locked(
@@ -170,15 +172,17 @@ class MLflowTracker:
         )
         self._run_id = created.info.run_id
         self._floor = {}
-        params = flatten_params(run.params)
+        self._log_params(run)
+        return self._run_id
+
+    def _log_params(self, run: RunInfo) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in sorted(params.items())]
+        items = [Param(k, v) for k, v in sorted(flatten_params(run.params).items())]
         for i in range(0, len(items), 100):
             _retry_locked(
                 lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
             )
-        return self._run_id
 
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
         floor = {}
@@ -206,12 +210,16 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         points, self._buffer = self._buffer, []
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in points]
-        for i in range(0, len(metrics), self.BATCH):
-            chunk = metrics[i : i + self.BATCH]
-            _retry_locked(lambda c=chunk: self.client.log_batch(self._run_id, metrics=c), "log metrics")
-        for key, _, _, step in points:
-            self._floor[key] = max(self._floor.get(key, -1), step)
+        for i in range(0, len(points), self.BATCH):
+            chunk = points[i : i + self.BATCH]
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
+            try:
+                _retry_locked(lambda m=metrics: self.client.log_batch(self._run_id, metrics=m), "log metrics")
+            except BaseException:
+                self._buffer = points[i:] + self._buffer  # not written: a later flush tries them again
+                raise
+            for key, _, _, step in chunk:
+                self._floor[key] = max(self._floor.get(key, -1), step)
 
     def end(self, status: str) -> None:
         if self._run_id is None:

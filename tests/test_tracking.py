@@ -1,0 +1,143 @@
+"""MLflowTracker against a real MLflow SQLite store: one run per job, buffered metrics, resumed runs
+without duplicate steps, params, tags, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeper.tracking import MLflowTracker, NullTracker, RunInfo, make_tracker
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, Path]:
+    """One MLflow store for the module: creating its tables takes seconds."""
+    state = tmp_path_factory.mktemp("mlflow") / "state"
+    state.mkdir()
+    return f"sqlite:///{state / 'mlflow.db'}", state
+
+
+def tracker(store) -> MLflowTracker:
+    uri, state = store
+    t = make_tracker(uri, state)
+    assert isinstance(t, MLflowTracker)
+    return t
+
+
+def info(job_id: str, attempt: int = 1, sweep: str = "sweep-a", params: dict | None = None) -> RunInfo:
+    params = params if params is not None else {"lr": 0.01, "conv1": {"channels": 8, "kernel": 3}}
+    return RunInfo(sweep, "model_search", job_id, "train", "lr=0.01 conv1.channels=8", attempt, params)
+
+
+def history(store, run_id: str, key: str) -> list[tuple[int, float]]:
+    client = MlflowClient(store[0])
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_a_job_gets_one_run_named_after_its_stage_and_params_with_tags_and_flat_params(store):
+    t = tracker(store)
+    run_id = t.start(info("job-tags"), None)
+    t.end("FINISHED")
+    run = MlflowClient(store[0]).get_run(run_id)
+    assert run.info.run_name == "model_search lr=0.01 conv1.channels=8"
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("sweep", "stage", "job_id", "kind", "attempt")} == {
+        "sweep": "sweep-a",
+        "stage": "model_search",
+        "job_id": "job-tags",
+        "kind": "train",
+        "attempt": "1",
+    }
+    assert run.data.params == {"lr": "0.01", "conv1.channels": "8", "conv1.kernel": "3"}
+
+
+def test_each_sweep_is_its_own_experiment(store):
+    a, b = tracker(store), tracker(store)
+    run_a = a.start(info("job-exp-a", sweep="exp-one"), None)
+    run_b = b.start(info("job-exp-b", sweep="exp-two"), None)
+    client = MlflowClient(store[0])
+    exp_a = client.get_experiment(client.get_run(run_a).info.experiment_id)
+    exp_b = client.get_experiment(client.get_run(run_b).info.experiment_id)
+    assert (exp_a.name, exp_b.name) == ("exp-one", "exp-two")
+    again = tracker(store).start(info("job-exp-c", sweep="exp-one"), None)
+    assert client.get_run(again).info.experiment_id == exp_a.experiment_id
+
+
+def test_metrics_are_buffered_until_flush(store):
+    t = tracker(store)
+    run_id = t.start(info("job-buffer"), None)
+    for step in range(1, 51):
+        t.log_metrics({"loss": 1.0 / step}, step)
+    assert history(store, run_id, "loss") == []  # nothing written on the per-batch path
+    t.flush()
+    assert [s for s, _ in history(store, run_id, "loss")] == list(range(1, 51))
+    t.end("FINISHED")
+
+
+def test_a_resumed_attempt_continues_the_same_run_without_duplicate_steps(store):
+    first = tracker(store)
+    run_id = first.start(info("job-resume"), None)
+    for step in range(1, 8):  # steps 1..7 reach the store; the checkpoint was at step 4
+        first.log_metrics({"loss": 10.0 - step, "train_acc": step / 10}, step)
+    first.flush()
+    first.log_metrics({"loss": 99.0}, 8)  # buffered, then the worker is killed (no end()): never written
+    del first
+
+    second = tracker(store)
+    assert second.start(info("job-resume", attempt=2), run_id) == run_id
+    for step in range(5, 11):  # the replay from the checkpoint at step 4, then new steps
+        second.log_metrics({"loss": 10.0 - step, "train_acc": step / 10}, step)
+    second.end("FINISHED")
+
+    assert history(store, run_id, "loss") == [(s, 10.0 - s) for s in range(1, 11)]
+    assert history(store, run_id, "train_acc") == [(s, s / 10) for s in range(1, 11)]
+    run = MlflowClient(store[0]).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["attempt"] == "2"
+
+
+def test_a_run_that_lost_its_params_gets_them_when_reopened(store):
+    t = tracker(store)
+    run_id = t.start(info("job-params", params={}), None)  # as if the first attempt died right after create_run
+    t.end("KILLED")
+    tracker(store).start(info("job-params", attempt=2), run_id)
+    assert MlflowClient(store[0]).get_run(run_id).data.params["lr"] == "0.01"
+
+
+def test_an_unknown_run_id_starts_a_new_run(store):
+    t = tracker(store)
+    run_id = t.start(info("job-unknown"), "0" * 32)
+    assert run_id != "0" * 32
+    assert MlflowClient(store[0]).get_run(run_id).data.tags["job_id"] == "job-unknown"
+
+
+def test_artifacts_are_attached_to_the_run_under_the_state_directory(store, tmp_path):
+    t = tracker(store)
+    run_id = t.start(info("job-artifact"), None)
+    path = tmp_path / "history.json"
+    path.write_text('{"points": []}')
+    t.log_artifact(path)
+    t.end("FINISHED")
+    client = MlflowClient(store[0])
+    assert [f.path for f in client.list_artifacts(run_id)] == ["history.json"]
+    assert Path(client.download_artifacts(run_id, "history.json")).read_text() == '{"points": []}'
+    assert client.get_run(run_id).info.artifact_uri.startswith((store[1] / "mlartifacts").resolve().as_uri())
+
+
+def test_a_failed_write_keeps_its_points_for_the_next_flush(store):
+    t = tracker(store)
+    run_id = t.start(info("job-retry"), None)
+    t.log_metrics({"loss": 1.0}, 1)
+    real, t._run_id = t._run_id, "no-such-run"  # the store refuses the write
+    with pytest.raises(Exception):  # noqa: B017  (MLflow's own exception type)
+        t.flush()
+    t._run_id = real
+    t.flush()
+    assert history(store, run_id, "loss") == [(1, 1.0)]
+
+
+def test_tracking_switched_off_is_a_null_tracker(tmp_path):
+    t = make_tracker(None, tmp_path)
+    assert isinstance(t, NullTracker)
+    assert t.start(info("job-null"), None) is None

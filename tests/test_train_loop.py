@@ -1,0 +1,146 @@
+"""The training core (jobs/training.py) in-process, with a real queue, claim and checkpoint store.
+
+A job is stopped at chosen batches through the real stop flag of its JobContext (what SIGTERM
+sets), resumed from the checkpoint it wrote (serialized, sha256-verified, loaded with
+weights_only=True), and must end exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.data import load_dataset
+from jobs.model import Arch, Conv, build
+from jobs.training import LoopConfig, evaluate, fit, make_optimizer, summary
+from sweeper.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.context import Interrupted, JobContext
+from sweeper.db import open_database
+from sweeper.queue import Queue
+from sweeper.spec import parse_spec
+
+ARCH = Arch(Conv(8, 3), Conv(8, 3), 32)
+CFG = LoopConfig(
+    epochs=3, batch_size=32, seed=7, checkpoint_every_s=1e9, log_every=5, target_train_acc=0.7, target_window=640
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """What `sweeper work --threads-per-worker 1` sets; determinism holds for a fixed thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Job:
+    """One claimed job on a real SQLite queue; each attempt() is a fresh JobContext, as after a restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state_dir = tmp_path / "state"
+        self.db = open_database(f"sqlite:///{self.state_dir / 'queue.db'}", create=True)
+        self.queue = Queue(self.db)
+        self.queue.enqueue(parse_spec(textwrap.dedent("sweep: s\nstages:\n  a: {kind: noop}\n"), "g.yaml"))
+        self.claimed = self.queue.claim("test-worker", 300)
+        self.store = CheckpointStore(self.queue, self.state_dir, "files")
+
+    def attempt(self) -> JobContext:
+        return JobContext(
+            job=self.claimed,
+            queue=self.queue,
+            checkpoints=self.store,
+            artifacts=ArtifactStore(self.queue, self.state_dir, "files"),
+            state_dir=self.state_dir,
+            log=lambda _msg: None,
+        )
+
+
+@pytest.fixture
+def job(tmp_path: Path):
+    j = Job(tmp_path)
+    yield j
+    j.db.dispose()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", train_subset=1000, test_subset=300)
+
+
+def train(ctx: JobContext, data, stop_after: int | None = None, init_seed: int = 0, cfg: LoopConfig = CFG):
+    """One attempt: a freshly built model and optimizer, resumed from the job's checkpoint if any."""
+    model = build(ARCH, "xavier_uniform", init_seed)
+    optimizer = make_optimizer(model, lr=0.05, momentum=0.9)
+    steps = [0]
+
+    def count(_model: torch.nn.Module) -> None:
+        steps[0] += 1
+        if stop_after is not None and steps[0] == stop_after:
+            ctx.request_stop()  # what the worker does on SIGTERM
+
+    result = fit(ctx, model, optimizer, data.train, data.test, cfg, state=ctx.restore(), after_step=count)
+    return model, result
+
+
+def deterministic(history: dict) -> dict:
+    """History without wall-clock figures."""
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_s"} for r in rows]  # noqa: E731
+    return {"points": strip(history["points"]), "epochs": strip(history["epochs"])}
+
+
+def test_stopped_and_resumed_training_is_bit_identical_to_an_uninterrupted_run(tmp_path, data):
+    ref_model, ref = train(Job(tmp_path / "ref").attempt(), data)
+    assert isinstance(ref, dict) and ref["epoch"] == 3
+
+    job = Job(tmp_path / "stopped")
+    batches = ref["batches_per_epoch"]
+    # mid-epoch, right at an epoch end, one batch into an epoch, then run to the end; attempts after
+    # the first build their model with another init seed: what they restore must win
+    for attempt, stop_after in enumerate((11, batches - 11, 2)):
+        _, result = train(job.attempt(), data, stop_after=stop_after, init_seed=0 if attempt == 0 else 99)
+        assert isinstance(result, Interrupted)
+    model, result = train(job.attempt(), data, init_seed=123)
+    assert isinstance(result, dict)
+
+    for name, tensor in ref_model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), f"{name} differs after resume"
+    assert deterministic(result["history"]) == deterministic(ref["history"])
+    assert result["step"] == ref["step"] == 3 * batches
+    assert result["target_step"] == ref["target_step"] is not None
+    assert evaluate(model, data.test.x, data.test.y) == evaluate(ref_model, data.test.x, data.test.y)
+
+
+def test_time_to_target_is_training_compute_only(job, data):
+    started = time.perf_counter()
+    _, state = train(job.attempt(), data)
+    wall = time.perf_counter() - started
+    t = summary(state)
+    assert t["reached"] and 0 < t["time_to_target_s"] <= t["total_train_s"]
+    assert t["eval_s"] > 0 and t["checkpoint_s"] > 0 and t["checkpoints"] == 3  # one per epoch end
+    # evaluation and checkpoint writes happened inside fit() but are not in the training time
+    assert t["total_train_s"] + t["eval_s"] + t["checkpoint_s"] <= wall
+    # the target was reached at the first batch where the running window crossed it
+    points = state["history"]["points"]
+    assert points[0]["train_acc"] < 0.7
+
+
+def test_stop_at_target_ends_training_at_the_target_batch(job, data):
+    cfg = LoopConfig(**{**CFG.__dict__, "stop_at_target": True})
+    _, state = train(job.attempt(), data, cfg=cfg)
+    assert state["stopped_at_target"]
+    assert state["step"] == state["target_step"] < 3 * state["batches_per_epoch"]
+    # resuming a job that already stopped at its target trains no further
+    _, again = train(job.attempt(), data, cfg=cfg)
+    assert again["step"] == state["step"]
+
+
+def test_running_accuracy_window_spans_the_configured_number_of_images(job, data):
+    _, state = train(job.attempt(), data)
+    # 640 images at batch 32: the target is checked over the last 20 batches
+    assert len(state["window"]) == 20
+    assert state["target_step"] >= 20
