@@ -182,12 +182,16 @@ stages:
     needs: [model_search]
     params: {{model: {{best_of: model_search, metric: test_accuracy, mode: max}}, layer: conv1,
              finetune_epochs: 1, max_steps: 1, max_step_drop: 1.0}}
+  benchmark:
+    kind: benchmark
+    needs: [prune_conv1]
+    params: {{models: {{all_of: [prune_conv1]}}, min_test_accuracy: 0.0, timing_rounds: 1, gpu: false}}
 """
 
 
 @pytest.mark.slow
 def test_assignment_sections_from_a_tiny_real_sweep(fmnist_dir, tmp_path):
-    """Real Fashion-MNIST (a subset): train, diagnostics and prune jobs, then the fmnist plug-in's sections."""
+    """Real Fashion-MNIST (a subset): train, diagnostics, prune and benchmark jobs, then the fmnist plug-in's sections."""
     (tmp_path / "g.yaml").write_text(ASSIGNMENT.format(data=fmnist_dir))
     db = f"sqlite:///{tmp_path / 'state' / 'queue.db'}"
     state = str(tmp_path / "state")
@@ -206,6 +210,7 @@ def test_assignment_sections_from_a_tiny_real_sweep(fmnist_dir, tmp_path):
         search = view.jobs("model_search")
         prune = view.jobs("prune_conv1")[0]
         diag = view.jobs("diagnostics")[0]
+        bench = view.jobs("benchmark")[0]
     finally:
         database.dispose()
     best = max(search, key=lambda j: (j.metric("test_accuracy"), -j.position))
@@ -220,8 +225,17 @@ def test_assignment_sections_from_a_tiny_real_sweep(fmnist_dir, tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| 1 | conv"))
     for key in ("before", "after_prune", "after_finetune"):
         assert f"{100 * triplet[key]:.2f} %" in row
-    assert "## Not in this report" in md and "benchmark" in md
 
-    for name in ("diagnostics_overlay.png", "diagnostics_lr_0_05.png", "confusion_best.png"):
+    selected = bench.result["selected"]["name"]
+    assert "## FLOPs and the selected model" in md and f"Selected: **{selected}**" in md
+    assert f"| {selected} |" in md and "**yes** |" in md
+    assert len([line for line in md.splitlines() if line.startswith("| prune_conv1/step-")]) == 2  # input + 1 step
+    timing = bench.result["timing"]
+    assert "## Inference timing" in md
+    assert f"| nn.Conv2d / nn.Linear | {timing['nn_median_s']:.3f} s |" in md
+    assert f"{timing['matmul_median_s']:.3f} s" in md
+    assert "## Not in this report" not in md  # every part of the assignment is there
+
+    for name in ("diagnostics_overlay.png", "diagnostics_lr_0_05.png", "confusion_best.png", "flops_pareto.png"):
         assert f"]({name})" in md
         assert_png(out / name)
