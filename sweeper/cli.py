@@ -474,7 +474,7 @@ def export(
 def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")],
     sweep: Annotated[
-        str | None, typer.Option("--sweep", help="The sweep to report on. [default: the only sweep in the queue]")
+        str | None, typer.Option("--sweep", help="The sweep to report on (default: the only sweep in the queue).")
     ] = None,
     metric: Annotated[
         str, typer.Option("--metric", help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min].")
