@@ -92,6 +92,8 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         state = start(ctx, p, ref, data)
     elif state.get("version") != STATE_VERSION:
         raise JobFailed(f"checkpoint has prune state version {state.get('version')}, expected {STATE_VERSION}")
+    else:
+        note_resume(ctx, state)
 
     while not state["done"]:
         if state["pending"] is None:
@@ -148,6 +150,21 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     }
     ctx.checkpoint(state)
     return state
+
+
+def note_resume(ctx: JobContext, state: dict[str, Any]) -> None:
+    """Say (in the log, and in the result's `resumes`) where this attempt picks the work up."""
+    pending, ft = state["pending"], state["finetune"]
+    where: dict[str, Any] = {"attempt": ctx.attempt, "steps_done": len(state["steps"])}
+    if pending is None:
+        where["phase"] = "between steps"
+    elif ft is None:
+        where.update(phase="before fine-tuning", step=pending["step"])
+    else:
+        where.update(phase="fine-tuning", step=pending["step"], epoch=ft["epoch"], batch=ft["batch"])
+    state.setdefault("resumes", []).append(where)
+    detail = f" epoch {where['epoch'] + 1} batch {where['batch']}" if "epoch" in where else ""
+    ctx.log(f"job {ctx.job_id}: resuming {where['phase']} of step {where.get('step', len(state['steps']) + 1)}{detail}")
 
 
 def unit_count(p: PruneParams, arch: Arch) -> int | None:
@@ -426,6 +443,7 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
         "model_sha256": info["sha256"],
         "training": s,
         "finetune_s": sum(r["finetune_s"] for r in steps),
+        "resumes": state.get("resumes", []),
     }
     ctx.log(
         f"job {ctx.job_id}: {len(accepted)}/{len(steps)} step(s) accepted ({state['stop_reason']}); "
