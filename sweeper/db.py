@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -284,7 +285,10 @@ class OutagePolicy:
 
     limit_s: float = 120.0
     first_delay_s: float = 0.05
-    max_delay_s: float = 5.0
+    # A retry against a server that is down costs one refused connection: retry every second, so
+    # that workers are back within a second of the database (a longer sleep after a short
+    # PostgreSQL restart outlived the leases of the jobs being run).
+    max_delay_s: float = 1.0
     log: Callable[[str], None] | None = None
 
 
@@ -293,6 +297,10 @@ class Database:
     url: str
     engine: Engine
     outage: OutagePolicy
+    # One "unreachable" line and one "back" line per outage for the whole process, however many
+    # threads (job, heartbeat) were waiting on it.
+    _outage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _outage_announced: bool = field(default=False, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -319,12 +327,11 @@ class Database:
         """Run fn, retrying transient errors with exponential backoff up to the outage limit."""
         delay = self.outage.first_delay_s
         deadline = None
-        announced = False
         while True:
             try:
                 result = fn()
-                if announced and self.outage.log:
-                    self.outage.log(f"database is back ({self.display_url}); carrying on")
+                if self._outage_announced:
+                    self._announce_back()
                 return result
             except sa.exc.DBAPIError as exc:
                 if not is_transient(exc):
@@ -338,14 +345,29 @@ class Database:
                         hint="check that the database server is running and reachable",
                     ) from None
                 locked = "locked" in str(exc).lower() or "busy" in str(exc).lower()
-                if not announced and not locked and self.outage.log:
-                    self.outage.log(
-                        f"database unreachable while trying to {what} ({_first_line(exc)}); "
-                        f"retrying for up to {self.outage.limit_s:.0f}s"
-                    )
-                    announced = True
+                if not locked:
+                    self._announce_down(what, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, self.outage.max_delay_s)
+
+    def _announce_down(self, what: str, exc: BaseException) -> None:
+        with self._outage_lock:
+            if self._outage_announced:
+                return
+            self._outage_announced = True
+        if self.outage.log:
+            self.outage.log(
+                f"database unreachable while trying to {what} ({_first_line(exc)}); "
+                f"retrying for up to {self.outage.limit_s:.0f}s"
+            )
+
+    def _announce_back(self) -> None:
+        with self._outage_lock:
+            if not self._outage_announced:
+                return
+            self._outage_announced = False
+        if self.outage.log:
+            self.outage.log(f"database is back ({self.display_url}); carrying on")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -384,7 +406,22 @@ def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None 
                 hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",
             )
 
+    def current_version() -> int | None:
+        """The schema version in a read transaction, or None when there is no sweeper schema yet."""
+        try:
+            with db.read() as conn:
+                value = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            if is_transient(exc) and "no such table" not in str(exc) and "does not exist" not in str(exc):
+                raise
+            return None
+        return int(value) if value is not None else None
+
     def ensure() -> None:
+        # The common case (the schema is there and current) needs no write lock: commands such as
+        # `status` must not wait behind busy workers just to open the queue.
+        if current_version() == SCHEMA_VERSION:
+            return
         with db.write() as conn:
             _schema_lock(conn)
             insp = sa.inspect(conn)
