@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .db import ACTIVE, STATUSES, Database, db_now, jobs, stages, sweeps, workers
+from .errors import error_summary
 from .ranking import Metric, metric_value
 from .spec import StageSpec
 
@@ -145,21 +146,6 @@ class StatusSnapshot:
     @property
     def eta_complete(self) -> bool:
         return all(s.eta_s is not None for s in self.stages if s.remaining)
-
-
-def error_summary(text: str | None) -> str:
-    """The line of an error worth showing: the exception line of a traceback, else the first line."""
-    if not text:
-        return ""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    if lines[0].startswith("Traceback"):
-        # The last line that is not indented code: "ValueError: ..." (skip a trailing "^^^^" marker).
-        for ln in reversed(lines):
-            if not set(ln) <= set("^~ "):
-                return ln[:300]
-    return lines[0][:300]
 
 
 def parse_epoch(message: str | None) -> tuple[int | None, int | None]:

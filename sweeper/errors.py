@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
+# "ValueError: ...", "sqlalchemy.exc.OperationalError: ...", "RuntimeError: MLflow: ..."
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failed|Lost|Warning)\b.*")
+_NOISE = ("(Background on this error", "^", "~")
+
+
+def error_summary(text: str | None, limit: int = 300) -> str:
+    """The one line of an error worth showing: the exception line of a traceback, else the first.
+
+    For a traceback that is the last line naming an exception, skipping decoration such as
+    SQLAlchemy's "(Background on this error at: ...)" and the "^^^^" markers under code.
+    """
+    if not text:
+        return ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback"):
+        return lines[0][:limit]
+    meaningful = [ln for ln in lines if not ln.startswith(_NOISE)]
+    for ln in reversed(meaningful):
+        if _EXCEPTION_LINE.match(ln):
+            return ln[:limit]
+    return (meaningful or lines)[-1][:limit]
+
 
 class SweeperError(Exception):
     """Base class for every error meant for the user (no traceback is printed)."""

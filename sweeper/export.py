@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import IO, Any
 
-from .dashboard import error_summary
+from .errors import error_summary
 from .results import JobRecord, flatten
 
 FIXED = (

@@ -42,7 +42,7 @@ from .db import (
     sweeps,
     workers,
 )
-from .errors import JobNotFound, LeaseLost, UsageError
+from .errors import JobNotFound, LeaseLost, UsageError, error_summary
 from .spec import JobSpec, StageSpec, SweepSpec
 
 
@@ -549,7 +549,7 @@ class Queue:
                         "retried",
                         worker=lease.worker_id,
                         attempt=lease.attempt,
-                        detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {_last_line(error)}",
+                        detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {error_summary(error)}",
                     )
                     status = "pending"
                 else:
@@ -571,7 +571,7 @@ class Queue:
                         "failed",
                         worker=lease.worker_id,
                         attempt=lease.attempt,
-                        detail=f"{why}: {_last_line(error)}",
+                        detail=f"{why}: {error_summary(error)}",
                     )
                     self._settle(conn, r.sweep, {r.stage})
                     status = "failed"
@@ -1038,11 +1038,6 @@ def _status_counts(rows: Sequence[sa.Row]) -> str:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 def _summary(result: dict[str, Any]) -> str:

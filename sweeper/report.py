@@ -32,9 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from .checkpoints import atomic_write
-from .dashboard import error_summary
 from .dashview import duration
-from .errors import UsageError
+from .errors import UsageError, error_summary
 from .ranking import Metric
 from .results import JobRecord, Scalar, SweepView
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .dashboard import error_summary
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
-from .errors import JobNotFound
+from .errors import JobNotFound, error_summary
 from .results import flatten, is_outcome, is_reference
 
 JSON_SCHEMA = "sweeper.job/1"

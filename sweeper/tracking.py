@@ -118,14 +118,16 @@ class MLflowTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            if self.init_lock is not None:
-                # The first use of a SQLite store creates its tables; two workers doing that at
-                # once collide. Serialize the first touch across processes.
+            if self.init_lock is None:
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+            else:
+                # Constructing the client creates a SQLite store's tables (an alembic migration);
+                # two workers doing that at once corrupt it. Serialize it across processes.
                 from filelock import FileLock
 
                 self.init_lock.parent.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(self.init_lock)):
+                    client = MlflowClient(tracking_uri=self.tracking_uri)
                     _retry_locked(lambda: client.search_experiments(max_results=1), "open the tracking store")
             self._client = client
         return self._client
@@ -153,20 +155,26 @@ class MLflowTracker:
             "kind": run.kind,
             "attempt": str(run.attempt),
         }
+        existing = None
         if run_id is not None:
             try:
                 existing = _retry_locked(lambda: self.client.get_run(run_id), "reopen the run")
             except Exception:
                 existing = None
-            if existing is not None:
-                self._run_id = run_id
-                self._floor = self._max_steps(run_id, existing.data.metrics.keys())
-                _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
-                _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
-                if not existing.data.params:  # the attempt that created the run died before logging them
-                    self._log_params(run)
-                return run_id
         exp_id = self._experiment_id(run.sweep)
+        if existing is None:
+            # An attempt killed between creating its run and recording the run id in the queue
+            # left a run behind: continue that one instead of opening a second run for the job.
+            existing = self._run_of_job(exp_id, run.job_id)
+        if existing is not None:
+            run_id = existing.info.run_id
+            self._run_id = run_id
+            self._floor = self._max_steps(run_id, existing.data.metrics.keys())
+            _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
+            _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+            if not existing.data.params:  # the attempt that created the run died before logging them
+                self._log_params(run)
+            return run_id
         created = _retry_locked(
             lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
         )
@@ -183,6 +191,15 @@ class MLflowTracker:
             _retry_locked(
                 lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
             )
+
+    def _run_of_job(self, exp_id: str, job_id: str) -> Any:
+        found = _retry_locked(
+            lambda: self.client.search_runs(
+                [exp_id], filter_string=f"tags.job_id = '{job_id}'", max_results=1, order_by=["attributes.start_time ASC"]
+            ),
+            "look for the job's run",
+        )
+        return found[0] if found else None
 
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
         floor = {}

@@ -28,7 +28,7 @@ from .checkpoints import ArtifactStore, CheckpointStore
 from .config import Settings, mask_password
 from .context import Interrupted, JobContext, JobFailed
 from .db import OutagePolicy, open_database
-from .errors import DatabaseUnavailable, LeaseLost, SweeperError
+from .errors import DatabaseUnavailable, LeaseLost, SweeperError, error_summary
 from .queue import ClaimedJob, Queue
 from .recovery import record_result, recorded_result
 from .tracking import RunInfo, make_tracker
@@ -396,8 +396,7 @@ class Worker:
         except LeaseLost as exc:
             self.log(f"{exc}")
             return
-        first = [ln for ln in error.strip().splitlines() if ln.strip()]
-        self.log(f"job {job.id} raised: {first[-1] if first else 'error'} -> {status}")
+        self.log(f"job {job.id} raised: {error_summary(error) or 'an error'} -> {status}")
 
 
 def plain_result(result: Any) -> dict[str, Any]:
