@@ -305,3 +305,44 @@ def test_session_that_loses_its_lease_stops_without_pushing(tmp_path):
     assert json.loads(lease_file.read_text())["session"] == "thief123"
     newest = SnapshotChain(tmp_path / "state" / "queue.db").list()[0]
     assert newest.time_ns < taken_at  # nothing pushed over the new holder's state
+
+
+def test_mirrored_status_and_enqueue_import_neither_torch_nor_mlflow(tmp_path):
+    grid = _grid(tmp_path, GRID_A)
+    probe = (
+        "import sys; from sweeper.cli import main; sys.argv = ['sweeper'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    for args in (["enqueue", grid], ["status"]):
+        done = run_cli_python(probe, *args, "--state", str(tmp_path / "state"), "--mirror", "on", tmp_path=tmp_path)
+        assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def run_cli_python(code: str, *args: str, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    env = cli_env(SWEEPER_MIRROR_DIR=str(tmp_path / "vm1"))
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_colab_notebook_is_a_valid_notebook_with_every_step():
+    path = Path(__file__).resolve().parents[1] / "docs" / "colab.ipynb"
+    nb = json.loads(path.read_text())
+    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python"
+    code = []
+    for cell in nb["cells"]:
+        assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and "execution_count" in cell
+            text = "".join(cell["source"])
+            # Python once the IPython shell lines (! and %) are left out.
+            compile("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("!", "%"))), "cell", "exec")
+            code.append(text)
+    steps = ["drive.mount(", "%pip install", "sweeper enqueue", "sweeper work", "sweeper status"]
+    positions = [next(i for i, text in enumerate(code) if step in text) for step in steps]
+    assert positions == sorted(positions), "the steps are out of order"
+    assert "/content/drive/MyDrive/sweeps/" in "".join(code)
