@@ -158,7 +158,13 @@ def find_fashion_mnist(
     if _has_all(raw):
         return raw, "downloaded earlier"
     if download:
-        problem = _download(raw.parent.parent)
+        from filelock import FileLock
+
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(raw.parent / ".download.lock")):  # two workers, one download
+            if _has_all(raw):
+                return raw, "downloaded by another worker"
+            problem = _download(raw.parent.parent)
         if problem is None and _has_all(raw):
             return raw, "downloaded now"
         tried.append(f"  3. download into {raw}: failed: {problem or _missing(raw)}")
