@@ -797,17 +797,27 @@ class Queue:
 
         return self._write(txn, "record a checkpoint")  # type: ignore[return-value]
 
+    # Reads a job makes through its context (restore, fetch_artifact) ride out an outage like the
+    # writes do: a database restart while a job restores must not count as the job's failure.
+
     def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
-        with self.db.read() as conn:
-            rows = conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
+        def txn() -> list[sa.Row]:
+            with self.db.read() as conn:
+                return conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
+
+        rows: list[sa.Row] = self.db.retrying(txn, "list checkpoints")  # type: ignore[assignment]
         return [
             StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows
         ]
 
     def read_blob(self, table: str, row_id: int) -> bytes | None:
         t = checkpoints if table == "checkpoints" else artifacts
-        with self.db.read() as conn:
-            return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
+
+        def txn() -> bytes | None:
+            with self.db.read() as conn:
+                return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
+
+        return self.db.retrying(txn, f"read stored {table}")  # type: ignore[return-value]
 
     def record_artifact(
         self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
@@ -834,20 +844,24 @@ class Queue:
         ids = list(job_ids)
         if not ids:
             return []
-        with self.db.read() as conn:
-            rows = conn.execute(
-                sa.select(
-                    artifacts.c.id,
-                    artifacts.c.job_id,
-                    artifacts.c.name,
-                    artifacts.c.sha256,
-                    artifacts.c.size,
-                    artifacts.c.location,
-                    artifacts.c.created_at,
-                )
-                .where(artifacts.c.job_id.in_(ids))
-                .order_by(artifacts.c.job_id, artifacts.c.name)
-            ).all()
+
+        def txn() -> list[sa.Row]:
+            with self.db.read() as conn:
+                return conn.execute(
+                    sa.select(
+                        artifacts.c.id,
+                        artifacts.c.job_id,
+                        artifacts.c.name,
+                        artifacts.c.sha256,
+                        artifacts.c.size,
+                        artifacts.c.location,
+                        artifacts.c.created_at,
+                    )
+                    .where(artifacts.c.job_id.in_(ids))
+                    .order_by(artifacts.c.job_id, artifacts.c.name)
+                ).all()
+
+        rows: list[sa.Row] = self.db.retrying(txn, "list artifacts")  # type: ignore[assignment]
         return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
 
     # -----------------------------------------------------------------------------------------
