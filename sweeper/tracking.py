@@ -195,7 +195,10 @@ class MLflowTracker:
     def _run_of_job(self, exp_id: str, job_id: str) -> Any:
         found = _retry_locked(
             lambda: self.client.search_runs(
-                [exp_id], filter_string=f"tags.job_id = '{job_id}'", max_results=1, order_by=["attributes.start_time ASC"]
+                [exp_id],
+                filter_string=f"tags.job_id = '{job_id}'",
+                max_results=1,
+                order_by=["attributes.start_time ASC"],
             ),
             "look for the job's run",
         )
