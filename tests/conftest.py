@@ -26,7 +26,11 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _pg_admin_engine() -> sa.Engine:
-    return sa.create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    # pool_pre_ping: a test may restart the server (tests/test_db_outage.py) between the CREATE and
+    # the DROP of its database, which kills the pooled connection.
+    return sa.create_engine(
+        PG_BASE_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True, connect_args={"connect_timeout": 3}
+    )
 
 
 def _pg_available() -> str | None:
