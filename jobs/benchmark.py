@@ -274,6 +274,7 @@ def time_models(
         "matmul_median_s": cpu["matmul"]["median_s"],
         "matmul_iqr_s": cpu["matmul"]["iqr_s"],
         "matmul_over_nn": cpu["matmul_over_nn"],
+        "matmul_strategies": cpu["matmul_strategies"],
     }
     gpu_entry = per_model[first].get("cuda")
     if gpu_entry is not None:
@@ -336,7 +337,12 @@ def time_pair(
         for variant, timer in timers.items():
             # min_run_time tiny: one warm-up pass, then one timed pass per round
             runs[variant].append(timer.blocked_autorange(min_run_time=1e-3))
-    out: dict[str, Any] = {"device": device.type, "threads": p.threads, "batch_size": p.inference_batch_size}
+    out: dict[str, Any] = {
+        "device": device.type,
+        "threads": p.threads,
+        "batch_size": p.inference_batch_size,
+        "matmul_strategies": "conv1 {}, conv2 {}".format(*mm.strategies),
+    }
     for variant, ms in runs.items():
         merged = tbench.Measurement.merge(ms)[0]
         out[variant] = {  # plain floats: the checkpoint loads with weights_only=True (no numpy scalars)
