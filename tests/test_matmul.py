@@ -42,18 +42,21 @@ def with_biases(model):
 @pytest.mark.parametrize(
     "arch", ARCHS, ids=lambda a: a.describe() + (" pad" if a.padding else "") + (" pool" if a.pool else "")
 )
-def test_matmul_outputs_are_allclose_to_nn_outputs(arch):
+@pytest.mark.parametrize("strategy", ["im2col", "shifted", "auto"])
+def test_matmul_outputs_are_allclose_to_nn_outputs(arch, strategy):
     model = with_biases(build(arch, "kaiming_uniform", 1))
     x = torch.randn(70, 1, 28, 28)
     with torch.inference_mode():
         want = model(x)
-    got = MatmulCNN(model)(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    mm = MatmulCNN(model, strategy)
+    assert strategy == "auto" or mm.strategies == (strategy, strategy)
+    torch.testing.assert_close(mm(x), want, rtol=1e-4, atol=1e-4)
 
 
-def test_matmul_runs_no_convolution_or_linear_op():
+@pytest.mark.parametrize("strategy", ["im2col", "shifted"])
+def test_matmul_runs_no_convolution_or_linear_op(strategy):
     model = with_biases(build(Arch(Conv(4, 3), Conv(4, 3), 16, padding=1, pool=True), "xavier_uniform", 0))
-    mm = MatmulCNN(model)
+    mm = MatmulCNN(model, strategy)
     x = torch.randn(4, 1, 28, 28)
     with OpLog() as nn_log, torch.inference_mode():
         model(x)
