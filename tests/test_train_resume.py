@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import textwrap
@@ -23,6 +22,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from .conftest import run_cli, start_worker, stop_process, wait_for
+from .mlflow_template import install, template
 
 LEASE_TTL = 3.0
 GRID = """
@@ -52,10 +52,7 @@ TIMING_METRICS = {"time_to_target_s", "total_train_s", "images_per_s", "eval_s",
 
 @pytest.fixture(scope="module")
 def mlflow_template(tmp_path_factory) -> Path:
-    """An empty MLflow store, created once: creating its tables takes a worker many seconds."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
+    return template(tmp_path_factory)
 
 
 class Sweep:
@@ -68,7 +65,7 @@ class Sweep:
         self.db_url = f"sqlite:///{self.state / 'queue.db'}"
         proc = run_cli("enqueue", str(grid), "--state", str(self.state))
         assert proc.returncode == 0, proc.stderr
-        shutil.copy(mlflow_template, self.state / "mlflow.db")
+        install(mlflow_template, self.state)
         self.engine = sa.create_engine(self.db_url)
         self.logs: list[Path] = []
 
