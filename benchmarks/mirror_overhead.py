@@ -13,9 +13,11 @@ in the same run:
    thread while the snapshotter pushes snapshots of that queue back to back in a background
    thread, against the same loop with no snapshots. Reports the slowest iterations.
 3. Training throughput: the same `kind: train` grid (synthetic data, a checkpoint every second,
-   each one triggering a snapshot) run by `sweeper work` with --mirror off and with --mirror on
-   (a plain local directory forced into mirrored mode), alternating, --repeats times. Throughput
-   is images / training seconds as the train job reports it; job wall time is finished_at -
+   each one triggering a snapshot) run by two `sweeper work` processes at the same time, one
+   with --mirror off and one with --mirror on (a plain local directory forced into mirrored
+   mode), one torch thread each, --repeats times. Running them side by side makes the
+   comparison paired: on a shared machine, load from elsewhere hits both alike. Throughput is
+   images / training seconds as the train job reports it; job wall time is finished_at -
    started_at from the queue.
 
 The "mount" is a local directory here: this isolates the CPU and thread cost on the machine
@@ -123,7 +125,7 @@ def snapshot_cost(db: Path, root: Path, n: int) -> dict:
 def stall(db: Path, root: Path, seconds: float) -> dict:
     import torch
 
-    from sweeper.mirror import SnapshotChain
+    from sweeper.mirror import SnapshotChain, lower_thread_priority
 
     torch.set_num_threads(1)
     a = torch.randn(96, 96)
@@ -131,17 +133,19 @@ def stall(db: Path, root: Path, seconds: float) -> dict:
     scratch = root / "scratch2"
     scratch.mkdir()
 
-    def loop(background: bool) -> dict:
+    def loop(every_s: float | None) -> dict:
+        """The matmul loop; with every_s, a thread like the Snapshotter pushes that often (0: back to back)."""
         halt = threading.Event()
         pushes = 0
 
         def pusher() -> None:
             nonlocal pushes
-            while not halt.is_set():
+            lower_thread_priority()
+            while not halt.wait(every_s):
                 chain.push(db, scratch, unless_sha=None)
                 pushes += 1
 
-        thread = threading.Thread(target=pusher, daemon=True) if background else None
+        thread = threading.Thread(target=pusher, daemon=True) if every_s is not None else None
         if thread:
             thread.start()
         times = []
@@ -163,13 +167,17 @@ def stall(db: Path, root: Path, seconds: float) -> dict:
             "snapshots_pushed": pushes,
         }
 
-    quiet = loop(False)
-    busy = loop(True)
+    quiet = loop(None)
+    paced = loop(1.0)  # the Snapshotter's pace at most: one snapshot a second
+    busy = loop(0.0)
     return {
         "baseline_no_snapshots": quiet,
+        "one_snapshot_a_second": paced,
         "snapshots_back_to_back": busy,
-        "extra_max_stall_ms": round(busy["max_ms"] - quiet["max_ms"], 3),
-        "median_iteration_ratio": round(busy["median_ms"] / quiet["median_ms"], 3),
+        "extra_p99_ms_one_a_second": round(paced["p99_ms"] - quiet["p99_ms"], 3),
+        "extra_max_ms_one_a_second": round(paced["max_ms"] - quiet["max_ms"], 3),
+        "extra_max_ms_back_to_back": round(busy["max_ms"] - quiet["max_ms"], 3),
+        "median_iteration_ratio_back_to_back": round(busy["median_ms"] / quiet["median_ms"], 3),
     }
 
 
@@ -181,72 +189,90 @@ def train_grid(root: Path, jobs: int) -> Path:
     grid = root / "train.yaml"
     grid.write_text(
         "sweep: mirrorbench\nstages:\n  t:\n    kind: train\n"
-        "    params: {dataset: synthetic, train_subset: 6000, test_subset: 1000, max_epochs: 2,\n"
+        "    params: {dataset: synthetic, train_subset: 3000, test_subset: 500, max_epochs: 1,\n"
         "             checkpoint_every_s: 1.0, eval_train: false}\n"
         f"    grid: {{seed: {list(range(jobs))}}}\n"
     )
     return grid
 
 
-def train_run(root: Path, grid: Path, mirror: str, tag: str, tracking: bool) -> dict:
+def train_run(root: Path, grid: Path, mirror: str, tag: str, tracking: bool) -> subprocess.Popen:
+    """Start `sweeper work` on a fresh state directory (enqueued first); one torch thread."""
+    state = root / f"train-{tag}"
+    env = {"SWEEPER_MIRROR_DIR": str(root / f"local-{tag}")}
+    sweeper("enqueue", str(grid), "--state", str(state), "--mirror", mirror, env=env)
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    args = ["work", "--state", str(state), "--mirror", mirror, "--threads-per-worker", "1"]
+    if not tracking:
+        args.append("--no-tracking")
+    log = open(root / f"{tag}.log", "wb")  # noqa: SIM115  (closed with the process)
+    return subprocess.Popen([sys.executable, "-m", "sweeper.cli", *args], env=full_env, stdout=log, stderr=log)
+
+
+def train_result(root: Path, mirror: str, tag: str) -> dict:
     import sqlalchemy as sa
 
     from sweeper.config import resolve_settings
     from sweeper.mirror import open_state
 
     state = root / f"train-{tag}"
-    env = {"SWEEPER_MIRROR_DIR": str(root / f"local-{tag}")}
-    sweeper("enqueue", str(grid), "--state", str(state), "--mirror", mirror, env=env)
-    t0 = time.perf_counter()
-    work = sweeper("work", "--state", str(state), "--mirror", mirror, *([] if tracking else ["--no-tracking"]), env=env)
-    wall = time.perf_counter() - t0
-    os.environ["SWEEPER_MIRROR_DIR"] = env["SWEEPER_MIRROR_DIR"]
+    os.environ["SWEEPER_MIRROR_DIR"] = str(root / f"local-{tag}")
     settings = resolve_settings(state=state, tracking=False)
     with open_state(settings, command="status", access="read", mirror=mirror, log=lambda _: None) as session:
         engine = sa.create_engine(session.settings.db_url)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT result, started_at, finished_at, status FROM jobs")).all()
         engine.dispose()
-    results = [json.loads(r.result) if isinstance(r.result, str) else r.result for r in rows]
     if any(r.status != "done" for r in rows):
-        raise SystemExit(f"a train job did not finish:\n{work.stderr[-3000:]}")
+        raise SystemExit(f"a train job did not finish:\n{(root / f'{tag}.log').read_text()[-3000:]}")
+    results = [json.loads(r.result) if isinstance(r.result, str) else r.result for r in rows]
     images = sum(r["images_per_s"] * r["total_train_s"] for r in results)
     train_s = sum(r["total_train_s"] for r in results)
-    snapshots = len(list((state / "snapshots").glob("*.db"))) if mirror == "on" else 0
     return {
         "mirror": mirror,
         "images_per_s": round(images / train_s, 1),
         "train_s": round(train_s, 3),
         "job_wall_s": round(sum(r.finished_at - r.started_at for r in rows), 3),
         "checkpoints": sum(r["checkpoints"] for r in results),
-        "work_wall_s": round(wall, 2),
-        "snapshots_kept": snapshots,
+        "snapshots_kept": len(list((state / "snapshots").glob("*.db"))),
     }
 
 
 def throughput(root: Path, jobs: int, repeats: int, tracking: bool) -> dict:
+    """Mirror off and on run at the same time, one torch thread each: whatever else loads the
+    machine loads both alike, so their ratio is a paired measurement."""
     grid = train_grid(root, jobs)
-    runs = []
+    pairs = []
     for i in range(repeats):
-        order = ("off", "on") if i % 2 == 0 else ("on", "off")  # alternate: drift hits both
-        for mirror in order:
-            run = train_run(root, grid, mirror, f"{mirror}{i}", tracking)
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-
-    def median(mirror: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["mirror"] == mirror)
-
+        procs = {mirror: train_run(root, grid, mirror, f"{mirror}{i}", tracking) for mirror in ("off", "on")}
+        cpu = {}
+        for mirror, proc in procs.items():
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, all its threads
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                log = (root / f"{mirror}{i}.log").read_text()[-3000:]
+                raise SystemExit(f"sweeper work --mirror {mirror} failed:\n{log}")
+            cpu[mirror] = usage.ru_utime + usage.ru_stime
+        pair = {m: {**train_result(root, m, f"{m}{i}"), "cpu_s": round(cpu[m], 2)} for m in ("off", "on")}
+        pair["ratio_cpu_s"] = round(cpu["on"] / cpu["off"], 4)
+        pair["ratio_images_per_s"] = round(pair["on"]["images_per_s"] / pair["off"]["images_per_s"], 4)
+        pair["ratio_job_wall"] = round(pair["on"]["job_wall_s"] / pair["off"]["job_wall_s"], 4)
+        print(json.dumps(pair), flush=True)
+        pairs.append(pair)
+    ratio = statistics.median(p["ratio_images_per_s"] for p in pairs)
+    wall = statistics.median(p["ratio_job_wall"] for p in pairs)
+    cpu = statistics.median(p["ratio_cpu_s"] for p in pairs)
     return {
         "jobs_per_run": jobs,
         "tracking": tracking,
-        "runs": runs,
-        "images_per_s_off": median("off", "images_per_s"),
-        "images_per_s_on": median("on", "images_per_s"),
-        "slowdown_images_per_s": round(1 - median("on", "images_per_s") / median("off", "images_per_s"), 4),
-        "job_wall_s_off": median("off", "job_wall_s"),
-        "job_wall_s_on": median("on", "job_wall_s"),
-        "slowdown_job_wall": round(median("on", "job_wall_s") / median("off", "job_wall_s") - 1, 4),
+        "design": "off and on run concurrently (paired), 1 torch thread each, a checkpoint (and so a snapshot) every second",
+        "pairs": pairs,
+        "median_ratio_images_per_s_on_vs_off": ratio,
+        "slowdown_images_per_s": round(1 - ratio, 4),
+        "median_ratio_job_wall_on_vs_off": wall,
+        "slowdown_job_wall": round(wall - 1, 4),
+        "median_ratio_cpu_s_on_vs_off": cpu,
+        "extra_cpu": round(cpu - 1, 4),
     }
 
 
@@ -254,9 +280,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=200, help="noop jobs in the queue that is snapshotted")
     ap.add_argument("--snapshots", type=int, default=20, help="snapshots (and restores, copies) timed")
-    ap.add_argument("--stall-s", type=float, default=3.0, help="seconds of the stall loop, per case")
+    ap.add_argument("--stall-s", type=float, default=5.0, help="seconds of the stall loop, per case")
     ap.add_argument("--train-jobs", type=int, default=3, help="train jobs per throughput run")
-    ap.add_argument("--repeats", type=int, default=3, help="throughput runs per mode")
+    ap.add_argument("--repeats", type=int, default=5, help="throughput pairs (mirror off and on side by side)")
     ap.add_argument("--no-tracking", action="store_true", help="run the train jobs without MLflow")
     args = ap.parse_args()
 
@@ -286,9 +312,10 @@ def main() -> None:
         "snapshot_ms": snap["push"]["median_ms"],
         "snapshot_bytes": snap["snapshot_bytes"],
         "push_vs_plain_copy": snap["push_vs_plain_copy"],
-        "extra_max_stall_ms": stalls["extra_max_stall_ms"],
+        "extra_p99_stall_ms_one_a_second": stalls["extra_p99_ms_one_a_second"],
         "slowdown_images_per_s": train["slowdown_images_per_s"],
         "slowdown_job_wall": train["slowdown_job_wall"],
+        "extra_cpu": train["extra_cpu"],
     }
     print(json.dumps(summary, indent=2))
 
