@@ -4,7 +4,7 @@
         state = ctx.restore()                             # newest valid checkpoint or None
         ...
         ctx.progress(0.3, "epoch 3/10")                   # shown by `sweeper status`
-        ctx.log_metrics({"loss": loss}, step=global_step) # buffered; written at checkpoints
+        ctx.log_metrics({"loss": loss}, step=global_step) # buffered; written after each checkpoint
         if ctx.should_stop():                             # SIGTERM, Ctrl-C or lease lost
             ctx.checkpoint(state)
             return ctx.interrupted()
@@ -29,6 +29,9 @@ from .queue import ClaimedJob, Queue
 from .tracking import NullTracker, Tracker
 
 __all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
+
+# The key under which a checkpoint carries the metric points not yet written to the tracker.
+PENDING_METRICS = "__sweeper_pending_metrics__"
 
 
 class JobFailed(Exception):
@@ -109,15 +112,30 @@ class JobContext:
         if found is None:
             return None
         self.log(f"job {self.job_id}: resuming from checkpoint {found.sha256[:12]} ({found.source})")
-        return found.state
+        state = dict(found.state)
+        points = state.pop(PENDING_METRICS, None)
+        if points:
+            self.tracker.replay(points)
+        return state
 
     def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Write metrics logged so far, then the checkpoint. Raises LeaseLost for a zombie."""
+        """Write the checkpoint, then the metrics logged since the last one. Raises LeaseLost for a zombie.
+
+        The checkpoint goes first because its write is fenced: a worker that was frozen past its
+        lease stops there, before it can write metric points over those of the worker that took
+        the job over. The points travel inside the checkpoint too, so a crash between the two
+        writes loses none: the next attempt writes them (with their original timestamps, so a
+        point written twice is stored once).
+        """
         if self._lease_lost.is_set():
             raise LeaseLost(f"job {self.job_id}: lease lost; not writing a checkpoint")
-        self.tracker.flush()
-        self.checkpoints.save(self.job.lease, self.sweep, dict(state))
+        payload = dict(state)
+        points = self.tracker.pending()
+        if points:
+            payload[PENDING_METRICS] = points
+        self.checkpoints.save(self.job.lease, self.sweep, payload)
         self._checkpoints_written += 1
+        self.tracker.flush()
 
     # -- control -----------------------------------------------------------------------------
 

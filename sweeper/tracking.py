@@ -42,6 +42,12 @@ class Tracker(Protocol):
 
     def flush(self) -> None: ...
 
+    def pending(self) -> list[list[Any]]:
+        """The buffered points as plain lists [key, value, timestamp_ms, step] (a checkpoint carries them)."""
+
+    def replay(self, points: list[list[Any]]) -> None:
+        """Buffer points carried by a restored checkpoint again, unless the run already has their steps."""
+
     def end(self, status: str) -> None:
         """status: FINISHED, FAILED or KILLED (interrupted; the next attempt reopens the run)."""
 
@@ -59,6 +65,12 @@ class NullTracker:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def pending(self) -> list[list[Any]]:
+        return []
+
+    def replay(self, points: list[list[Any]]) -> None:
         pass
 
     def end(self, status: str) -> None:
@@ -218,6 +230,14 @@ class MLflowTracker:
             if step <= self._floor.get(key, -1):
                 continue  # logged by an earlier attempt
             self._buffer.append((key, float(value), ts, int(step)))
+
+    def pending(self) -> list[list[Any]]:
+        return [[key, value, ts, step] for key, value, ts, step in self._buffer]
+
+    def replay(self, points: list[list[Any]]) -> None:
+        for key, value, ts, step in points:
+            if int(step) > self._floor.get(str(key), -1):
+                self._buffer.append((str(key), float(value), int(ts), int(step)))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._run_id is None:
