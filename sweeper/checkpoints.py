@@ -51,6 +51,11 @@ def ensure_dir(path: Path) -> Path:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves the old file or the new one, never a mix."""
+    commit_staged(stage(path, data), path)
+
+
+def stage(path: Path, data: bytes) -> Path:
+    """Write `data` to a synced temporary file next to `path`; commit_staged() puts it in place."""
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -59,7 +64,6 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -69,6 +73,19 @@ def atomic_write(path: Path, data: bytes) -> None:
                 hint="check free space and permissions of the state directory",
             ) from None
         raise
+    return Path(tmp)
+
+
+def commit_staged(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CheckpointError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="check free space and permissions of the state directory",
+        ) from None
     fsync_dir(path.parent)
 
 
@@ -266,13 +283,25 @@ class ArtifactStore:
         digest = sha256_bytes(data)
         location: str | None = None
         blob: bytes | None = None
+        staged: Path | None = None
         if self.mode == "files":
+            # Staged next to its place, recorded under the lease, and only then renamed into place:
+            # a zombie (a worker frozen past its lease that wakes up) is refused by the record
+            # before its file could replace the one that the attempt which took the job over
+            # recorded.
             dest = self.root / "artifacts" / sweep / lease.job_id / name
-            atomic_write(dest, data)
+            staged = stage(dest, data)
             location = str(dest.relative_to(self.root))
         else:
             blob = data
-        self.queue.record_artifact(lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
+        try:
+            self.queue.record_artifact(lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
+        except BaseException:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            raise
+        if staged is not None:
+            commit_staged(staged, dest)
         return {"sha256": digest, "size": len(data), "location": location, "store": self.mode}
 
     def fetch(self, job_id: str, name: str, info: dict[str, Any] | None = None) -> Path:
