@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import sqlalchemy as sa
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_cli
@@ -130,6 +131,11 @@ def test_sweep_runs_to_the_benchmark_by_sweeper_work_alone(tmp_path):
     assert bench["matmul_allclose"] is True
     assert bench["timing"]["model"] == expected
     assert bench["timing"]["matmul_median_s"] > 0 and bench["timing"]["nn_median_s"] > 0
+    assert bench["timing"]["threads"] == 1 and bench["timing"]["batch_size"] == 32
+    if not torch.cuda.is_available():
+        assert bench["timing"]["cuda"] == "skipped: CUDA is not available on this worker"
+    else:
+        assert bench["timing"]["cuda_matmul_median_s"] > 0
     artifacts = tmp_path / "state" / "artifacts" / "e2e" / by_stage["benchmark"][0]["id"]
     assert (artifacts / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((artifacts / "benchmark.json").read_text())["selected"]["name"] == expected

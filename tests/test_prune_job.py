@@ -49,6 +49,10 @@ stages:
     kind: prune
     needs: [train]
     params: {{layer: fc1}}
+  bench_nomodels:
+    kind: benchmark
+    needs: [prune_a]
+    params: {{min_test_accuracy: 0.5}}
 """
 WORK = ("--no-tracking", "--threads-per-worker", "1", "--lease-ttl", "2", "--retry-backoff", "0")
 
@@ -60,7 +64,7 @@ def sweep(tmp_path_factory) -> Path:
     (root / "grid.yaml").write_text(textwrap.dedent(GRID))
     assert run_cli("enqueue", "grid.yaml", cwd=root).returncode == 0
     args = ("work", *WORK, "--stage", "train", "--stage", "prune_a", "--stage", "prune_mag")
-    args += ("--stage", "prune_c", "--stage", "prune_nomodel")
+    args += ("--stage", "prune_c", "--stage", "prune_nomodel", "--stage", "bench_nomodels")
     done = run_cli(*args, cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
@@ -158,6 +162,14 @@ def test_prune_without_a_model_reference_fails_once_with_a_clear_message(sweep):
     assert job["attempt"] == 1, "a param error is not retried"
     assert "param 'model' must refer to one upstream job's output" in job["error"]
     assert "best_of" in job["error"]
+
+
+def test_benchmark_without_a_models_reference_fails_once_saying_how_to_write_it(sweep):
+    job = jobs(sweep)["bench_nomodels"]
+    assert job["status"] == "failed"
+    assert job["attempt"] == 1
+    assert "param 'models' must refer to one upstream job's output" in job["error"]
+    assert "all_of: [prune_conv1, prune_conv2, prune_fc1]" in job["error"]
 
 
 def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(sweep):
