@@ -263,7 +263,7 @@ def _test_delay() -> float:
 
 def local_dir_for(remote_db: Path) -> Path:
     """Where the live copy of `remote_db` lives on this machine: <base>/sweeper-<hash of its path>."""
-    base = Path(os.environ.get("SWEEPER_MIRROR_DIR") or tempfile.gettempdir()).expanduser()
+    base = Path(os.path.abspath(Path(os.environ.get("SWEEPER_MIRROR_DIR") or tempfile.gettempdir()).expanduser()))
     digest = hashlib.sha256(str(remote_db).encode()).hexdigest()[:12]
     return base / f"sweeper-{digest}"
 

@@ -77,12 +77,19 @@ def test_new_machine_restores_the_newest_snapshot(tmp_path):
     assert _jobs(_status(tmp_path, "vm4")[0]) == 5
 
 
-def test_only_the_last_two_snapshots_are_kept(tmp_path):
-    for i, values in enumerate(["[1]", "[1, 2]", "[1, 2, 3]", "[1, 2, 3, 4]"]):
-        grid = _grid(tmp_path, GRID_A.replace("[1, 2, 3]", values), f"g{i}.yaml")
-        assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
-    snaps = _snapshots(tmp_path / "state")
-    assert len(snaps) == 2
+def test_only_the_last_two_snapshots_are_kept(tmp_path, monkeypatch):
+    from sweeper.db import open_database
+    from sweeper.queue import Queue
+    from sweeper.spec import parse_spec
+
+    settings = resolve_settings(state=tmp_path / "state", tracking=False)
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
+    for values in ["[1]", "[1, 2]", "[1, 2, 3]", "[1, 2, 3, 4]"]:
+        with open_state(settings, command="enqueue", access="write", mirror="on", log=lambda _: None) as session:
+            db = open_database(session.settings.db_url)
+            Queue(db).enqueue(parse_spec(GRID_A.replace("[1, 2, 3]", values), "grid.yaml"))
+            db.dispose()
+    assert len(_snapshots(tmp_path / "state")) == 2
     assert _jobs(_status(tmp_path, "vm2")[0]) == 4
 
 
