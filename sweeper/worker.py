@@ -312,18 +312,22 @@ class Worker:
             if error is not None:
                 self._record_failure(queue, job, error, retry=retry)
             elif isinstance(result, Interrupted):
+                queue.verify_lease(job.lease)  # a job stopped for a lost lease writes nothing more
                 tracker.flush()
                 run_status = "KILLED"
                 status = queue.release(job.lease, result.reason)
                 self.log(f"released {job.id} ({result.reason}); it is {status} again")
             else:
+                # The points logged after the last checkpoint are not fenced by one: a worker that
+                # was frozen past its lease must not write them over its successor's.
+                queue.verify_lease(job.lease)
                 tracker.flush()
                 self._record_result(queue, job, result)
                 queue.complete(job.lease, result)
                 run_status = "FINISHED"
                 self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
         except LeaseLost as exc:
-            run_status = "KILLED"
+            run_status = "LOST"  # the run now belongs to the attempt that took the job over
             self.log(f"{exc}")
         except DatabaseUnavailable:
             run_status = "KILLED"
@@ -334,7 +338,8 @@ class Worker:
             if self.view is not None:
                 self.view.remove(job)
             try:
-                tracker.end(run_status)
+                if run_status != "LOST":
+                    tracker.end(run_status)
             except Exception as exc:
                 self.log(f"tracking: could not close the run of {job.id}: {exc}")
 
