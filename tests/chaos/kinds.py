@@ -24,3 +24,20 @@ def gated(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     state = ctx.restore() or {"step": 0}
     ctx.checkpoint({"step": state["step"] + 1})
     return {"step": state["step"] + 1, "attempt": ctx.attempt}
+
+
+def tail_gated(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Logs a point after its last checkpoint; the first attempt then waits for the file <gate>.
+
+    A worker frozen there is a zombie in its tail: the point it holds was never checkpointed.
+    """
+    gate = Path(params["gate"])
+    ctx.log_metrics({"x": 1.0}, step=1)
+    ctx.checkpoint({"step": 1})
+    ctx.log_metrics({"x": 2.0}, step=2)
+    if ctx.attempt == 1:
+        Path(f"{gate}.started").write_text("1")
+        deadline = time.monotonic() + 120
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return {"attempt": ctx.attempt}

@@ -163,3 +163,45 @@ def test_an_attempt_killed_before_recording_its_run_is_continued_not_duplicated(
     assert second.tracking_run_id is None
     again = takeover.tracker().start(RunInfo("z", "a", second.id, "noop", "", 2, {"x": 1}), None)
     assert again == orphan
+
+
+def test_a_zombie_worker_in_its_tail_writes_no_metric_and_does_not_close_the_run(tmp_path, chaos_cache):
+    """A real worker frozen after its last checkpoint, taken over, woken once the job is done."""
+    import os
+    import signal
+    import sqlite3
+
+    from tests.conftest import run_cli, start_worker, stop_process, wait_for
+
+    state, gate = tmp_path / "state", tmp_path / "gate"
+    state.mkdir()
+    shutil.copy(mlflow_template(chaos_cache), state / "mlflow.db")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f'sweep: tail\nstages:\n  a: {{kind: "tests.chaos.kinds:tail_gated", params: {{gate: "{gate}"}}}}\n'
+    )
+    assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
+    common = ("--state", str(state), "--lease-ttl", "2", "--retry-backoff", "0")
+    zombie = start_worker(*common, log=tmp_path / "zombie.log")
+    owner = None
+    try:
+        wait_for(lambda: Path(f"{gate}.started").exists(), timeout=120, what="the first attempt to reach its tail")
+        os.kill(zombie.pid, signal.SIGSTOP)
+        owner = start_worker(*common, "--wait", "--poll", "0.2", log=tmp_path / "owner.log")
+        assert owner.wait(timeout=120) == 0, (tmp_path / "owner.log").read_text()
+        gate.write_text("go")
+        os.kill(zombie.pid, signal.SIGCONT)
+        assert zombie.wait(timeout=60) == 0, (tmp_path / "zombie.log").read_text()
+    finally:
+        stop_process(zombie)
+        if owner is not None:
+            stop_process(owner)
+
+    conn = sqlite3.connect(state / "mlflow.db")
+    try:
+        runs = conn.execute("SELECT run_uuid, status FROM runs").fetchall()
+        steps = sorted(s for (s,) in conn.execute("SELECT step FROM metrics WHERE key = 'x'"))
+    finally:
+        conn.close()
+    assert len(runs) == 1 and runs[0][1] == "FINISHED", runs  # the zombie did not mark it KILLED
+    assert steps == [1, 2], steps  # and did not write its tail point again
