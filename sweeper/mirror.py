@@ -17,7 +17,12 @@ would live on one, every command works on a local copy instead, under
 - a lease file (statelease.py) keeps a second machine off the same state.
 
 MLflow's default store (`sqlite:///<state>/mlflow.db`) has the same problem and gets the same
-treatment: its live file is local and it is snapshotted alongside the queue.
+treatment: its live file is local and it is snapshotted alongside the queue, but at most every
+`snapshot_every_s` (and at exit): it grows with every metric point, and every snapshot is a new
+file to upload (Drive keeps the deleted ones in its trash). Losing its last seconds costs a few
+metric points in the MLflow UI, not work.
+
+Tuning: SWEEPER_SNAPSHOT_EVERY_S (30), SWEEPER_SNAPSHOT_MIN_GAP_S (1), SWEEPER_STATE_LEASE_S (180).
 
 Checkpoints, artifacts and result records are written to the mount directly (each atomically);
 recovery.py explains how they cover writes that missed the last snapshot.
@@ -275,6 +280,10 @@ class MirroredDb:
     local: Path  # the live file on local disk
     chain: SnapshotChain
     restored: Snapshot | None = None  # what this session started from (None: a local copy or nothing)
+    # MLflow's store grows with every metric point and matters less for recovery than the queue:
+    # it is pushed at most this often (and at exit), which keeps uploads and Drive's trash small.
+    min_interval_s: float = 0.0
+    last_push: float = float("-inf")  # time.monotonic() of its last push
 
     @property
     def url(self) -> str:
@@ -356,7 +365,13 @@ class MirroredState:
         remote_mlflow = sqlite_path(settings.tracking_uri)
         if remote_mlflow is not None and settings.tracking_uri == default_tracking_uri(settings.state_dir):
             self.dbs.append(
-                MirroredDb("mlflow", remote_mlflow, self.local_dir / remote_mlflow.name, SnapshotChain(remote_mlflow))
+                MirroredDb(
+                    "mlflow",
+                    remote_mlflow,
+                    self.local_dir / remote_mlflow.name,
+                    SnapshotChain(remote_mlflow),
+                    min_interval_s=snapshot_every_s,
+                )
             )
         self.lease = StateLease(
             remote_queue.with_suffix(".lease"), self.local_dir / "lease.lock", command="?", duration_s=lease_s
@@ -518,8 +533,9 @@ class MirroredState:
 
     # -- while running -----------------------------------------------------------------------
 
-    def push(self) -> list[Snapshot]:
-        """Snapshot every mirrored database that changed since its last snapshot."""
+    def push(self, *, force: bool = False) -> list[Snapshot]:
+        """Snapshot every mirrored database that changed since its last snapshot (MLflow's store
+        only if its min_interval_s has passed, unless force)."""
         if self.lost:
             return []
         pushed = []
@@ -527,7 +543,10 @@ class MirroredState:
             for db in self.dbs:
                 if not db.local.exists() or db.local == db.remote:
                     continue
+                if not force and time.monotonic() - db.last_push < db.min_interval_s:
+                    continue
                 snap = db.chain.push(db.local, self.local_dir, unless_sha=self.origin.get(db.name).get("sha256"))
+                db.last_push = time.monotonic()
                 if snap is not None:
                     self.origin.set(db.name, snap)
                     pushed.append(snap)
@@ -552,7 +571,7 @@ class MirroredState:
                 self.snapshotter.stop()
             if self.access != "read" and not self.lost:
                 try:
-                    self.push()
+                    self.push(force=True)
                 except (OSError, sqlite3.Error) as exc:
                     self.log(
                         f"error: the final snapshot to {self.queue.chain.dir} failed: {exc}. The live copy is "
@@ -620,8 +639,10 @@ class _ChangeWatch:
                 changed = True
         return state_change, changed
 
-    def mark_pushed(self) -> None:
-        self.pushed = dict(self.seen)
+    def mark_pushed(self, names: list[str] | None = None) -> None:
+        for name, version in self.seen.items():
+            if names is None or name in names:
+                self.pushed[name] = version
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -690,6 +711,7 @@ class Snapshotter(threading.Thread):
                 due = (pending and now - last_push >= self.min_gap_s) or (changed and now - last_push >= self.every_s)
                 if not due:
                     continue
+                started = time.monotonic()
                 try:
                     self.state.push()
                     self.pushes += 1
@@ -702,7 +724,7 @@ class Snapshotter(threading.Thread):
                     continue
                 pending = False
                 last_push = now
-                watch.mark_pushed()
+                watch.mark_pushed([db.name for db in self.state.dbs if db.last_push >= started])
         finally:
             watch.close()
 
@@ -743,7 +765,8 @@ def open_state(
     take_over: bool = False,
     log: Log = _stderr,
     lease_s: float | None = None,
-    snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S,
+    snapshot_every_s: float | None = None,
+    min_gap_s: float | None = None,
     on_lost: Callable[[], None] | None = None,
 ) -> Iterator[StateSession]:
     """The settings a command should use, with mirrored mode set up and torn down around it.
@@ -757,12 +780,14 @@ def open_state(
         _warn_unsafe_tracking(settings, log)
         yield StateSession(settings)
         return
+    snapshot_every_s = snapshot_every_s or _env_seconds("SWEEPER_SNAPSHOT_EVERY_S", DEFAULT_SNAPSHOT_EVERY_S)
     state = MirroredState(
         settings,
         verdict,
         log=log,
-        lease_s=lease_s or float(os.environ.get("SWEEPER_STATE_LEASE_S") or DEFAULT_LEASE_S),
+        lease_s=lease_s or _env_seconds("SWEEPER_STATE_LEASE_S", DEFAULT_LEASE_S),
         snapshot_every_s=snapshot_every_s,
+        min_gap_s=min_gap_s if min_gap_s is not None else _env_seconds("SWEEPER_SNAPSHOT_MIN_GAP_S", DEFAULT_MIN_GAP_S),
         on_lost=on_lost,
     )
     try:
@@ -777,6 +802,19 @@ def open_state(
         yield session
     finally:
         state.close()
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UsageError(f"{name}={text!r} is not a number of seconds", hint=f"unset it for the default ({default:g})")
+    return value
 
 
 def _warn_unsafe_tracking(settings: Settings, log: Log) -> None:

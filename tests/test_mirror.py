@@ -353,3 +353,39 @@ def test_colab_notebook_is_a_valid_notebook_with_every_step():
     positions = [next(i for i, text in enumerate(code) if step in text) for step in steps]
     assert positions == sorted(positions), "the steps are out of order"
     assert "/content/drive/MyDrive/sweeps/" in "".join(code)
+
+
+def test_mlflow_store_is_pushed_at_most_every_interval_but_always_at_exit(tmp_path, monkeypatch):
+    from sweeper.mirror import MirroredState, plan
+
+    monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
+    settings = resolve_settings(state=tmp_path / "state")
+    state = MirroredState(settings, plan(settings, "on"), log=lambda _: None, snapshot_every_s=3600)
+    session = state.start("write", "enqueue")
+    paths = [session.settings.db_url.split(":///", 1)[1], session.settings.tracking_uri.split(":///", 1)[1]]
+
+    def write(i: int) -> None:
+        for path in paths:
+            conn = sqlite3.connect(path)
+            conn.execute("CREATE TABLE IF NOT EXISTS t (i INTEGER)")
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
+            conn.commit()
+            conn.close()
+
+    write(1)
+    assert sorted(s.name.split(".")[0] for s in state.push()) == ["mlflow", "queue"]
+    write(2)
+    assert [s.name.split(".")[0] for s in state.push()] == ["queue"]  # MLflow waits for its interval
+    write(3)
+    state.close()  # the final push takes everything
+    assert len(_snapshots(tmp_path / "state", "mlflow")) == 2 and len(_snapshots(tmp_path / "state")) == 2
+    newest = SnapshotChain(tmp_path / "state" / "mlflow.db").list()[0]
+    conn = sqlite3.connect(newest.path)
+    assert conn.execute("SELECT max(i) FROM t").fetchone() == (3,)
+    conn.close()
+
+
+def test_bad_snapshot_interval_in_the_environment_is_a_clear_error(tmp_path):
+    done = _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A), SWEEPER_SNAPSHOT_EVERY_S="often")
+    assert done.returncode == 2 and "SWEEPER_SNAPSHOT_EVERY_S='often'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
