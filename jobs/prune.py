@@ -140,7 +140,10 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
         "method": p.method,
         "layer": p.layer,
         "input": input_record,
-        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()},
+        # magnitude prunes the input at every amount; structured only needs the current model
+        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()}
+        if p.method == "magnitude"
+        else None,
         "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": model.state_dict(), "accuracy": acc},
         "steps": [],
         "pending": None,
