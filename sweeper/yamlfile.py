@@ -41,8 +41,16 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     first_line: dict[Hashable, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, Hashable) or isinstance(key, (list, dict)):
-            raise SpecError("a mapping key must be a plain value", file=loader.file, line=key_node.start_mark.line + 1)
+        if not isinstance(key, str):
+            # Keys are names (of stages, params, grid axes); null, true or 1 as a key would also
+            # break the canonical JSON that job identities are hashed from.
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a list or mapping"
+            raise SpecError(
+                f"a mapping key must be a name, not {shown or 'null'}",
+                file=loader.file,
+                line=key_node.start_mark.line + 1,
+                hint=f"quote it if you mean the text: '{shown}':" if isinstance(key_node, yaml.ScalarNode) else None,
+            )
         if key in mapping:
             raise SpecError(
                 f"duplicate key '{key}' (first defined on line {first_line[key]})",
@@ -88,6 +96,50 @@ class LineIndex:
         return None
 
 
+# A grid file describes at most a few thousand values. Aliases can make a tiny file expand to
+# billions (nine aliases of nine aliases of ...: "billion laughs"), which would hang enqueue in
+# every walk over the data; such a file is refused before anything walks it.
+MAX_VALUES = 200_000
+
+
+def _check_size(root: yaml.Node | None, file: str | None) -> None:
+    """Refuse a document whose aliases expand past MAX_VALUES values, or refer to themselves."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SpecError(
+                "a YAML alias refers to the value that contains it",
+                file=file,
+                line=node.start_mark.line + 1,
+                hint="anchors (&name) and aliases (*name) may share values, not nest them in themselves",
+            )
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(item) for item in node.value)
+        else:
+            n = 1
+        open_nodes.discard(key)
+        if n > MAX_VALUES:
+            raise SpecError(
+                f"the file expands to more than {MAX_VALUES:,} values through YAML aliases",
+                file=file,
+                line=node.start_mark.line + 1,
+                hint="a grid file this large is almost certainly an alias bomb; write the values out",
+            )
+        sizes[key] = n
+        return n
+
+    if root is not None:
+        size(root)
+
+
 def load_yaml(text: str, file: str | None = None) -> tuple[Any, LineIndex]:
     """Parse `text` as plain-data YAML. Raises SpecError with the file and line on any problem."""
 
@@ -102,6 +154,7 @@ def load_yaml(text: str, file: str | None = None) -> tuple[Any, LineIndex]:
             root = node_loader.get_single_node()
         finally:
             node_loader.dispose()
+        _check_size(root, file)
         data_loader = loader(text)
         try:
             data = data_loader.get_single_data()
@@ -115,6 +168,12 @@ def load_yaml(text: str, file: str | None = None) -> tuple[Any, LineIndex]:
             line=mark.line + 1 if mark else None,
             hint="grid files hold plain data only (mappings, lists, strings, numbers); "
             "tags such as !!python/object are refused",
+        ) from None
+    except RecursionError:
+        raise SpecError(
+            "the file is nested too deeply to be a grid",
+            file=file,
+            hint="a grid nests a few levels: stages, a stage, its params",
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
