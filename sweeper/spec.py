@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ STAGE_KEYS = (
 )
 DEFAULT_MAX_FAILURES = 3
 DEFAULT_MAX_INTERRUPTIONS = 20
+# Far above any real sweep; a grid past it is a mistake (a typo'd axis) that would exhaust memory.
+MAX_JOBS_PER_STAGE = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -480,8 +483,19 @@ def _expand_stage(
                     hint="remove it from the grid or from inherit.keys",
                 )
 
-    points = list(itertools.product(*[[(axis, v) for v in values] for axis, values in axes])) or [()]
     config_list: list[Mapping[str, Any] | None] = list(configs) if configs else [None]
+    count = math.prod(len(values) for _, values in axes) * len(config_list)
+    if count > MAX_JOBS_PER_STAGE:
+        raise r.error(
+            f"the grid makes {count:,} jobs, more than the {MAX_JOBS_PER_STAGE:,} a stage may have",
+            "stages",
+            name,
+            "grid",
+            stage=name,
+            key="grid",
+            hint="check for an axis that should have been a tied group ({lr: ..., momentum: ...}) or a stray value",
+        )
+    points = list(itertools.product(*[[(axis, v) for v in values] for axis, values in axes])) or [()]
 
     jobs: list[JobSpec] = []
     seen: dict[str, str] = {}
