@@ -104,7 +104,8 @@ def newest_checkpoint(root: Path, job_id: str) -> dict | None:
 def in_fine_tuning(state: dict | None, step: int, epoch: int) -> bool:
     if not state or not state.get("pending") or not state.get("finetune"):
         return False
-    return state["pending"]["step"] == step and state["finetune"]["epoch"] == epoch
+    ft = state["finetune"]
+    return state["pending"]["step"] == step and ft["epoch"] == epoch and ft["batch"] > 0  # mid-epoch
 
 
 def sha(path: Path) -> str:
@@ -193,14 +194,14 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
     log = sweep / "worker_b.log"
     worker = start_worker(*WORK, "--stage", "prune_b", cwd=sweep, log=log)
     try:
-        # Watch the job's own checkpoints: once one was written inside step 1's second fine-tuning
-        # epoch, more than an epoch of step 1 is left, so the kill lands mid-step.
+        # Watch the job's own checkpoints: once one was written in the middle of step 1's second
+        # fine-tuning epoch, more than an epoch of step 1 is left, so the kill lands mid-step.
         job_id = jobs(sweep)["prune_b"]["id"]
         wait_for(
             lambda: in_fine_tuning(newest_checkpoint(sweep, job_id), step=1, epoch=1),
             timeout=120,
             interval=0.01,
-            what="a checkpoint inside prune_b's step-1 fine-tuning, second epoch",
+            what="a checkpoint in the middle of prune_b's step-1 fine-tuning, second epoch",
         )
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
@@ -215,7 +216,7 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
     assert b["attempt"] == 2
     where = b["result"]["resumes"]
     assert where and where[0]["phase"] == "fine-tuning" and where[0]["step"] == 1, where
-    assert where[0]["epoch"] >= 1, "resumed inside fine-tuning, not at its start"
+    assert (where[0]["epoch"], where[0]["batch"]) > (1, 0), "resumed in the middle of fine-tuning"
     assert b["result"]["triplets"] == a["triplets"]
     a_model = load_model(artifact(sweep, all_jobs["prune_a"], "model.pt"))
     b_model = load_model(artifact(sweep, b, "model.pt"))
