@@ -333,7 +333,6 @@ class StateSession:
     verdict: Verdict | None = None
     lineage: str | None = None
     notes: list[str] = field(default_factory=list)  # where the data came from (status prints them)
-    on_write: Callable[[str], None] | None = None  # Queue.after_write for the worker in this process
 
     @property
     def worker_extra(self) -> dict[str, object]:
@@ -554,7 +553,6 @@ class MirroredState:
 
     def start_snapshotter(self) -> None:
         self.snapshotter = Snapshotter(self, every_s=self.snapshot_every_s, min_gap_s=self.min_gap_s)
-        self.session.on_write = self.snapshotter.request
         self.snapshotter.start()
 
     def mark_lost(self, exc: StateLocked) -> None:
@@ -674,7 +672,8 @@ class Snapshotter(threading.Thread):
         self.failures = 0
 
     def request(self, what: str) -> None:
-        """Queue.after_write: a few microseconds on the caller's thread."""
+        """For Queue.after_write of a queue in this process: snapshot now rather than at the next
+        poll (which finds the writes of every process within POLL_S). Microseconds on the caller."""
         if what not in ROUTINE_WRITES:
             self._urgent.set()
 
