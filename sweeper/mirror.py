@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import sqlite3
+import stat
 import sys
 import tempfile
 import threading
@@ -273,6 +274,19 @@ def local_dir_for(remote_db: Path) -> Path:
     return base / f"sweeper-{digest}"
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` for this user only, and refuse one that someone else could have planted
+    (its name is predictable, and it usually sits in the shared /tmp)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise UsageError(
+            f"{path}, the local copy of the mirrored state, is not a private directory of this user",
+            hint="remove it, or set SWEEPER_MIRROR_DIR to a directory of your own",
+        )
+    return path
+
+
 @dataclass
 class MirroredDb:
     name: str  # "queue" or "mlflow"
@@ -358,7 +372,7 @@ class MirroredState:
         self.settings = settings
         self.verdict = verdict
         self.log = log
-        self.local_dir = local_dir_for(remote_queue)
+        self.local_dir = private_dir(local_dir_for(remote_queue))
         self.origin = Origin(self.local_dir / "origin.json")
         self.dbs = [MirroredDb("queue", remote_queue, self.local_dir / remote_queue.name, SnapshotChain(remote_queue))]
         remote_mlflow = sqlite_path(settings.tracking_uri)
@@ -394,7 +408,6 @@ class MirroredState:
 
     def start(self, access: Access, command: str, *, take_over: bool = False) -> StateSession:
         self.access = access
-        self.local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.lease.me = replace(self.lease.me, command=command)
         if access == "read":
             self._start_read()

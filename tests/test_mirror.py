@@ -389,3 +389,15 @@ def test_bad_snapshot_interval_in_the_environment_is_a_clear_error(tmp_path):
     done = _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A), SWEEPER_SNAPSHOT_EVERY_S="often")
     assert done.returncode == 2 and "SWEEPER_SNAPSHOT_EVERY_S='often'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_local_copy_directory_planted_by_someone_else_is_refused(tmp_path):
+    from sweeper.mirror import local_dir_for
+
+    grid = _grid(tmp_path, GRID_A)
+    assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    local = tmp_path / "vm1" / local_dir_for(tmp_path / "state" / "queue.db").name
+    assert local.is_dir() and local.stat().st_mode & 0o077 == 0  # private to this user
+    local.chmod(0o777)  # as if another user had created it, open to all
+    done = _cli(tmp_path, "vm1", "status")
+    assert done.returncode == 2 and "not a private directory" in done.stderr and "Traceback" not in done.stderr
