@@ -7,6 +7,7 @@ itself, whatever pruning did to its widths.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,19 @@ def save_model(path: Path, model: CNN) -> Path:
 
 
 def load_model(path: Path) -> CNN:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    """A model written by save_model. weights_only=True: a file holding anything but tensors and
+    plain values (a crafted pickle that would run code) is refused without running it, and the job
+    fails at once, since fetching the same file again cannot help."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        raise JobFailed(
+            f"{path.name} ({path}) refused: it holds objects other than tensors and plain values, "
+            f"which could run code when loaded ({why[:200]})",
+            retry=False,
+        ) from None
     model = CNN(Arch.from_dict(blob["arch"]))
     model.load_state_dict(blob["state_dict"])
     return model
