@@ -41,3 +41,35 @@ def tail_gated(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         while not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
     return {"attempt": ctx.attempt}
+
+
+class _RunsACommand:
+    """Pickles to a call of os.system: loading it with plain pickle would run the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (self.command,))
+
+
+def crafted_pickle(marker: str) -> bytes:
+    """A torch file whose unpickling runs `touch MARKER`: what a weights_only load must refuse."""
+    import io
+    import pickle
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"arch": {}, "state_dict": _RunsACommand(f"touch {marker}")}, buf, pickle_module=pickle)
+    return buf.getvalue()
+
+
+def evil_model(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """An upstream job that records a crafted model.pt (sha256 and all) for a prune job to fetch."""
+    path = ctx.work_dir() / "model.pt"
+    path.write_bytes(crafted_pickle(params["marker"]))
+    ctx.log_artifact(path, "model.pt")
+    return {"test_accuracy": 0.5}
