@@ -61,7 +61,7 @@ class TrainParams(StrictParams):
     stop_at_target: bool = False
     checkpoint_every_s: float = Field(30.0, gt=0)  # seconds of training compute between checkpoints
     log_every: int = Field(100, ge=1)  # batches between step metrics
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(500, ge=1)  # 1000 adds ~100 MB to a worker's peak memory
     eval_train: bool = True  # final train_accuracy/train_loss from a full pass (False: last epoch's running figures)
 
 

@@ -144,3 +144,25 @@ def test_running_accuracy_window_spans_the_configured_number_of_images(job, data
     # 640 images at batch 32: the target is checked over the last 20 batches
     assert len(state["window"]) == 20
     assert state["target_step"] >= 20
+
+
+def test_our_sgd_updates_weights_exactly_like_torch_optim_sgd():
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(30)]
+    for momentum, weight_decay in ((0.0, 0.0), (0.9, 0.0), (0.9, 5e-4)):
+        ours, theirs = build(ARCH, "kaiming_normal", 1), build(ARCH, "kaiming_normal", 1)
+        opt_ours = make_optimizer(ours, lr=0.02, momentum=momentum, weight_decay=weight_decay)
+        opt_theirs = torch.optim.SGD(
+            theirs.parameters(), lr=0.02, momentum=momentum, weight_decay=weight_decay, foreach=False
+        )
+        for i, (x, y) in enumerate(batches):
+            for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            if i == 14:  # through a state_dict round trip, as a resume does
+                state = opt_ours.state_dict()
+                opt_ours = make_optimizer(ours, lr=0.5, momentum=0.0)
+                opt_ours.load_state_dict(state)
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+            assert torch.equal(a, b), f"{name} differs (momentum {momentum}, weight decay {weight_decay})"
