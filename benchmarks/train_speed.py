@@ -7,7 +7,8 @@ Writes benchmarks/results/train_speed.json. Three parts:
 
 variants  What makes the step fast on 1-2 threads, measured rather than guessed: the baseline net
           (16/16/100) at batch 8 and 32 with one setting changed at a time (threads, channels-last,
-          oneDNN off, SGD foreach/fused, fancy indexing instead of index_select into a buffer).
+          oneDNN off, torch.optim.SGD plain/foreach/fused instead of our SGD step, fancy indexing
+          instead of index_select into a buffer).
           Rounds are interleaved; reported are the median images per wall-second and per
           CPU-second (CPU time is what contention on a shared machine distorts least).
 side      Side by side: the naive loop the seed's authors wrote (torchvision FashionMNIST with
@@ -71,12 +72,14 @@ def variant_step(name: str, x: torch.Tensor, y: torch.Tensor, bs: int) -> Callab
     model = build(BASELINE, "xavier_uniform", 0)
     if name == "channels_last":
         model = model.to(memory_format=torch.channels_last)
-    kw: dict[str, Any] = {"foreach": False}
-    if name == "sgd_foreach":
-        kw = {"foreach": True}
-    if name == "sgd_fused":
-        kw = {"fused": True}
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, **kw)
+    opt: Any = make_optimizer(model, 0.001, 0.9)
+    if name.startswith("torch_sgd"):
+        kw = {
+            "torch_sgd": {"foreach": False},
+            "torch_sgd_foreach": {"foreach": True},
+            "torch_sgd_fused": {"fused": True},
+        }
+        opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, **kw[name])
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     xbuf, ybuf = torch.empty((bs, 1, 28, 28)), torch.empty(bs, dtype=torch.int64)
     pos = [0]
@@ -104,7 +107,16 @@ def variant_step(name: str, x: torch.Tensor, y: torch.Tensor, bs: int) -> Callab
 
 
 def run_variants(x: torch.Tensor, y: torch.Tensor, rounds: int) -> dict[str, Any]:
-    names = ["ours", "threads_2", "channels_last", "onednn_off", "sgd_foreach", "sgd_fused", "fancy_indexing"]
+    names = [
+        "ours",
+        "threads_2",
+        "channels_last",
+        "onednn_off",
+        "torch_sgd",
+        "torch_sgd_foreach",
+        "torch_sgd_fused",
+        "fancy_indexing",
+    ]
     out: dict[str, Any] = {}
     for bs in (8, 32):
         steps = {n: variant_step(n, x, y, bs) for n in names}
