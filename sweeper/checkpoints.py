@@ -56,8 +56,14 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def stage(path: Path, data: bytes) -> Path:
     """Write `data` to a synced temporary file next to `path`; commit_staged() puts it in place."""
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only or full filesystem refuses the file itself
+        raise CheckpointError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="check free space and permissions of the state directory",
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
