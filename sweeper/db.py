@@ -339,6 +339,13 @@ class Database:
                 now = time.monotonic()
                 deadline = deadline or now + self.outage.limit_s
                 if now >= deadline:
+                    if _disk_full(exc):
+                        raise DatabaseUnavailable(
+                            f"database {self.display_url} could not be written for {self.outage.limit_s:.0f}s "
+                            f"while trying to {what}: {_first_line(exc)}",
+                            hint="free space on the disk that holds the queue database; the jobs resume "
+                            "from their checkpoints when a worker starts again",
+                        ) from None
                     raise DatabaseUnavailable(
                         f"database {self.display_url} did not answer for {self.outage.limit_s:.0f}s "
                         f"while trying to {what}: {_first_line(exc)}",
@@ -356,9 +363,9 @@ class Database:
                 return
             self._outage_announced = True
         if self.outage.log:
+            problem = "database cannot be written" if _disk_full(exc) else "database unreachable"
             self.outage.log(
-                f"database unreachable while trying to {what} ({_first_line(exc)}); "
-                f"retrying for up to {self.outage.limit_s:.0f}s"
+                f"{problem} while trying to {what} ({_first_line(exc)}); retrying for up to {self.outage.limit_s:.0f}s"
             )
 
     def _announce_back(self) -> None:
@@ -371,6 +378,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100): transient, but not an unreachable server."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "disk is full" in text or "no space left" in text
 
 
 def _first_line(exc: BaseException) -> str:
