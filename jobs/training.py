@@ -21,13 +21,16 @@ same seed and thread count, a job killed anywhere and resumed ends bit-identical
 uninterrupted one, metrics included.
 
 TrainState keys (all plain tensors and Python values; loads with weights_only=True):
-    model, optimizer          state_dicts
+    version                   STATE_VERSION; fit refuses a checkpoint of another version
+    model, optimizer          state_dicts (the optimizer is our SGD: momentum buffers, lr, ...)
     epoch, batch, step        epochs completed, batches done in the current epoch, batches overall
+    batches_per_epoch         for fractional epoch counts
     epoch_sums, log_sums      [loss_sum, correct, images] of the current epoch / since the last log point
     window                    [[images, correct], ...] of the last batches, for the target accuracy
     train_s                   training compute so far (forward, backward, step, batch gathering)
     time_to_target_s, target_step, stopped_at_target
     eval_s, checkpoint_s      time spent evaluating and writing checkpoints (not in train_s)
+    checkpoints               how many checkpoints fit has written for this state
     rng                       torch, python and numpy RNG states
     history                   {"points": [...], "epochs": [...]} for history.json and curves
 """
