@@ -199,7 +199,13 @@ def _finite(value: object) -> object:
 
 def _sqlite_engine(url: sa.URL) -> Engine:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. --state names a file, or a directory we may not write
+            raise UsageError(
+                f"cannot create the directory of the queue database {url.database}: {exc.strerror or exc}",
+                hint="point --state (or --db sqlite:///...) at a directory you can write",
+            ) from None
     engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, json_serializer=json_dumps)
 
     @sa.event.listens_for(engine, "connect")
