@@ -93,6 +93,13 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
 def run_name(run: RunInfo) -> str:
     return f"{run.stage} {run.label}".strip()[:250]
 
@@ -182,8 +189,13 @@ class MLflowTracker:
             run_id = existing.info.run_id
             self._run_id = run_id
             self._floor = self._max_steps(run_id, existing.data.metrics.keys())
+            if existing.info.status == "FINISHED":
+                # The job finished in a later attempt: this one is a zombie (a worker frozen past
+                # its lease) that the queue will refuse at its next write. Leave the run alone.
+                return run_id
             _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
-            _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+            if _int(existing.data.tags.get("attempt")) < run.attempt:
+                _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
             if not existing.data.params:  # the attempt that created the run died before logging them
                 self._log_params(run)
             return run_id
