@@ -205,3 +205,19 @@ def test_a_zombie_worker_in_its_tail_writes_no_metric_and_does_not_close_the_run
         conn.close()
     assert len(runs) == 1 and runs[0][1] == "FINISHED", runs  # the zombie did not mark it KILLED
     assert steps == [1, 2], steps  # and did not write its tail point again
+
+
+def test_a_zombie_starting_late_does_not_reopen_the_run_its_successor_finished(takeover):
+    zombie = takeover.claim("zombie", ttl=0.3)  # frozen right after its claim, before it opened the run
+    owner = takeover.take_over()
+    o = takeover.context(owner, takeover.tracker())
+    o.log_metrics({"loss": 1.0}, step=1)
+    o.checkpoint({"step": 1})
+    takeover.queue.complete(owner.lease, {})
+    o.tracker.end("FINISHED")
+
+    # The zombie wakes up and opens the run its claim named (as the worker does before the job runs).
+    takeover.tracker().start(RunInfo("z", "a", zombie.id, "noop", "", zombie.attempt, {}), owner.tracking_run_id)
+    run = MlflowClient(takeover.uri).get_run(owner.tracking_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["attempt"] == str(owner.attempt)
