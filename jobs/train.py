@@ -60,6 +60,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         return state  # interrupted at a checkpoint; the worker releases the job
 
     # -- final evaluation (not training time) --
+    ctx.progress(1.0, f"trained {summary(state)['epochs']:.2f} epochs; evaluating and writing artifacts")
     test_loss, test_acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
     running = state["history"]["epochs"][-1] if state["history"]["epochs"] else None
     if p.eval_train:
