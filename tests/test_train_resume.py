@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from .conftest import run_cli, start_worker, stop_process, wait_for
 from .mlflow_template import install, template
 
-LEASE_TTL = 3.0
+LEASE_TTL = 6.0  # long enough that a loaded machine never loses a live lease; a new worker starts slower anyway
 GRID = """
 sweep: resume
 defaults:
