@@ -321,10 +321,13 @@ class Worker:
                 # The points logged after the last checkpoint are not fenced by one: a worker that
                 # was frozen past its lease must not write them over its successor's.
                 queue.verify_lease(job.lease)
-                tracker.flush()
+                # The run is closed before the completion is recorded: a worker killed between the
+                # two leaves a job that runs again (and finds its run finished), never a done job
+                # whose run says RUNNING forever.
+                self._end_run(tracker, job, "FINISHED")
+                run_status = "CLOSED"
                 self._record_result(queue, job, result)
                 queue.complete(job.lease, result)
-                run_status = "FINISHED"
                 self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
         except LeaseLost as exc:
             run_status = "LOST"  # the run now belongs to the attempt that took the job over
@@ -337,11 +340,14 @@ class Worker:
             self._ctx = None
             if self.view is not None:
                 self.view.remove(job)
-            try:
-                if run_status != "LOST":
-                    tracker.end(run_status)
-            except Exception as exc:
-                self.log(f"tracking: could not close the run of {job.id}: {exc}")
+            if run_status not in ("LOST", "CLOSED"):
+                self._end_run(tracker, job, run_status)
+
+    def _end_run(self, tracker: Any, job: ClaimedJob, status: str) -> None:
+        try:
+            tracker.end(status)
+        except Exception as exc:
+            self.log(f"tracking: could not close the run of {job.id}: {exc}")
 
     def _call(self, queue: Queue, job: ClaimedJob, ctx: JobContext, tracker: Any) -> tuple[Any, str | None, bool]:
         """Run the kind's function: (result, None, _) or (None, error text, retry?).
