@@ -303,7 +303,7 @@ class Monkey:
             _signal(proc, signal.SIGCONT)
             return
         job = self.inspector.job_of(proc.pid)
-        why = self.inspector.unsafe_window(job, kind) if job else None
+        why = self.inspector.unsafe_window(job, kind) if job else "finished its job before the strike"
         if why is None and kind == "sigstop" and self.inspector.holds_sqlite_lock():
             why = "holds the SQLite write lock"
         if why is not None:
