@@ -522,60 +522,26 @@ class Queue:
 
         def txn() -> str:
             with self.db.write() as conn:
-                row = conn.execute(
-                    sa.select(jobs.c.failures, jobs.c.max_failures).where(
-                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
-                    )
-                ).first()
-                if row is None:
-                    raise LeaseLost(f"job {lease.job_id}: lease is gone; not recording the failure")
+                row = self._owned(conn, lease, jobs.c.failures, jobs.c.max_failures)
                 failures = row.failures + 1
+                summary = error_summary(error)
                 if retry and failures < row.max_failures:
                     delay = self.retry_backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
-                    self._fenced(
+                    detail = f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {summary}"
+                    return self._end_attempt(
                         conn,
                         lease,
-                        status="pending",
+                        "pending",
+                        "retried",
+                        detail,
                         failures=failures,
                         error=error,
                         not_before=db_now() + delay,
-                        lease_token=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
                     )
-                    self._event(
-                        conn,
-                        lease.job_id,
-                        "retried",
-                        worker=lease.worker_id,
-                        attempt=lease.attempt,
-                        detail=f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {error_summary(error)}",
-                    )
-                    status = "pending"
-                else:
-                    r = self._fenced(
-                        conn,
-                        lease,
-                        status="failed",
-                        failures=failures,
-                        error=error,
-                        finished_at=db_now(),
-                        lease_token=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                    why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
-                    self._event(
-                        conn,
-                        lease.job_id,
-                        "failed",
-                        worker=lease.worker_id,
-                        attempt=lease.attempt,
-                        detail=f"{why}: {error_summary(error)}",
-                    )
-                    self._settle(conn, r.sweep, {r.stage})
-                    status = "failed"
-                return status
+                why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
+                return self._end_attempt(
+                    conn, lease, "failed", "failed", f"{why}: {summary}", failures=failures, error=error
+                )
 
         return self._write(txn, "record a failure")  # type: ignore[return-value]
 
@@ -584,36 +550,39 @@ class Queue:
 
         def txn() -> str:
             with self.db.write() as conn:
-                row = conn.execute(
-                    sa.select(jobs.c.interruptions, jobs.c.max_interruptions).where(
-                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
+                row = self._owned(conn, lease, jobs.c.interruptions, jobs.c.max_interruptions)
+                interruptions = row.interruptions + 1
+                if interruptions > row.max_interruptions:
+                    error = f"interrupted {interruptions} times (limit {row.max_interruptions}); last: {reason}"
+                    return self._end_attempt(
+                        conn, lease, "failed", "released", reason, interruptions=interruptions, error=error
                     )
-                ).first()
-                if row is None:
-                    raise LeaseLost(f"job {lease.job_id}: lease is gone; nothing to release")
-                exhausted = row.interruptions + 1 > row.max_interruptions
-                values: dict[str, Any] = {
-                    "status": "failed" if exhausted else "pending",
-                    "interruptions": row.interruptions + 1,
-                    "lease_token": None,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                }
-                if exhausted:
-                    values.update(
-                        error=f"interrupted {row.interruptions + 1} times (limit "
-                        f"{row.max_interruptions}); last: {reason}",
-                        finished_at=db_now(),
-                    )
-                r = self._fenced(conn, lease, **values)
-                self._event(
-                    conn, lease.job_id, "released", worker=lease.worker_id, attempt=lease.attempt, detail=reason
-                )
-                if exhausted:
-                    self._settle(conn, r.sweep, {r.stage})
-                return values["status"]
+                return self._end_attempt(conn, lease, "pending", "released", reason, interruptions=interruptions)
 
         return self._write(txn, "release a job")  # type: ignore[return-value]
+
+    def _owned(self, conn: Connection, lease: Lease, *columns: sa.Column) -> sa.Row:
+        """The job's row while `lease` still owns it; otherwise LeaseLost."""
+        row = conn.execute(
+            sa.select(*columns).where(
+                jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
+            )
+        ).first()
+        if row is None:
+            raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; nothing recorded")
+        return row
+
+    def _end_attempt(self, conn: Connection, lease: Lease, status: str, event: str, detail: str, **values: Any) -> str:
+        """Close the lease with `status` (pending again, or failed), record why, settle dependents."""
+        if status == "failed":
+            values["finished_at"] = db_now()
+        r = self._fenced(
+            conn, lease, status=status, lease_token=None, lease_owner=None, lease_expires_at=None, **values
+        )
+        self._event(conn, lease.job_id, event, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
+        if status == "failed":
+            self._settle(conn, r.sweep, {r.stage})
+        return status
 
     def _event(
         self,

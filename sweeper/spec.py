@@ -226,7 +226,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
         jobs = _expand_stage(r, name, stage, raw_by_stage[stage.name], defaults)
         job_counts[stage.name] = len(jobs)
         spec.jobs.extend(jobs)
-    _check_refs(r, spec, raw_by_stage, job_counts)
+    _check_refs(r, spec, job_counts)
     return spec
 
 
@@ -573,9 +573,7 @@ def _safe_refs(r: _Reader, stage: StageSpec, params: Mapping[str, Any]) -> list[
         raise r.error(str(exc), "stages", stage.name, "params", stage=stage.name, key="params") from None
 
 
-def _check_refs(
-    r: _Reader, spec: SweepSpec, raw_by_stage: Mapping[str, Mapping[str, Any]], job_counts: Mapping[str, int]
-) -> None:
+def _check_refs(r: _Reader, spec: SweepSpec, job_counts: Mapping[str, int]) -> None:
     stages = {s.name: s for s in spec.stages}
     checked: set[str] = set()
     for job in spec.jobs:
@@ -584,37 +582,22 @@ def _check_refs(
         checked.add(job.stage)
         stage = stages[job.stage]
         for path, ref in _safe_refs(r, stage, job.params):
+
+            def bad(message: str, hint: str | None, stage: StageSpec = stage, path: str = path) -> SpecError:
+                where = ("stages", stage.name, "params", path.split(".")[0])
+                return r.error(message, *where, stage=stage.name, key=path, hint=hint)
+
             for target in ref.stages:
                 if target not in stages:
-                    raise r.error(
-                        f"{ref.form} names unknown stage '{target}'",
-                        "stages",
-                        stage.name,
-                        "params",
-                        path.split(".")[0],
-                        stage=stage.name,
-                        key=path,
-                        hint=_suggest(target, stages) or None,
-                    )
+                    raise bad(f"{ref.form} names unknown stage '{target}'", _suggest(target, stages))
                 if target not in stage.needs:
-                    raise r.error(
+                    raise bad(
                         f"{ref.form} refers to '{target}', which is not in 'needs'",
-                        "stages",
-                        stage.name,
-                        "params",
-                        path.split(".")[0],
-                        stage=stage.name,
-                        key=path,
-                        hint=f"add it: needs: [{', '.join([*stage.needs, target])}]",
+                        f"add it: needs: [{', '.join([*stage.needs, target])}]",
                     )
-            if ref.form == "result_of" and ref.metric is None and job_counts[ref.stages[0]] != 1:
-                raise r.error(
-                    f"result_of '{ref.stages[0]}' is ambiguous: that stage has {job_counts[ref.stages[0]]} jobs",
-                    "stages",
-                    stage.name,
-                    "params",
-                    path.split(".")[0],
-                    stage=stage.name,
-                    key=path,
-                    hint=f"use best_of: {ref.stages[0]} with a metric and mode",
+            count = job_counts[ref.stages[0]]
+            if ref.form == "result_of" and ref.metric is None and count != 1:
+                raise bad(
+                    f"result_of '{ref.stages[0]}' is ambiguous: that stage has {count} jobs",
+                    f"use best_of: {ref.stages[0]} with a metric and mode",
                 )

@@ -110,6 +110,15 @@ BAD_GRIDS = {
         "sweep: s\nstages:\n  a: {kind: 'no_such_module_xyz:run'}\n",
         "module 'no_such_module_xyz' does not import",
     ),
+    "reference outside needs": (
+        "sweep: s\nstages:\n  a: {kind: noop}\n  b: {kind: noop, params: {upstream: {best_of: a, metric: value}}}\n",
+        "best_of refers to 'a', which is not in 'needs'",
+    ),
+    "ambiguous result_of": (
+        "sweep: s\nstages:\n  a: {kind: noop, grid: {value: [1, 2]}}\n"
+        "  b: {kind: noop, needs: [a], params: {upstream: {result_of: a}}}\n",
+        "result_of 'a' is ambiguous: that stage has 2 jobs",
+    ),
     "python tag": ("sweep: s\nstages:\n  a: !!python/object/apply:os.system [echo hi]\n", "tag not allowed"),
 }
 
