@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch.utils import benchmark as tbench
 
 from sweeper.context import JobContext, JobFailed
@@ -37,23 +36,15 @@ from .data import Dataset, load_dataset
 from .flops import model_cost
 from .matmul import MatmulCNN
 from .model import CNN, count_params, load_model
-from .params import BenchmarkParams
+from .params import BenchmarkParams, parse
 from .training import evaluate
 
 STATE_VERSION = 1
 EXAMPLE = "{all_of: [prune_conv1, prune_conv2, prune_fc1]}"
 
 
-def parse_params(params: dict[str, Any]) -> BenchmarkParams:
-    try:
-        return BenchmarkParams.model_validate(params)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise JobFailed("bad benchmark params: " + "; ".join(problems), retry=False) from None
-
-
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
-    p = parse_params(params)
+    p = parse(BenchmarkParams, params, "benchmark")
     refs = upstream.many(p.models, "models", EXAMPLE)
     candidates = list_models(refs)
     if not candidates:

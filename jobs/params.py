@@ -7,13 +7,29 @@ happen when the job starts, and fail the job without retries.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+P = TypeVar("P", bound=StrictParams)
+
+
+def parse(model: type[P], params: dict[str, Any], kind: str) -> P:
+    """Validated params, or JobFailed (no retries) naming every bad param and what it should be."""
+    from pydantic import ValidationError
+
+    from sweeper.context import JobFailed  # here, not at the top: enqueue imports this module
+
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+        raise JobFailed(f"bad {kind} params: " + "; ".join(problems), retry=False) from None
 
 
 class NoopParams(StrictParams):

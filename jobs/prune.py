@@ -31,27 +31,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from sweeper.context import JobContext, JobFailed
 
 from . import magnitude, surgery, upstream
 from .data import Dataset, load_dataset
 from .flops import model_cost
 from .model import CNN, Arch, count_params, load_model, save_model
-from .params import PruneParams
+from .params import PruneParams, parse
 from .training import LoopConfig, evaluate, fit, make_optimizer
 
 STATE_VERSION = 1
 EXAMPLE = "{best_of: train_search, metric: test_accuracy, mode: max}"
-
-
-def parse_params(params: dict[str, Any]) -> PruneParams:
-    try:
-        return PruneParams.model_validate(params)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise JobFailed("bad prune params: " + "; ".join(problems), retry=False) from None
 
 
 def settings(p: PruneParams, ref: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +61,7 @@ def settings(p: PruneParams, ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
-    p = parse_params(params)
+    p = parse(PruneParams, params, "prune")
     ref = upstream.single(p.model, "model", EXAMPLE)
     if "model.pt" not in (ref.get("artifacts") or {}):
         raise JobFailed(

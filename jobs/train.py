@@ -8,28 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from sweeper.context import JobContext, JobFailed
+from sweeper.context import JobContext
 
 from . import outputs
 from .data import load_dataset
 from .model import Arch, build, count_params, save_model
-from .params import TrainParams
+from .params import TrainParams, parse
 from .training import LoopConfig, evaluate, fit, make_optimizer, predict, summary, window_batches
 
 
-def parse_params(params: dict[str, Any]) -> TrainParams:
-    """TrainParams, or JobFailed (no retries) naming every bad param and what it should be."""
-    try:
-        return TrainParams.model_validate(params)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
-        raise JobFailed("bad train params: " + "; ".join(problems), retry=False) from None
-
-
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
-    p = parse_params(params)
+    p = parse(TrainParams, params, "train")
     arch = Arch.from_params(p.model_dump())
     arch.validate()  # kernel too large for the input etc.: fail now, not after loading data
 
