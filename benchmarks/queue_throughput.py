@@ -19,15 +19,17 @@ import json
 import multiprocessing
 import os
 import platform
-import secrets
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
-PG_ADMIN = os.environ.get("SWEEPER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.scratch_db import make_db
+
 RESULTS = Path(__file__).resolve().parent / "results" / "queue_throughput.json"
 
 
@@ -36,22 +38,6 @@ def grid_text(n: int, steps: int = 1) -> str:
         "sweep: bench\nstages:\n  a:\n    kind: noop\n"
         f"    params: {{checkpoint: false, steps: {steps}}}\n    grid: {{value: {list(range(n))}}}\n"
     )
-
-
-def make_db(backend: str, root: Path) -> tuple[str, callable]:
-    if backend == "sqlite":
-        return f"sqlite:///{root / 'queue.db'}", lambda: None
-    name = f"sweeper_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
 
 
 def enqueue(url: str, n: int) -> None:

@@ -38,29 +38,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.scratch_db import make_db
+
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("SWEEPER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 RESULTS = REPO / "benchmarks" / "results" / "status_speed.json"
 TRACEBACK = (
     'Traceback (most recent call last):\n  File "jobs/train.py", line 88, in run\n    loss.backward()\n'
     "RuntimeError: kernel size can't be greater than actual input size\n"
 )
-
-
-def make_db(backend: str, root: Path) -> tuple[str, object]:
-    if backend == "sqlite":
-        return f"sqlite:///{root / 'queue.db'}", lambda: None
-    name = f"sweeper_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
 
 
 def build(url: str, n_jobs: int) -> dict[str, int]:
