@@ -472,7 +472,9 @@ def export(
 
 @app.command()
 def report(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")
+    ],
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="The sweep to report on (default: the only sweep in the queue).")
     ] = None,
@@ -485,9 +487,7 @@ def report(
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the top-k tables.")] = 3,
     plugin: Annotated[
         list[str] | None,
-        typer.Option(
-            "--plugin", help="Only these report plug-ins (entry-point names or module:function; repeatable)."
-        ),
+        typer.Option("--plugin", help="Only these report plug-ins (entry-point names or module:function; repeatable)."),
     ] = None,
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Only the generic sections.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only, no PNGs (faster).")] = False,
@@ -541,17 +541,11 @@ def retry(
     take_over: TakeOverOpt = False,
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
-    from .queue import Queue
 
     _selection(job_ids, failed, stage, sweep, "retry")
-    settings = _settings(state, db, tracking=False)
-    database = _open(settings, create=False)
-    try:
-        queue = Queue(database)
-        ids = [queue.resolve_job_id(j) for j in job_ids or []]
-        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
-    finally:
-        database.dispose()
+    picked = _change_jobs(
+        state, db, job_ids, lambda queue, ids: queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+    )
     out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
 
 
@@ -568,18 +562,23 @@ def cancel(
     take_over: TakeOverOpt = False,
 ) -> None:
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
-    from .queue import Queue
 
     _selection(job_ids, False, stage, sweep, "cancel")
+    picked = _change_jobs(state, db, job_ids, lambda queue, ids: queue.cancel(ids, stage=stage, sweep=sweep))
+    out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+
+
+def _change_jobs(state: Path | None, db: str | None, job_ids: list[str] | None, change: Any) -> list[str]:
+    """Resolve job id prefixes, then apply `change(queue, ids)` (retry or cancel) in the queue."""
+    from .queue import Queue
+
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         queue = Queue(database)
-        ids = [queue.resolve_job_id(j) for j in job_ids or []]
-        picked = queue.cancel(ids, stage=stage, sweep=sweep)
+        return change(queue, [queue.resolve_job_id(j) for j in job_ids or []])
     finally:
         database.dispose()
-    out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
 
 
 def main() -> None:
