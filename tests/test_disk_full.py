@@ -65,7 +65,7 @@ def integrity(db: Path) -> str:
 GRID = """
 sweep: disk
 stages:
-  long: {kind: noop, params: {steps: 400, step_s: 0.05, checkpoint: true}, max_failures: 2}
+  long: {kind: noop, params: {steps: 120, step_s: 0.05, checkpoint: true}, max_failures: 2}
   other: {kind: noop, params: {steps: 1, checkpoint: false}}
 """
 WORK = ("--no-tracking", "--retry-backoff", "0", "--threads-per-worker", "1")
