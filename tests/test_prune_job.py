@@ -208,7 +208,8 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
     finally:
         stop_process(worker)
     assert jobs(sweep)["prune_b"]["status"] == "running", "killed -9: nobody released the job"
-    resumed = run_cli("work", *WORK, "--stage", "prune_b", cwd=sweep)
+    # --wait: the killed worker's lease may not have expired yet when this one starts
+    resumed = run_cli("work", *WORK, "--stage", "prune_b", "--wait", "--poll", "0.2", cwd=sweep)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     all_jobs = jobs(sweep)
     a, b = all_jobs["prune_a"]["result"], all_jobs["prune_b"]
