@@ -84,7 +84,7 @@ def test_a_checkpoint_that_does_not_match_its_recorded_sha256_is_never_loaded(tm
     grid.write_text("sweep: swap\nstages:\n  a: {kind: noop, params: {steps: 40, step_s: 0.1, checkpoint: true}}\n")
     state = tmp_path / "state"
     assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
-    worker = start_worker("--state", str(state), "--no-tracking", *WORK, log=tmp_path / "first.log")
+    worker = start_worker("--state", str(state), "--no-tracking", "--lease-ttl", "2", *WORK, log=tmp_path / "first.log")
     try:
         wait_for(lambda: len(_checkpoints(state)) >= 2, timeout=120, what="two recorded checkpoints")
         os.kill(worker.pid, signal.SIGKILL)
@@ -246,7 +246,9 @@ def test_yaml_tags_that_would_construct_python_objects_are_refused(tag: str, tmp
     assert run_cli("enqueue", str(good), "--state", str(state)).returncode == 0
     before = (state / "queue.db").read_bytes()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"sweep: s\nstages:\n  a:\n    kind: noop\n    params:\n      value: {tag.replace('MARKER', str(marker))}\n")
+    bad.write_text(
+        f"sweep: s\nstages:\n  a:\n    kind: noop\n    params:\n      value: {tag.replace('MARKER', str(marker))}\n"
+    )
     proc = run_cli("enqueue", str(bad), "--state", str(state))
     assert proc.returncode == 2, proc.stderr
     assert "tag not allowed" in proc.stderr and "Traceback" not in proc.stderr

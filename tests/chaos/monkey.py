@@ -197,6 +197,9 @@ class Monkey:
         self._t0 = time.monotonic()
         self._next_fault = self._t0 + self._interval()
         self._replace_at: list[float] = []
+        # Every kind of fault strikes at least once, early and in a seeded order; then by weight.
+        self._unseen = [k for k in (*WORKER_FAULTS, *db_faults.kinds) if config.weights.get(k, 0) > 0]
+        self.rng.shuffle(self._unseen)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -217,6 +220,8 @@ class Monkey:
             detail,
         )
         self.faults.append(fault)
+        if kind in self._unseen:
+            self._unseen.remove(kind)
         self.log(f"[{fault.at_s:7.2f}s] {kind:<12} pid={fault.pid} job={fault.job} {detail}")
 
     def counts(self) -> Counter[str]:
@@ -274,6 +279,9 @@ class Monkey:
         kinds = [k for k in (*WORKER_FAULTS, *self.db_faults.kinds) if self.config.weights.get(k, 0) > 0]
         if self.pool.stopped():  # one frozen worker at a time, or the sweep crawls
             kinds = [k for k in kinds if k != "sigstop"]
+        first = [k for k in self._unseen if k in kinds]
+        if first:
+            return first[0]
         return self.rng.choices(kinds, weights=[self.config.weights[k] for k in kinds])[0]
 
     def _strike(self) -> None:

@@ -7,6 +7,7 @@ output. Set SWEEPER_CHAOS_SEED to replay a run's choices (the moments still depe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_sweep_survives_chaos_with_every_job_done_exactly_once(
         cache_dir=chaos_cache,
         log=lines.append,
     )
-    with pg.restored(url) if backend == "postgres" else _nothing():
+    with pg.restored(url) if backend == "postgres" else contextlib.nullcontext():
         report = run_chaos(cfg, clean_runs)
     SUMMARIES.append(report.summary())
     (tmp_path / "chaos-report.json").write_text(json.dumps(report.to_json(), indent=2))
@@ -53,11 +54,3 @@ def test_sweep_survives_chaos_with_every_job_done_exactly_once(
     assert report.total_faults >= 20, detail
     assert report.faults.get("sigkill") and report.faults.get("sigstop") and report.faults.get("sigterm"), detail
     assert not report.violations, detail
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
