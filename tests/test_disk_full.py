@@ -37,11 +37,10 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write zeros until the filesystem is full."""
     filler = directory / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    # Unbuffered: a buffered file would raise ENOSPC again on close(), flushing what it still holds.
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
     return filler
 
 
