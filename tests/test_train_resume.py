@@ -167,7 +167,9 @@ def test_job_killed_three_times_resumes_bit_identical(tmp_path, mlflow_template)
 
     # time to target counts training compute only: not the three dead leases, not the restarts
     assert 0 < result["time_to_target_s"] <= result["total_train_s"]
-    assert result["total_train_s"] < wall - 3 * LEASE_TTL, what
+    # Each dead lease keeps the job unclaimable for at least 2/3 of the TTL after the kill (the last
+    # heartbeat was at most TTL/3 before it): 3 kills hide >= 2 TTL of wall time. 1.5 TTL leaves margin.
+    assert result["total_train_s"] < wall - 1.5 * LEASE_TTL, what
     history = json.loads((killed.state / "artifacts" / "resume" / job["id"] / "history.json").read_text())
     train_s = [p["train_s"] for p in history["points"]]
     assert train_s == sorted(train_s)  # the clock never ran backwards or restarted across attempts
