@@ -30,6 +30,7 @@ import torch
 from torch.utils import benchmark as tbench
 
 from sweeper.context import JobContext, JobFailed
+from sweeper.plots import pyplot
 
 from . import magnitude, upstream
 from .data import Dataset, load_dataset
@@ -401,11 +402,7 @@ def build_result(
 def plot_pareto(
     path: Path, records: list[dict[str, Any]], front: list[str], selected: dict[str, Any] | None, floor: float
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     stages = list(dict.fromkeys(r["stage"] for r in records))
     for stage in stages:

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from .data import CLASSES
+from sweeper.plots import pyplot
+
+from .classes import CLASSES
 
 
 def write_history(path: Path, history: Mapping[str, Any]) -> Path:
@@ -47,20 +49,11 @@ def confusion(true: torch.Tensor, predicted: torch.Tensor, classes: int = 10) ->
     return torch.bincount(true * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a worker
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(
     path: Path, points: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], title: str
 ) -> Path:
     """Loss and accuracy against training progress (batches), with the per-epoch test figures."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [p["step"] for p in points]
     ax_loss.plot(steps, [p["loss"] for p in points], lw=0.8, label="train (running)")
@@ -75,27 +68,6 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(path: Path, counts: torch.Tensor, title: str) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(counts.numpy(), cmap="Blues")
-    for t in range(counts.shape[0]):
-        for p in range(counts.shape[1]):
-            value = int(counts[t, p])
-            if value:
-                color = "white" if value > counts.max().item() / 2 else "black"
-                ax.text(p, t, str(value), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -22,7 +22,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+from sweeper.plots import pyplot
+
+from .classes import CLASSES
+from .figures import plot_confusion
+
 DIAGNOSTICS = "diagnostics"
 TRAIN, PRUNE, BENCHMARK = "train", "prune", "benchmark"
 
@@ -44,15 +48,6 @@ def sections(view: Any) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _slug(text: str) -> str:
@@ -104,7 +99,7 @@ def diagnostics_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     done = view.jobs(DIAGNOSTICS)
     if not done:
         return [], f"Loss curves: no job of `{DIAGNOSTICS}` has finished yet."
-    plt = _pyplot()
+    plt = pyplot()
     figures, rows, skipped = [], [], []
     histories = []
     for job in done:
@@ -208,7 +203,7 @@ def confusion_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     for r in rows:
         counts[int(r["true"])][int(r["predicted"])] += 1
     name = "confusion_best.png"
-    _plot_confusion(view.figure_path(name), counts, f"{best.stage} {best.label}".strip())
+    plot_confusion(view.figure_path(name), counts, f"{best.stage} {best.label}".strip())
     per_class = []
     for t, cls in enumerate(CLASSES):
         n = sum(counts[t])
@@ -233,25 +228,6 @@ def confusion_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
         ]
     )
     return [{"title": "Best model: confusion matrix", "body": body, "figures": [name]}], None
-
-
-def _plot_confusion(path: Any, counts: list[list[int]], title: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(counts, cmap="Blues")
-    top = max(max(row) for row in counts) or 1
-    for t, row in enumerate(counts):
-        for p, v in enumerate(row):
-            if v:
-                ax.text(p, t, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +459,7 @@ def _seconds(v: Any) -> str:
 
 
 def _plot_flops(path: Any, models: list[dict[str, Any]], selected: str | None, floor: Any) -> set[str]:
-    plt = _pyplot()
+    plt = pyplot()
     pts = sorted((_num(_get(m, "flops")) or 0.0, _num(_accuracy(m)) or 0.0, _name(m)) for m in models)
     front, best = [], -1.0
     for x, y, n in pts:  # fewer FLOPs and higher accuracy are better

@@ -10,7 +10,7 @@ from typing import Any
 
 from sweeper.context import JobContext
 
-from . import outputs
+from . import figures, outputs
 from .data import load_dataset
 from .model import Arch, build, count_params, save_model
 from .params import TrainParams, parse
@@ -111,8 +111,10 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         "curves.png": outputs.plot_curves(
             out / "curves.png", state["history"]["points"], state["history"]["epochs"], title
         ),
-        "confusion.png": outputs.plot_confusion(
-            out / "confusion.png", outputs.confusion(data.test.y, predicted), f"{title}\ntest accuracy {test_acc:.4f}"
+        "confusion.png": figures.plot_confusion(
+            out / "confusion.png",
+            outputs.confusion(data.test.y, predicted).tolist(),
+            f"{title}\ntest accuracy {test_acc:.4f}",
         ),
     }
     for name, path in files.items():
