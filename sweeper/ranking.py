@@ -44,9 +44,17 @@ class Metric:
         return -value if self.mode == "max" else value
 
 
+def is_seconds(name: str) -> bool:
+    """`total_train_s` is a duration; `images_per_s` is a rate, not seconds."""
+    lowered = name.lower()
+    return lowered.endswith("_s") and not lowered.endswith("_per_s")
+
+
 def default_mode(name: str) -> str:
     lowered = name.lower()
-    if lowered.endswith("_s") or any(w in lowered for w in _COST_WORDS):
+    if lowered.endswith("_per_s"):
+        return "max"  # a rate: more per second is better
+    if is_seconds(lowered) or any(w in lowered for w in _COST_WORDS):
         return "min"
     return "max"
 

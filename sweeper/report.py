@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from .checkpoints import atomic_write
 from .dashview import duration
 from .errors import UsageError, error_summary
-from .ranking import Metric
+from .ranking import Metric, is_seconds
 from .results import JobRecord, Scalar, SweepView
 
 PLUGIN_GROUP = "sweeper.report"
@@ -85,7 +85,7 @@ def fmt(name: str, value: Any) -> str:
             return "nan"
         if "acc" in name.lower() and 0.0 <= v <= 1.0 and isinstance(value, float):
             return f"{100 * v:.2f} %"
-        if name.endswith("_s"):
+        if is_seconds(name):
             return f"{v:.1f} s"
         if isinstance(value, int):
             return f"{value:,}" if abs(value) >= 10_000 else str(value)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from sweeper.db import open_database
-from sweeper.ranking import Metric
-from sweeper.report import ReportOptions, write_report
+from sweeper.ranking import Metric, default_mode
+from sweeper.report import ReportOptions, fmt, write_report
 from sweeper.results import SweepView, load_jobs
 from tests.conftest import run_cli
 
@@ -239,3 +239,17 @@ def test_assignment_sections_from_a_tiny_real_sweep(fmnist_dir, tmp_path):
     for name in ("diagnostics_overlay.png", "diagnostics_lr_0_05.png", "confusion_best.png", "flops_pareto.png"):
         assert f"]({name})" in md
         assert_png(out / name)
+
+
+@pytest.mark.parametrize(
+    "name, value, shown, mode",
+    [
+        ("total_train_s", 194.12, "194.1 s", "min"),
+        ("images_per_s", 3091.5, "3092", "max"),  # a rate, not a duration
+        ("test_accuracy", 0.9029, "90.29 %", "max"),
+        ("params", 925190, "925,190", "min"),
+    ],
+)
+def test_values_are_shown_with_their_unit_and_ranked_the_right_way(name, value, shown, mode):
+    assert fmt(name, value) == shown
+    assert default_mode(name) == mode
