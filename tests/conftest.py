@@ -114,6 +114,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, **env: st
     )
 
 
+def run_grid(tmp: Path, grid: str) -> str:
+    """Enqueue `grid` under `tmp` and run it to the end with one real worker; returns the queue URL."""
+    (tmp / "g.yaml").write_text(grid)
+    db = f"sqlite:///{tmp / 'state' / 'queue.db'}"
+    assert run_cli("enqueue", "g.yaml", "--db", db, cwd=tmp).returncode == 0
+    proc = run_cli("work", "--db", db, "--state", str(tmp / "state"), "--no-tracking", "--retry-backoff", "0", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return db
+
+
 def start_worker(*args: str, cwd: Path | None = None, log: Path | None = None, **env: str) -> subprocess.Popen:
     """Start `sweeper work ARGS...` in the background; the caller kills it by pid."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115  (closed with the process)

@@ -12,7 +12,7 @@ from sweeper.db import open_database
 from sweeper.ranking import Metric, default_mode
 from sweeper.report import ReportOptions, fmt, write_report
 from sweeper.results import SweepView, load_jobs
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_grid
 
 # value is reported as a metric; steps is both a param and a metric (the "cost" axis).
 GRID = """\
@@ -40,12 +40,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("report")
-    (tmp / "g.yaml").write_text(GRID)
-    db = f"sqlite:///{tmp / 'state' / 'queue.db'}"
-    assert run_cli("enqueue", "g.yaml", "--db", db, cwd=tmp).returncode == 0
-    proc = run_cli("work", "--db", db, "--state", str(tmp / "state"), "--no-tracking", "--retry-backoff", "0", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr
-    return tmp, db
+    return tmp, run_grid(tmp, GRID)
 
 
 def top_ids(markdown: str, heading: str) -> list[str]:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.show import collect_job, render
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_grid
 from tests.statuszoo import build_zoo
 
 GRID = """\
@@ -41,12 +41,7 @@ def draw(detail, width: int = 100) -> str:
 def finished(tmp_path_factory) -> tuple[Path, str]:
     """A real sweep run by a real worker: each search job fails once, then succeeds."""
     tmp = tmp_path_factory.mktemp("show")
-    (tmp / "g.yaml").write_text(GRID)
-    db = f"sqlite:///{tmp / 'state' / 'queue.db'}"
-    assert run_cli("enqueue", "g.yaml", "--db", db, cwd=tmp).returncode == 0
-    proc = run_cli("work", "--db", db, "--state", str(tmp / "state"), "--no-tracking", "--retry-backoff", "0", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr
-    return tmp, db
+    return tmp, run_grid(tmp, GRID)
 
 
 def _ids(tmp: Path, db: str) -> dict[str, str]:
