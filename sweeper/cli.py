@@ -215,7 +215,11 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
         f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
         f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]"
     )
+    if diff.reprioritized:
+        verb = "would change" if diff.dry_run else "changed"
+        out.print(f"{verb} the priority of {len(diff.reprioritized)} job(s) not started yet")
     rows = [("new", j.id, j.stage, j.label) for j in diff.new]
+    rows += [(f"priority {old} -> {j.priority}", j.id, j.stage, j.label) for j, old in diff.reprioritized]
     if listing:
         rows += [("unchanged", j.id, j.stage, j.label) for j in diff.unchanged]
     rows += [(f"not in file ({status})", jid, stage, label) for jid, stage, label, status in diff.gone]

@@ -75,6 +75,8 @@ class EnqueueDiff:
     new: list[JobSpec] = field(default_factory=list)
     unchanged: list[JobSpec] = field(default_factory=list)
     gone: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, stage, label, status
+    # Unchanged jobs not started yet whose stage's priority was edited: (job, old priority).
+    reprioritized: list[tuple[JobSpec, int]] = field(default_factory=list)
     dry_run: bool = False
 
 
@@ -245,7 +247,9 @@ class Queue:
 
     def _diff(self, conn: Connection, spec: SweepSpec) -> EnqueueDiff:
         rows = conn.execute(
-            sa.select(jobs.c.id, jobs.c.stage, jobs.c.label, jobs.c.status).where(jobs.c.sweep == spec.name)
+            sa.select(jobs.c.id, jobs.c.stage, jobs.c.label, jobs.c.status, jobs.c.priority).where(
+                jobs.c.sweep == spec.name
+            )
         ).all()
         existing = {r.id: r for r in rows}
         diff = EnqueueDiff(sweep=spec.name)
@@ -253,6 +257,10 @@ class Queue:
         for job in spec.jobs:
             wanted.add(job.id)
             (diff.unchanged if job.id in existing else diff.new).append(job)
+            # Priority is not part of a job's identity: editing it reorders what has not started yet.
+            old = existing.get(job.id)
+            if old is not None and old.priority != job.priority and old.status in ("pending", "blocked"):
+                diff.reprioritized.append((job, old.priority))
         diff.gone = [(r.id, r.stage, r.label, r.status) for r in rows if r.id not in wanted]
         return diff
 
@@ -263,6 +271,7 @@ class Queue:
             with self.db.write() as conn:
                 diff = self._diff(conn, spec)
                 self._upsert_sweep(conn, spec)
+                now_ = _now()
                 if diff.new:
                     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.position), -1))).scalar_one() + 1
                     needs = {s.name: bool(s.needs) for s in spec.stages}
@@ -295,6 +304,12 @@ class Queue:
                     conn.execute(
                         events.insert(),
                         [{"job_id": j.id, "ts": now, "type": "enqueued", "detail": j.label} for j in diff.new],
+                    )
+                for job, _ in diff.reprioritized:
+                    conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job.id, jobs.c.status.in_(("pending", "blocked")))
+                        .values(priority=job.priority, updated_at=now_)
                     )
                 # A stage added to an already finished sweep can start at once.
                 self._settle(conn, spec.name, {s.name for s in spec.stages})

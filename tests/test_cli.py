@@ -44,6 +44,17 @@ def test_enqueue_prints_the_difference(tmp_path: Path, grid: Path):
     assert "not in file (pending)" in out
 
 
+def test_enqueue_says_when_an_edit_changes_priorities(tmp_path: Path, grid: Path):
+    state = str(tmp_path / "state")
+    run_cli("enqueue", str(grid), "--state", state)
+    grid.write_text(GRID.replace("later: {kind: noop,", "later: {kind: noop, priority: 3,"))
+    dry = run_cli("enqueue", str(grid), "--state", state, "--dry-run").stdout
+    assert "would change the priority of 1 job(s) not started yet" in dry and "priority 0 -> 3" in dry
+    out = run_cli("enqueue", str(grid), "--state", state).stdout
+    assert "added 0 new job(s), 4 unchanged" in out and "changed the priority of 1 job(s)" in out
+    assert "changed the priority" not in run_cli("enqueue", str(grid), "--state", state).stdout
+
+
 def test_status_json_retry_and_cancel_round_trip(tmp_path: Path, grid: Path):
     state = str(tmp_path / "state")
     run_cli("enqueue", str(grid), "--state", state)

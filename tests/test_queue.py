@@ -63,6 +63,29 @@ def test_claims_follow_priority_then_fifo(queue):
     assert order == [3, 4, 1, 2]
 
 
+def test_an_edited_priority_reorders_only_the_jobs_not_started_yet(queue):
+    two = """
+    sweep: s
+    stages:
+      first: {kind: noop, grid: {value: [1, 2]}}
+      later: {kind: noop, grid: {value: [3, 4]}}
+    """
+    queue.enqueue(grid(two))
+    started = queue.claim("w", 30)
+    assert started.params["value"] == 1
+    edited = queue.enqueue(grid(two.replace("first: {kind: noop,", "first: {kind: noop, priority: -1,")))
+    assert len(edited.new) == 0 and len(edited.unchanged) == 4  # priority is not part of a job's identity
+    assert sorted(j.params["value"] for j, old in edited.reprioritized) == [2] and edited.reprioritized[0][1] == 0
+    with queue.db.read() as conn:
+        priority = dict(conn.execute(sa.text("select id, priority from jobs")).all())
+    assert priority[started.id] == 0  # the running job keeps its row as it was
+    order = []
+    while (job := queue.claim("w", 30)) is not None:
+        order.append(job.params["value"])
+        queue.complete(job.lease, {})
+    assert order == [3, 4, 2]
+
+
 def test_a_claimed_job_is_not_claimed_twice(queue):
     queue.enqueue(grid(THREE))
     ids = {queue.claim(f"w{i}", 30).id for i in range(3)}
