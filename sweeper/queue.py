@@ -265,17 +265,16 @@ class Queue:
         return diff
 
     def enqueue(self, spec: SweepSpec) -> EnqueueDiff:
-        """Add the jobs of `spec` that are not in the queue yet. Idempotent."""
+        """Add the jobs of `spec` that are not in the queue yet; apply edited priorities. Idempotent."""
 
         def txn() -> EnqueueDiff:
             with self.db.write() as conn:
                 diff = self._diff(conn, spec)
                 self._upsert_sweep(conn, spec)
-                now_ = _now()
+                now = _now()
                 if diff.new:
                     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.position), -1))).scalar_one() + 1
                     needs = {s.name: bool(s.needs) for s in spec.stages}
-                    now = _now()
                     conn.execute(
                         jobs.insert(),
                         [
@@ -309,7 +308,7 @@ class Queue:
                     conn.execute(
                         jobs.update()
                         .where(jobs.c.id == job.id, jobs.c.status.in_(("pending", "blocked")))
-                        .values(priority=job.priority, updated_at=now_)
+                        .values(priority=job.priority, updated_at=now)
                     )
                 # A stage added to an already finished sweep can start at once.
                 self._settle(conn, spec.name, {s.name for s in spec.stages})
