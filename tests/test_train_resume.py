@@ -2,7 +2,11 @@
 after its lease expired, ends exactly like an uninterrupted run: bit-identical weights, the same
 MLflow metric history (no duplicate or missing steps), and a time to target that counts compute only.
 
-The kill points are random; set SWEEPER_TEST_SEED to replay a failure (the seed is in the message).
+The kill points are random: each attempt dies after 1 to 3 checkpoints of its own plus a random part
+of the next checkpoint interval, so the work since its last checkpoint is lost and redone. They are
+counted in checkpoints (every 0.3 s of compute), not in published progress: progress reaches the
+database only with a heartbeat (every TTL/3 = 2 s), too coarse for a job of a few seconds. Set
+SWEEPER_TEST_SEED to replay a failure (the seed is in the message).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ defaults:
   lr: 0.05
   momentum: 0.9
   batch_size: 32
-  max_epochs: 3
+  max_epochs: 8   # about 4 s of compute: room for three attempts of up to 3 checkpoints each
   checkpoint_every_s: 0.3
   log_every: 10
   target_train_acc: 0.8
@@ -97,6 +101,12 @@ class Sweep:
         path = self.state / "artifacts" / "resume" / job["id"] / "model.pt"
         return torch.load(path, weights_only=True)["state_dict"]
 
+    def checkpoints(self, attempt: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.text("select count(*) from events where type = 'checkpointed' and attempt = :a"), {"a": attempt}
+            ).scalar_one()
+
     def metrics(self) -> dict[str, list[tuple[int, float]]]:
         client = MlflowClient(f"sqlite:///{self.state / 'mlflow.db'}")
         run_id = self.job()["tracking_run_id"]
@@ -109,8 +119,9 @@ class Sweep:
 
 def test_job_killed_three_times_resumes_bit_identical(tmp_path, mlflow_template):
     seed = int(os.environ.get("SWEEPER_TEST_SEED") or random.randrange(10**6))
-    fractions = sorted(random.Random(seed).uniform(0.05, 0.95) for _ in range(3))
-    what = f"SWEEPER_TEST_SEED={seed}, kill points at progress {[round(f, 3) for f in fractions]}"
+    rng = random.Random(seed)
+    kills = [(rng.randint(1, 3), rng.uniform(0.0, 0.25)) for _ in range(3)]  # (own checkpoints, then seconds)
+    what = f"SWEEPER_TEST_SEED={seed}, kills after (checkpoints, s) {[(n, round(d, 3)) for n, d in kills]}"
 
     reference = Sweep(tmp_path / "reference", mlflow_template)
     killed = Sweep(tmp_path / "killed", mlflow_template)
@@ -118,15 +129,16 @@ def test_job_killed_three_times_resumes_bit_identical(tmp_path, mlflow_template)
     procs = [ref_worker]
     try:
         started = time.monotonic()
-        for attempt, fraction in enumerate(fractions, start=1):
+        for attempt, (count, delay) in enumerate(kills, start=1):
             proc = killed.worker()
             procs.append(proc)
 
-            def reached(attempt: int = attempt, fraction: float = fraction) -> bool:
+            def reached(attempt: int = attempt, count: int = count) -> bool:
                 job = killed.job()
-                return job["status"] == "running" and job["attempt"] == attempt and (job["progress"] or 0) >= fraction
+                return job["status"] == "running" and job["attempt"] == attempt and killed.checkpoints(attempt) >= count
 
-            wait_for(reached, timeout=240, what=f"attempt {attempt} to pass {fraction:.2f} ({what})")
+            wait_for(reached, timeout=240, what=f"attempt {attempt} to write {count} checkpoint(s) ({what})")
+            time.sleep(delay)  # between two checkpoints
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         last = killed.worker()
