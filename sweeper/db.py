@@ -154,6 +154,7 @@ artifacts = sa.Table(
 
 TERMINAL = ("done", "failed", "cancelled")
 ACTIVE = ("blocked", "pending", "running")
+WAITING = ("blocked", "pending")  # not started yet: a re-enqueue may still change their priority
 STATUSES = ("blocked", "pending", "running", "done", "failed", "cancelled")
 
 

@@ -32,6 +32,7 @@ from . import handoff
 from .db import (
     ACTIVE,
     TERMINAL,
+    WAITING,
     Database,
     artifacts,
     checkpoints,
@@ -256,10 +257,13 @@ class Queue:
         wanted = set()
         for job in spec.jobs:
             wanted.add(job.id)
-            (diff.unchanged if job.id in existing else diff.new).append(job)
-            # Priority is not part of a job's identity: editing it reorders what has not started yet.
             old = existing.get(job.id)
-            if old is not None and old.priority != job.priority and old.status in ("pending", "blocked"):
+            if old is None:
+                diff.new.append(job)
+                continue
+            diff.unchanged.append(job)
+            # Priority is not part of a job's identity: editing it reorders what has not started yet.
+            if old.priority != job.priority and old.status in WAITING:
                 diff.reprioritized.append((job, old.priority))
         diff.gone = [(r.id, r.stage, r.label, r.status) for r in rows if r.id not in wanted]
         return diff
@@ -304,12 +308,16 @@ class Queue:
                         events.insert(),
                         [{"job_id": j.id, "ts": now, "type": "enqueued", "detail": j.label} for j in diff.new],
                     )
+                by_priority: dict[int, list[str]] = {}
                 for job, _ in diff.reprioritized:
-                    conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job.id, jobs.c.status.in_(("pending", "blocked")))
-                        .values(priority=job.priority, updated_at=now)
-                    )
+                    by_priority.setdefault(job.priority, []).append(job.id)
+                for priority, ids in by_priority.items():  # a statement per 500 jobs, not one per job
+                    for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+                        conn.execute(
+                            jobs.update()
+                            .where(jobs.c.id.in_(ids[start : start + 500]), jobs.c.status.in_(WAITING))
+                            .values(priority=priority, updated_at=now)
+                        )
                 # A stage added to an already finished sweep can start at once.
                 self._settle(conn, spec.name, {s.name for s in spec.stages})
                 return diff

@@ -86,6 +86,16 @@ def test_an_edited_priority_reorders_only_the_jobs_not_started_yet(queue):
     assert order == [3, 4, 2]
 
 
+def test_a_priority_edit_reaches_every_job_of_a_large_stage(queue):
+    values = list(range(1234))  # more than one 500-job statement
+    big = f"sweep: s\nstages:\n  a: {{kind: noop, grid: {{value: {values}}}}}\n"
+    queue.enqueue(grid(big))
+    edited = queue.enqueue(grid(big.replace("{kind: noop,", "{kind: noop, priority: 2,")))
+    assert len(edited.reprioritized) == 1234
+    with queue.db.read() as conn:
+        assert conn.execute(sa.text("select priority, count(*) from jobs group by priority")).all() == [(2, 1234)]
+
+
 def test_a_claimed_job_is_not_claimed_twice(queue):
     queue.enqueue(grid(THREE))
     ids = {queue.claim(f"w{i}", 30).id for i in range(3)}
