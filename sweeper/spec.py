@@ -267,10 +267,13 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
                 hint=f"add it: needs: [{', '.join([*needs_list, inherit.from_stage])}]",
             )
 
-    def integer(key: str, default: int, minimum: int) -> int:
+    def integer(key: str, default: int, minimum: int, maximum: int = 1_000_000) -> int:
+        # The bound keeps the value inside the database's INTEGER column (32 bits on PostgreSQL).
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise r.error(f"'{key}' must be an integer >= {minimum}", "stages", name, key, stage=name, key=key)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise r.error(
+                f"'{key}' must be an integer from {minimum:,} to {maximum:,}", "stages", name, key, stage=name, key=key
+            )
         return value
 
     require_all = raw.get("require_all", False)

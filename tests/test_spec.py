@@ -119,6 +119,10 @@ BAD_GRIDS = {
         "  b: {kind: noop, needs: [a], params: {upstream: {result_of: a}}}\n",
         "result_of 'a' is ambiguous: that stage has 2 jobs",
     ),
+    "limit out of range": (  # found by the fuzzer: 2**70 overflowed the INTEGER column at insert
+        "sweep: s\nstages:\n  a: {kind: noop, max_failures: 1180591620717411303424}\n",
+        "'max_failures' must be an integer from 1 to 1,000,000",
+    ),
     "python tag": ("sweep: s\nstages:\n  a: !!python/object/apply:os.system [echo hi]\n", "tag not allowed"),
 }
 
