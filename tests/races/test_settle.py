@@ -33,7 +33,7 @@ def test_barrier_release_of_two_completes_never_strands_the_stage(workers):
         gate = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def finish(queue, job):
+        def finish(queue, job, gate=gate, errors=errors):
             gate.wait(timeout=60)
             try:
                 queue.complete(job.lease, {"value": job.params["value"]})
