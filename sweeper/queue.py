@@ -775,6 +775,16 @@ class Queue:
             ).all()
             if not blocked:
                 continue
+            # Cheap first: while any upstream job is still active (the common case on every complete
+            # but the last), there is nothing to settle and no need to read every upstream row.
+            still_active = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
+                .limit(1)
+            ).first()
+            if still_active is not None:
+                self.race_hook("settle-read")
+                continue
             up = conn.execute(
                 sa.select(
                     jobs.c.id,
