@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from sweeper.errors import LeaseLost
 
+from ..conftest import run_cli
 from .kit import Competitor, events_of, let_competitor_run, park_at, status_of, two_stage_grid, violations
 
 ROUNDS = 8
@@ -115,3 +116,26 @@ def test_stage_left_blocked_by_an_older_version_heals_on_the_next_idle_claim(wor
     job = q.claim("w", 60)
     assert job is not None and job.stage == "b"
     assert not violations(q.db, spec)
+
+
+def test_work_wait_finishes_a_sweep_whose_stage_an_older_version_left_blocked(workers, db_url, tmp_path):
+    """`sweeper work --wait` used to poll such a sweep forever; now its idle claim heals the stage."""
+    q = workers.queue()
+    spec = two_stage_grid("heal-cli")
+    q.enqueue(spec)
+    while (job := q.claim("w", 60, stages_filter=["a"])) is not None:
+        q.complete(job.lease, {"value": 1})
+    with q.db.write() as conn:
+        conn.execute(sa.text("UPDATE jobs SET status = 'blocked', resolved_params = NULL WHERE stage = 'b'"))
+    state = tmp_path / "worker-state"
+    proc = run_cli(
+        "work", "--wait", "--poll", "0.2", "--no-tracking", "--db", db_url, "--state", str(state), timeout=180
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert status_of_stage(q, "b") == ["done"]
+    assert not violations(q.db, spec)
+
+
+def status_of_stage(q, stage: str) -> list[str]:
+    with q.db.read() as conn:
+        return list(conn.execute(sa.text("SELECT status FROM jobs WHERE stage = :s"), {"s": stage}).scalars())
