@@ -233,8 +233,17 @@ _SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindpa
 # only makes them wait for each other.
 _SETTLE_LOCK_CLASS = 727312
 _LOCK_SWEEP = sa.text(f"SELECT pg_advisory_xact_lock({_SETTLE_LOCK_CLASS}, hashtext(:p_sweep))")
-_LOCK_SWEEP_OF_JOB = sa.text(
-    f"SELECT pg_advisory_xact_lock({_SETTLE_LOCK_CLASS}, hashtext(sweep)) FROM jobs WHERE id = :p_job"
+
+# `complete` takes the lock inside its UPDATE, saving a round trip on the hottest write: the lock is
+# an uncorrelated subquery of the WHERE clause (an InitPlan), which PostgreSQL runs before it scans
+# for, let alone locks, the job's row. The UPDATE re-checks the row as committed (READ COMMITTED),
+# and the settle's reads that follow take their snapshots after the lock is held.
+_lock_of = jobs.alias("lock_of")
+_COMPLETE_LOCKED = _COMPLETE.where(
+    sa.select(sa.func.count(sa.func.pg_advisory_xact_lock(_SETTLE_LOCK_CLASS, sa.func.hashtext(_lock_of.c.sweep))))
+    .where(_lock_of.c.id == sa.bindparam("p_job"))
+    .scalar_subquery()
+    >= 0
 )
 
 # Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
@@ -634,10 +643,10 @@ class Queue:
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn() -> None:
             with self.db.write() as conn:
-                if conn.dialect.name == "postgresql" and self._settle_lock:
-                    conn.execute(_LOCK_SWEEP_OF_JOB, {"p_job": lease.job_id})  # see _lock_sweeps
+                locked = conn.dialect.name == "postgresql" and self._settle_lock  # see _lock_sweeps
                 row = conn.execute(
-                    _COMPLETE, {"p_job": lease.job_id, "p_token": lease.token, "p_result": result}
+                    _COMPLETE_LOCKED if locked else _COMPLETE,
+                    {"p_job": lease.job_id, "p_token": lease.token, "p_result": result},
                 ).first()
                 if row is None:
                     raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; its result is not recorded")
