@@ -234,18 +234,6 @@ _SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindpa
 _SETTLE_LOCK_CLASS = 727312
 _LOCK_SWEEP = sa.text(f"SELECT pg_advisory_xact_lock({_SETTLE_LOCK_CLASS}, hashtext(:p_sweep))")
 
-# `complete` takes the lock inside its UPDATE, saving a round trip on the hottest write: the lock is
-# an uncorrelated subquery of the WHERE clause (an InitPlan), which PostgreSQL runs before it scans
-# for, let alone locks, the job's row. The UPDATE re-checks the row as committed (READ COMMITTED),
-# and the settle's reads that follow take their snapshots after the lock is held.
-_lock_of = jobs.alias("lock_of")
-_COMPLETE_LOCKED = _COMPLETE.where(
-    sa.select(sa.func.count(sa.func.pg_advisory_xact_lock(_SETTLE_LOCK_CLASS, sa.func.hashtext(_lock_of.c.sweep))))
-    .where(_lock_of.c.id == sa.bindparam("p_job"))
-    .scalar_subquery()
-    >= 0
-)
-
 # Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
 # `max_failures: 20` waited about 15 days.
 MAX_RETRY_BACKOFF_S = 600.0
@@ -277,7 +265,7 @@ class Queue:
         # settle lock costs and prevents. Never turn it off elsewhere.
         self._settle_lock = _settle_lock
         # Test hook for tests/races/: called with a point name between a transaction's read and
-        # its write ("enqueue-read", "settle-read", "cancel-read", "retry-read", "reap-read",
+        # its write ("enqueue-read", "settle-read", "cancel-read", "retry-read", "reap-read", "complete-wrote",
         # "fail-read"), so that a test can run a competing transaction exactly there.
         self.race_hook: Callable[[str], None] = _no_hook
         self._stage_cache: dict[str, tuple[float | None, dict[str, StageSpec]]] = {}
@@ -537,10 +525,17 @@ class Queue:
         """Take the settle lock of each sweep (PostgreSQL), in name order so two never deadlock.
 
         Every transaction that moves a job to a terminal state, or otherwise can unblock a stage,
-        takes it before it writes or reads job states, and holds it to its commit. Without it, two
-        workers completing the last two upstream jobs each saw the other's job still running at
-        READ COMMITTED, and neither unblocked the stage (write skew). Claims never take it. On
-        SQLite, BEGIN IMMEDIATE already serializes every writer.
+        takes it before it reads other jobs' states to settle, and holds it to its commit. Without
+        it, two workers completing the last two upstream jobs each saw the other's job still
+        running at READ COMMITTED, and neither unblocked the stage (write skew). Claims never take
+        it; `complete` takes it only at the end of a stage (see `_settle`). On SQLite, BEGIN
+        IMMEDIATE already serializes every writer.
+
+        Lock order: the admin commands, enqueue, fail/release and the reaper take it before any
+        row lock. `complete` has written its own row when it asks for it; the one cycle that
+        leaves, a cancel or reaper holding the lock and waiting for that very running row, is
+        rare, and PostgreSQL breaks it within deadlock_timeout: the retried transaction then finds
+        the job's new state.
         """
         if conn.dialect.name != "postgresql" or not self._settle_lock:
             return
@@ -643,9 +638,8 @@ class Queue:
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn() -> None:
             with self.db.write() as conn:
-                locked = conn.dialect.name == "postgresql" and self._settle_lock  # see _lock_sweeps
                 row = conn.execute(
-                    _COMPLETE_LOCKED if locked else _COMPLETE,
+                    _COMPLETE,
                     {"p_job": lease.job_id, "p_token": lease.token, "p_result": result},
                 ).first()
                 if row is None:
@@ -653,7 +647,9 @@ class Queue:
                 self._event(
                     conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
                 )
-                self._settle(conn, row.sweep, {row.stage})
+                self.race_hook("complete-wrote")
+                # Not locked yet: the settle takes the lock only near the end of a stage (see there).
+                self._settle(conn, row.sweep, {row.stage}, locked=False)
 
         self._write(txn, "complete a job")
 
@@ -770,13 +766,34 @@ class Queue:
         self._stage_cache[sweep] = (version, specs)
         return specs
 
-    def _settle(self, conn: Connection, sweep: str, changed: set[str]) -> None:
+    def _settle(self, conn: Connection, sweep: str, changed: set[str], *, locked: bool = True) -> None:
+        """Unblock (or fail) the blocked jobs of stages that need `changed`, once all upstream is terminal.
+
+        `locked=False` (complete, the hot path): the caller wrote its own job's row but does not
+        hold the settle lock. While some upstream job is active and *not* being written by another
+        transaction, there is nothing to settle, and sharing that job's row lock to our commit
+        proves it: its own status change waits for our commit and its settle then sees our job
+        finished. Only when every active upstream job is in flight (the end of a stage, where the
+        write skew was) is the settle lock taken. So most completes never take it.
+        """
         specs = self._stage_specs(conn, sweep)
         for dep in specs.values():
             if not (set(dep.needs) & changed) and dep.name not in changed:
                 continue
             if not dep.needs:
                 continue
+            if not locked and conn.dialect.name == "postgresql" and self._settle_lock:
+                quiet_active = conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
+                    .limit(1)
+                    .with_for_update(read=True, skip_locked=True)
+                ).first()
+                if quiet_active is not None:
+                    self.race_hook("settle-read")
+                    continue
+                self._lock_sweeps(conn, [sweep])
+                locked = True
             blocked = conn.execute(
                 sa.select(jobs.c.id, jobs.c.params)
                 .where(jobs.c.sweep == sweep, jobs.c.stage == dep.name, jobs.c.status == "blocked")

@@ -51,15 +51,16 @@ def test_barrier_release_of_two_completes_never_strands_the_stage(workers):
     assert stuck == 0 and not problems, f"{stuck} of {ROUNDS} rounds stuck: {problems[:5]}"
 
 
-def _forced_round(qa, qb, watch, i: int, prefix: str) -> list[str]:
-    """A completes job 1 and parks right after reading the upstream states; B completes job 2."""
+def _forced_round(qa, qb, watch, i: int, prefix: str, park: str = "settle-read") -> list[str]:
+    """A completes job 1 and parks at `park` (after reading the upstream states, or right after
+    writing its own row, holding it); B completes job 2 meanwhile."""
     spec = two_stage_grid(f"{prefix}-{i}")
     qa.enqueue(spec)
     ja, jb = _claim_both(qa, qb, spec.name)
     b_read = threading.Event()
     comp = Competitor(lambda: qb.complete(jb.lease, {"value": jb.params["value"]}), at_point=b_read)
     qb.race_hook = mark_at("settle-read", b_read)
-    qa.race_hook = park_at("settle-read", lambda: let_competitor_run(comp, watch))
+    qa.race_hook = park_at(park, lambda: let_competitor_run(comp, watch))
     qa.complete(ja.lease, {"value": ja.params["value"]})
     comp.join()
     qa.race_hook = qb.race_hook = lambda name: None
@@ -75,6 +76,16 @@ def test_forced_interleaving_of_two_settles_never_strands_the_stage(workers, wat
     problems: list[str] = []
     for i in range(ROUNDS):
         problems += [f"round {i}: {v}" for v in _forced_round(qa, qb, watch, i, "forced")]
+    assert not problems, problems[:5]
+
+
+def test_two_completes_both_in_flight_settle_one_after_the_other(workers, watch):
+    """A parks holding its freshly written row: B finds no upstream job it can share-lock and
+    takes the settle lock; then A does too. The last of the two to hold it unblocks b."""
+    qa, qb = workers.queue(), workers.queue()
+    problems: list[str] = []
+    for i in range(ROUNDS // 2):
+        problems += [f"round {i}: {v}" for v in _forced_round(qa, qb, watch, i, "inflight", park="complete-wrote")]
     assert not problems, problems[:5]
 
 
