@@ -76,9 +76,10 @@ def test_dependent_stage_unblocks_by_itself_when_nothing_is_enqueued_again(
         cache_dir=chaos_cache,
         log=lines.append,
         waves=False,
-        noop_jobs=30,
+        noop_jobs=20,
         dependents=4,
         max_faults=16,
+        max_s=480.0,  # one wave of 20 jobs, on a loaded 2-core machine
     )
     with pg.restored(url) if backend == "postgres" else contextlib.nullcontext():
         report = run_chaos(cfg, clean_runs)
