@@ -11,7 +11,8 @@ the same code built with `Queue(..., _settle_lock=False)`, i.e. the settle of th
 The machine is shared and loaded: the two variants are interleaved, rep by rep and worker count
 by worker count, the one going first alternating, so that load hits both alike. Throughput is
 (jobs - 1) / (last finish - first finish) from the database; the figure per case is the median
-over reps, the ratio is locked / unlocked.
+over reps, `ratio` is locked / unlocked of those medians, and `median_pair_ratio` the median of
+each rep's back-to-back locked / unlocked ratio.
 """
 
 from __future__ import annotations
@@ -106,20 +107,39 @@ def main() -> None:
                 case = {"rep": rep, **run_case(n, args.jobs, locked)}
                 print(json.dumps(case), flush=True)
                 cases.append(case)
+        write_report(cases, args.jobs, args.workers)  # after every rep: an interrupted run keeps its data
+
+
+def write_report(cases: list[dict], jobs: int, workers: list[int]) -> None:
     table = []
-    for n in args.workers:
+    for n in workers:
         med = {
             locked: statistics.median(c["jobs_per_s"] for c in cases if c["workers"] == n and c["locked"] == locked)
             for locked in (False, True)
+            if any(c["workers"] == n and c["locked"] == locked for c in cases)
         }
-        table.append(
-            {"workers": n, "unlocked": med[False], "locked": med[True], "ratio": round(med[True] / med[False], 3)}
-        )
+        # Each rep ran the two variants back to back: their ratio is the least load-sensitive figure.
+        pairs = {}
+        for c in cases:
+            if c["workers"] == n:
+                pairs.setdefault(c["rep"], {})[c["locked"]] = c["jobs_per_s"]
+        pair_ratios = [p[True] / p[False] for p in pairs.values() if len(p) == 2]
+        if len(med) == 2:
+            table.append(
+                {
+                    "workers": n,
+                    "unlocked": med[False],
+                    "locked": med[True],
+                    "ratio": round(med[True] / med[False], 3),
+                    "pair_ratios": [round(r, 3) for r in pair_ratios],
+                    "median_pair_ratio": round(statistics.median(pair_ratios), 3),
+                }
+            )
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "shared, loaded 2-core machine; locked/unlocked interleaved per rep and worker count",
-        "jobs": args.jobs,
-        "reps": args.reps,
+        "jobs": jobs,
+        "reps": len({c["rep"] for c in cases}),
         "table": table,
         "cases": cases,
     }
