@@ -117,10 +117,12 @@ def test_corrupted_newest_snapshot_is_skipped_with_a_warning(tmp_path):
     assert "warning" in stderr and newest.name in stderr and "previous" in stderr
     assert previous.name[:30] in status["mirror"]["notes"][0]
 
-    # A writing session on a new machine continues from the previous snapshot as well.
-    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"))
+    # A writing session on a new machine waits for the snapshot the lease names to heal (as a slow
+    # upload would), then continues from the previous one, and keeps the damaged file.
+    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"), SWEEPER_SNAPSHOT_SYNC_WAIT_S="1")
     assert done.returncode == 0 and "added 2 new job(s)" in done.stdout, done.stderr
-    assert newest.name in done.stderr
+    assert newest.name in done.stderr and "waiting for queue snapshot" in done.stderr
+    assert "still fails its sha256 check" in done.stderr and newest.exists()
 
 
 def test_no_intact_snapshot_refuses_to_start_from_an_empty_queue(tmp_path):

@@ -123,14 +123,16 @@ def test_cli_refuses_second_session_and_takes_over_after_expiry(tmp_path):
     env = {"SWEEPER_MIRROR_DIR": str(tmp_path / "vm1")}
     done = run_cli("enqueue", str(grid), "--state", str(state), "--mirror", "on", **env)
     assert done.returncode == 0, done.stderr
-    _foreign_holder(state / "queue.lease", expires_in=2.0)
+    _foreign_holder(state / "queue.lease", expires_in=15.0)  # outlasts the start of `work` on a loaded machine
+    expires_at = json.loads((state / "queue.lease").read_text())["expires_at"]
 
     refused = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
+    assert time.time() < expires_at, "the machine was too slow for this test to mean anything"
     assert refused.returncode == 4, refused.stderr
     assert "colab-vm-7" in refused.stderr and "pid 4242" in refused.stderr and "until" in refused.stderr
     assert "PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
 
-    time.sleep(2.1)
+    time.sleep(max(0.0, expires_at - time.time()) + 0.1)
     ran = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
     assert ran.returncode == 0, ran.stderr
     assert "queue is empty" in ran.stderr
