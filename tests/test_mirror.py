@@ -348,10 +348,12 @@ def test_colab_notebook_is_a_valid_notebook_with_every_step():
             # Python once the IPython shell lines (! and %) are left out.
             compile("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("!", "%"))), "cell", "exec")
             code.append(text)
-    steps = ["drive.mount(", "%pip install", "sweeper enqueue", "sweeper work", "sweeper status"]
+    steps = ["drive.mount(", "%pip install", "!sweeper work --wait", "!sweeper status", "mlflow"]
     positions = [next(i for i, text in enumerate(code) if step in text) for step in steps]
     assert positions == sorted(positions), "the steps are out of order"
     assert "/content/drive/MyDrive/sweeps/" in "".join(code)
+    # Nothing to edit before "Run all": no placeholder, no worker settings that beat the defaults.
+    assert "<owner>" not in "".join(code) and "--workers" not in "".join(code)
 
 
 def test_mlflow_store_is_pushed_at_most_every_interval_but_always_at_exit(tmp_path, monkeypatch):
