@@ -211,8 +211,9 @@ class StateLease:
                     f"the state in {self.path.parent} is in use by {current.describe(now)}",
                     hint=(
                         "one session at a time may work on SQLite state kept on a network mount. "
-                        "Wait for it to finish (or for its lease to expire), or pass --take-over if you are "
-                        "sure it is gone (its Colab runtime was disconnected). To run several machines at "
+                        "Wait for it to finish or for its lease to run out (`sweeper work --wait` waits by "
+                        "itself, as enqueue, retry and cancel do without --no-wait), or pass --take-over if you "
+                        "are sure it is gone (its Colab runtime was disconnected). To run several machines at "
                         "once, use a PostgreSQL queue: --db postgresql://user@host:5432/dbname"
                     ),
                     holder=current,
