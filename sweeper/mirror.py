@@ -465,6 +465,7 @@ class MirroredState:
         self.lost = False
         self.exclusive = False
         self.tag = ""  # the session whose lease covers this command's pushes (its own or the one it shares)
+        self.started = False  # a command refused (or interrupted while waiting) pushes nothing at close
         self.access: Access = "read"
         self._push_lock = threading.Lock()
         self._temp: list[Path] = []
@@ -497,6 +498,7 @@ class MirroredState:
                     wait.pause(exc.holder, what="continues" if access == "work" else f"runs `sweeper {command}`")
             if wait is not None:
                 wait.done(f"the state lease is free: session {self.lease.me.session} took it")
+        self.started = True
         urls = {"db_url": self.queue.url}
         if len(self.dbs) > 1:
             urls["tracking_uri"] = self.dbs[1].url
@@ -752,7 +754,7 @@ class MirroredState:
         try:
             if self.snapshotter is not None:
                 self.snapshotter.stop()
-            if self.access != "read" and not self.lost:
+            if self.started and self.access != "read" and not self.lost:
                 try:
                     self.push(force=True)
                 except StateLocked as exc:
