@@ -345,6 +345,12 @@ def work(
         spec = load_spec(grid)
     settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
     session = _state_session(settings)
+    if session.mirrored and store == "db":
+        raise UsageError(
+            "--store db keeps checkpoints inside the queue database, which in mirrored mode reaches the "
+            "state directory only with each snapshot",
+            hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
+        )
     if spec is not None:
         from .queue import Queue
 
@@ -354,12 +360,6 @@ def work(
         finally:
             database.dispose()
         _print_diff(diff, settings, listing=False)
-    if session.mirrored and store == "db":
-        raise UsageError(
-            "--store db keeps checkpoints inside the queue database, which in mirrored mode reaches the "
-            "state directory only with each snapshot",
-            hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
-        )
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
