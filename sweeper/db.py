@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -25,6 +26,8 @@ from .config import mask_password
 from .errors import DatabaseUnavailable, SchemaMismatch, UsageError
 
 SCHEMA_VERSION = 1
+
+T = TypeVar("T")
 
 metadata = sa.MetaData()
 
@@ -330,7 +333,7 @@ class Database:
             with conn.begin():
                 yield conn
 
-    def retrying(self, fn: Callable[[], object], what: str) -> object:
+    def retrying(self, fn: Callable[[], T], what: str) -> T:
         """Run fn, retrying transient errors with exponential backoff up to the outage limit."""
         delay = self.outage.first_delay_s
         deadline = None

@@ -79,11 +79,6 @@ class SnapshotNotSynced(StateLocked):
     """The snapshot the last session's lease names has not reached this machine yet."""
 
 
-# Writes that do not change any job's state: they wait for the periodic snapshot.
-ROUTINE_WRITES = frozenset(
-    {"renew a lease", "heartbeat", "register the worker", "unregister the worker", "record the tracking run"}
-)
-
 Access = Literal["read", "write", "work"]
 Log = Callable[[str], None]
 
@@ -856,16 +851,9 @@ class Snapshotter(threading.Thread):
         self.state = state
         self.every_s = every_s
         self.min_gap_s = min_gap_s
-        self._urgent = threading.Event()
         self._halt = threading.Event()
         self.pushes = 0
         self.failures = 0
-
-    def request(self, what: str) -> None:
-        """For Queue.after_write of a queue in this process: snapshot now rather than at the next
-        poll (which finds the writes of every process within POLL_S). Microseconds on the caller."""
-        if what not in ROUTINE_WRITES:
-            self._urgent.set()
 
     def run(self) -> None:
         lower_thread_priority()
@@ -879,10 +867,7 @@ class Snapshotter(threading.Thread):
         warned = False
         try:
             while not self._halt.is_set():
-                if self._urgent.wait(self.POLL_S):
-                    self._urgent.clear()
-                    pending = True
-                if self._halt.is_set():
+                if self._halt.wait(self.POLL_S):
                     return
                 now = time.monotonic()
                 if self.state.exclusive and now >= next_renew:
@@ -922,7 +907,6 @@ class Snapshotter(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self._urgent.set()
         if self.is_alive():
             self.join(timeout=60)
 

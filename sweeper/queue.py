@@ -27,7 +27,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -110,8 +110,27 @@ class StoredBlob:
     attempt: int | None = None
 
 
+T = TypeVar("T")
+
+
 def _now() -> float:
     return time.time()
+
+
+def _owned(job_id: Any, token: Any) -> sa.ColumnElement[bool]:
+    """The lease-ownership predicate: the job is running under this token (values or bind parameters)."""
+    return sa.and_(jobs.c.id == job_id, jobs.c.lease_token == token, jobs.c.status == "running")
+
+
+# What every end of a lease writes (complete, fail, release, the reaper, cancel): no owner, no token.
+LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
+
+
+def lease_lost(lease: Lease, consequence: str) -> LeaseLost:
+    """The one LeaseLost message: whose lease, why it can be gone, and what was not done."""
+    return LeaseLost(
+        f"job {lease.job_id}: this worker's lease is gone (the job was taken over, cancelled or expired); {consequence}"
+    )
 
 
 # The hot path (claim, complete, heartbeat) runs prebuilt statements: building a SQLAlchemy
@@ -168,9 +187,7 @@ def _claim_statement(with_stages: bool, with_sweep: bool) -> sa.Update:
 
 _INSERT_EVENT = events.insert()
 
-_OWNED = sa.and_(
-    jobs.c.id == sa.bindparam("p_job"), jobs.c.lease_token == sa.bindparam("p_token"), jobs.c.status == "running"
-)
+_OWNED = _owned(sa.bindparam("p_job"), sa.bindparam("p_token"))
 
 _COMPLETE = (
     jobs.update()
@@ -181,10 +198,8 @@ _COMPLETE = (
         finished_at=db_now(),
         updated_at=db_now(),
         progress=1.0,
-        lease_token=None,
-        lease_owner=None,
-        lease_expires_at=None,
         error=None,
+        **LEASE_CLEARED,
     )
     .returning(jobs.c.sweep, jobs.c.stage)
 )
@@ -269,14 +284,24 @@ class Queue:
         # "fail-read"), so that a test can run a competing transaction exactly there.
         self.race_hook: Callable[[str], None] = _no_hook
         self._stage_cache: dict[str, tuple[float | None, dict[str, StageSpec]]] = {}
-        # Called after every committed write with what it was (mirrored mode snapshots on it).
-        self.after_write: Callable[[str], None] | None = None
 
-    def _write(self, txn: Callable[[], Any], what: str) -> Any:
-        result = self.db.retrying(txn, what)
-        if self.after_write is not None:
-            self.after_write(what)
-        return result
+    def _in_write(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one write transaction, retried through an outage (`what` names it in errors)."""
+
+        def txn() -> T:
+            with self.db.write() as conn:
+                return fn(conn)
+
+        return self.db.retrying(txn, what)
+
+    def _in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one read transaction, retried through an outage like the writes are."""
+
+        def txn() -> T:
+            with self.db.read() as conn:
+                return fn(conn)
+
+        return self.db.retrying(txn, what)
 
     # -----------------------------------------------------------------------------------------
     # Enqueue
@@ -310,62 +335,61 @@ class Queue:
     def enqueue(self, spec: SweepSpec) -> EnqueueDiff:
         """Add the jobs of `spec` that are not in the queue yet; apply edited priorities. Idempotent."""
 
-        def txn() -> EnqueueDiff:
-            with self.db.write() as conn:
-                # Before the diff: a second enqueue of the same grid waits here, then sees the
-                # first one's jobs as unchanged instead of inserting them again.
-                self._lock_sweeps(conn, [spec.name])
-                diff = self._diff(conn, spec)
-                self.race_hook("enqueue-read")
-                self._upsert_sweep(conn, spec)
-                now = _now()
-                if diff.new:
-                    base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.position), -1))).scalar_one() + 1
-                    needs = {s.name: bool(s.needs) for s in spec.stages}
+        def txn(conn: Connection) -> EnqueueDiff:
+            # Before the diff: a second enqueue of the same grid waits here, then sees the
+            # first one's jobs as unchanged instead of inserting them again.
+            self._lock_sweeps(conn, [spec.name])
+            diff = self._diff(conn, spec)
+            self.race_hook("enqueue-read")
+            self._upsert_sweep(conn, spec)
+            now = _now()
+            if diff.new:
+                base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.position), -1))).scalar_one() + 1
+                needs = {s.name: bool(s.needs) for s in spec.stages}
+                conn.execute(
+                    jobs.insert(),
+                    [
+                        {
+                            "id": j.id,
+                            "sweep": j.sweep,
+                            "stage": j.stage,
+                            "kind": j.kind,
+                            "label": j.label,
+                            "params": j.params,
+                            "resolved_params": None if needs[j.stage] else j.params,
+                            "status": "blocked" if needs[j.stage] else "pending",
+                            "priority": j.priority,
+                            "position": base + i,
+                            "max_failures": j.max_failures,
+                            "max_interruptions": j.max_interruptions,
+                            "attempt": 0,
+                            "failures": 0,
+                            "interruptions": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for i, j in enumerate(diff.new)
+                    ],
+                )
+                conn.execute(
+                    events.insert(),
+                    [{"job_id": j.id, "ts": now, "type": "enqueued", "detail": j.label} for j in diff.new],
+                )
+            by_priority: dict[int, list[str]] = {}
+            for job, _ in diff.reprioritized:
+                by_priority.setdefault(job.priority, []).append(job.id)
+            for priority, ids in by_priority.items():  # a statement per 500 jobs, not one per job
+                for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
                     conn.execute(
-                        jobs.insert(),
-                        [
-                            {
-                                "id": j.id,
-                                "sweep": j.sweep,
-                                "stage": j.stage,
-                                "kind": j.kind,
-                                "label": j.label,
-                                "params": j.params,
-                                "resolved_params": None if needs[j.stage] else j.params,
-                                "status": "blocked" if needs[j.stage] else "pending",
-                                "priority": j.priority,
-                                "position": base + i,
-                                "max_failures": j.max_failures,
-                                "max_interruptions": j.max_interruptions,
-                                "attempt": 0,
-                                "failures": 0,
-                                "interruptions": 0,
-                                "created_at": now,
-                                "updated_at": now,
-                            }
-                            for i, j in enumerate(diff.new)
-                        ],
+                        jobs.update()
+                        .where(jobs.c.id.in_(ids[start : start + 500]), jobs.c.status.in_(WAITING))
+                        .values(priority=priority, updated_at=now)
                     )
-                    conn.execute(
-                        events.insert(),
-                        [{"job_id": j.id, "ts": now, "type": "enqueued", "detail": j.label} for j in diff.new],
-                    )
-                by_priority: dict[int, list[str]] = {}
-                for job, _ in diff.reprioritized:
-                    by_priority.setdefault(job.priority, []).append(job.id)
-                for priority, ids in by_priority.items():  # a statement per 500 jobs, not one per job
-                    for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
-                        conn.execute(
-                            jobs.update()
-                            .where(jobs.c.id.in_(ids[start : start + 500]), jobs.c.status.in_(WAITING))
-                            .values(priority=priority, updated_at=now)
-                        )
-                # A stage added to an already finished sweep can start at once.
-                self._settle(conn, spec.name, {s.name for s in spec.stages})
-                return diff
+            # A stage added to an already finished sweep can start at once.
+            self._settle(conn, spec.name, {s.name for s in spec.stages})
+            return diff
 
-        return self._write(txn, "enqueue")  # type: ignore[return-value]
+        return self._in_write("enqueue", txn)
 
     def _upsert_sweep(self, conn: Connection, spec: SweepSpec) -> None:
         now = _now()
@@ -398,63 +422,61 @@ class Queue:
     ) -> ClaimedJob | None:
         """Take the next runnable job (priority, then FIFO) and lease it to `worker_id`."""
 
-        def txn() -> ClaimedJob | None:
-            with self.db.write() as conn:
-                if time.monotonic() - self._last_reap >= self.reap_every_s:
-                    self._reap_expired(conn)
-                    self._last_reap = time.monotonic()
-                token = secrets.token_hex(16)
-                params: dict[str, Any] = {"p_worker": worker_id, "p_token": token, "p_ttl": float(ttl_s)}
-                if stages_filter:
-                    params["p_stages"] = list(stages_filter)
-                if sweep:
-                    params["p_sweep"] = sweep
-                statement = _claim_statement(bool(stages_filter), bool(sweep))
-                row = conn.execute(statement, params).first()
-                if row is None and time.monotonic() - self._last_heal >= self.reap_every_s:
-                    # Nothing to claim: the moment to look for a stage stuck blocked (see _heal).
-                    self._last_heal = time.monotonic()
-                    if self._heal(conn):
-                        row = conn.execute(statement, params).first()
-                if row is None:
-                    return None
-                conn.execute(
-                    _INSERT_EVENT,
-                    {
-                        "job_id": row.id,
-                        "ts": _now(),
-                        "type": "claimed",
-                        "worker": worker_id,
-                        "attempt": row.attempt,
-                        "detail": None,
-                    },
-                )
-                return ClaimedJob(
-                    id=row.id,
-                    sweep=row.sweep,
-                    stage=row.stage,
-                    kind=row.kind,
-                    label=row.label,
-                    params=row.resolved_params if row.resolved_params is not None else row.params,
-                    attempt=row.attempt,
-                    failures=row.failures,
-                    interruptions=row.interruptions,
-                    tracking_run_id=row.tracking_run_id,
-                    lease=Lease(row.id, token, worker_id, row.attempt),
-                )
+        def txn(conn: Connection) -> ClaimedJob | None:
+            if time.monotonic() - self._last_reap >= self.reap_every_s:
+                self._reap_expired(conn)
+                self._last_reap = time.monotonic()
+            token = secrets.token_hex(16)
+            params: dict[str, Any] = {"p_worker": worker_id, "p_token": token, "p_ttl": float(ttl_s)}
+            if stages_filter:
+                params["p_stages"] = list(stages_filter)
+            if sweep:
+                params["p_sweep"] = sweep
+            statement = _claim_statement(bool(stages_filter), bool(sweep))
+            row = conn.execute(statement, params).first()
+            if row is None and time.monotonic() - self._last_heal >= self.reap_every_s:
+                # Nothing to claim: the moment to look for a stage stuck blocked (see _heal).
+                self._last_heal = time.monotonic()
+                if self._heal(conn):
+                    row = conn.execute(statement, params).first()
+            if row is None:
+                return None
+            conn.execute(
+                _INSERT_EVENT,
+                {
+                    "job_id": row.id,
+                    "ts": _now(),
+                    "type": "claimed",
+                    "worker": worker_id,
+                    "attempt": row.attempt,
+                    "detail": None,
+                },
+            )
+            return ClaimedJob(
+                id=row.id,
+                sweep=row.sweep,
+                stage=row.stage,
+                kind=row.kind,
+                label=row.label,
+                params=row.resolved_params if row.resolved_params is not None else row.params,
+                attempt=row.attempt,
+                failures=row.failures,
+                interruptions=row.interruptions,
+                tracking_run_id=row.tracking_run_id,
+                lease=Lease(row.id, token, worker_id, row.attempt),
+            )
 
-        return self._write(txn, "claim a job")  # type: ignore[return-value]
+        return self._in_write("claim a job", txn)
 
     def reap_expired(self) -> int:
         """Make jobs whose lease expired claimable again (or failed, past their interruption limit)."""
 
-        def txn() -> int:
-            with self.db.write() as conn:
-                reaped = self._reap_expired(conn)
-                self._heal(conn)
-                return reaped
+        def txn(conn: Connection) -> int:
+            reaped = self._reap_expired(conn)
+            self._heal(conn)
+            return reaped
 
-        return self._write(txn, "reap expired leases")  # type: ignore[return-value]
+        return self._in_write("reap expired leases", txn)
 
     def _reap_expired(self, conn: Connection) -> int:
         # A plain read (no row locks yet): a lease past its interruption limit ends the job, which
@@ -485,23 +507,14 @@ class Queue:
             values: dict[str, Any] = {
                 "status": "failed" if exhausted else "pending",
                 "interruptions": jobs.c.interruptions + 1,
-                "lease_owner": None,
-                "lease_token": None,
-                "lease_expires_at": None,
                 "updated_at": db_now(),
+                **LEASE_CLEARED,
             }
             if exhausted:
                 values["error"] = f"interrupted {r.interruptions + 1} times (limit {r.max_interruptions})"
                 values["finished_at"] = db_now()
             done = conn.execute(
-                jobs.update()
-                .where(
-                    jobs.c.id == r.id,
-                    jobs.c.lease_token == r.lease_token,
-                    jobs.c.status == "running",
-                    jobs.c.lease_expires_at < db_now(),
-                )
-                .values(**values)
+                jobs.update().where(_owned(r.id, r.lease_token), jobs.c.lease_expires_at < db_now()).values(**values)
             ).rowcount
             if not done:
                 continue
@@ -571,7 +584,7 @@ class Queue:
         """Update the job only while `lease` still owns it; otherwise raise LeaseLost."""
         row = conn.execute(
             jobs.update()
-            .where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running")
+            .where(_owned(lease.job_id, lease.token))
             .values(updated_at=db_now(), **values)
             .returning(
                 jobs.c.sweep,
@@ -583,105 +596,89 @@ class Queue:
             )
         ).first()
         if row is None:
-            raise LeaseLost(
-                f"job {lease.job_id}: this worker's lease is gone (the job was taken over, "
-                "cancelled or expired); dropping it"
-            )
+            raise lease_lost(lease, "dropping it")
         return row
 
     def renew(self, lease: Lease, ttl_s: float, progress: float | None = None, message: str | None = None) -> None:
         """Heartbeat: push the lease expiry forward and publish progress. Raises LeaseLost."""
 
-        def txn() -> None:
-            with self.db.write() as conn:
-                owned = conn.execute(
-                    _RENEW,
-                    {
-                        "p_job": lease.job_id,
-                        "p_token": lease.token,
-                        "p_ttl": float(ttl_s),
-                        "p_progress": progress,
-                        "p_message": message,
-                    },
-                ).first()
-                if owned is None:
-                    raise LeaseLost(
-                        f"job {lease.job_id}: this worker's lease is gone (taken over, cancelled or "
-                        "expired); dropping it"
-                    )
-                conn.execute(_WORKER_BEAT, {"p_worker": lease.worker_id, "p_now": _now(), "p_current": lease.job_id})
+        def txn(conn: Connection) -> None:
+            owned = conn.execute(
+                _RENEW,
+                {
+                    "p_job": lease.job_id,
+                    "p_token": lease.token,
+                    "p_ttl": float(ttl_s),
+                    "p_progress": progress,
+                    "p_message": message,
+                },
+            ).first()
+            if owned is None:
+                raise lease_lost(lease, "dropping it")
+            conn.execute(_WORKER_BEAT, {"p_worker": lease.worker_id, "p_now": _now(), "p_current": lease.job_id})
 
-        self._write(txn, "renew a lease")
+        self._in_write("renew a lease", txn)
 
     def verify_lease(self, lease: Lease) -> None:
         """Raise LeaseLost unless `lease` still owns its job (a read, for a fenced side effect)."""
 
-        def txn() -> None:
-            with self.db.read() as conn:
-                found = conn.execute(
-                    sa.select(jobs.c.id).where(
-                        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
-                    )
-                ).first()
-            if found is None:
-                raise LeaseLost(f"job {lease.job_id}: lease is gone")
+        def txn(conn: Connection) -> None:
+            if conn.execute(sa.select(jobs.c.id).where(_owned(lease.job_id, lease.token))).first() is None:
+                raise lease_lost(lease, "not going on")
 
-        self.db.retrying(txn, "verify a lease")
+        self._in_read("verify a lease", txn)
 
     def set_tracking_run(self, lease: Lease, run_id: str) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                self._fenced(conn, lease, tracking_run_id=run_id)
+        def txn(conn: Connection) -> None:
+            self._fenced(conn, lease, tracking_run_id=run_id)
 
-        self._write(txn, "record the tracking run")
+        self._in_write("record the tracking run", txn)
 
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                row = conn.execute(
-                    _COMPLETE,
-                    {"p_job": lease.job_id, "p_token": lease.token, "p_result": result},
-                ).first()
-                if row is None:
-                    raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; its result is not recorded")
-                self._event(
-                    conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
-                )
-                self.race_hook("complete-wrote")
-                # Not locked yet: the settle takes the lock only near the end of a stage (see there).
-                self._settle(conn, row.sweep, {row.stage}, locked=False)
+        def txn(conn: Connection) -> None:
+            row = conn.execute(
+                _COMPLETE,
+                {"p_job": lease.job_id, "p_token": lease.token, "p_result": result},
+            ).first()
+            if row is None:
+                raise lease_lost(lease, "its result is not recorded")
+            self._event(
+                conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
+            )
+            self.race_hook("complete-wrote")
+            # Not locked yet: the settle takes the lock only near the end of a stage (see there).
+            self._settle(conn, row.sweep, {row.stage}, locked=False)
 
-        self._write(txn, "complete a job")
+        self._in_write("complete a job", txn)
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> str:
         """Count a failure. Returns the new status: 'pending' (retry after backoff) or 'failed'."""
 
-        def txn() -> str:
-            with self.db.write() as conn:
-                row = self._owned(conn, lease, jobs.c.sweep, jobs.c.failures, jobs.c.max_failures)
-                self.race_hook("fail-read")
-                failures = row.failures + 1
-                summary = error_summary(error)
-                if retry and failures < row.max_failures:
-                    delay = self.retry_delay(failures)
-                    detail = f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {summary}"
-                    return self._end_attempt(
-                        conn,
-                        lease,
-                        "pending",
-                        "retried",
-                        detail,
-                        failures=failures,
-                        error=error,
-                        not_before=db_now() + delay,
-                    )
-                why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
-                self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
+        def txn(conn: Connection) -> str:
+            row = self._owned_row(conn, lease, jobs.c.sweep, jobs.c.failures, jobs.c.max_failures)
+            self.race_hook("fail-read")
+            failures = row.failures + 1
+            summary = error_summary(error)
+            if retry and failures < row.max_failures:
+                delay = self.retry_delay(failures)
+                detail = f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {summary}"
                 return self._end_attempt(
-                    conn, lease, "failed", "failed", f"{why}: {summary}", failures=failures, error=error
+                    conn,
+                    lease,
+                    "pending",
+                    "retried",
+                    detail,
+                    failures=failures,
+                    error=error,
+                    not_before=db_now() + delay,
                 )
+            why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
+            self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
+            return self._end_attempt(
+                conn, lease, "failed", "failed", f"{why}: {summary}", failures=failures, error=error
+            )
 
-        return self._write(txn, "record a failure")  # type: ignore[return-value]
+        return self._in_write("record a failure", txn)
 
     def retry_delay(self, failures: int) -> float:
         """Seconds before a job may run again after its `failures`-th failure: doubling, capped, jittered."""
@@ -691,38 +688,31 @@ class Queue:
     def release(self, lease: Lease, reason: str) -> str:
         """Give the job back without counting a failure (SIGTERM, Ctrl-C). Counts an interruption."""
 
-        def txn() -> str:
-            with self.db.write() as conn:
-                row = self._owned(conn, lease, jobs.c.sweep, jobs.c.interruptions, jobs.c.max_interruptions)
-                interruptions = row.interruptions + 1
-                if interruptions > row.max_interruptions:
-                    self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
-                    error = f"interrupted {interruptions} times (limit {row.max_interruptions}); last: {reason}"
-                    return self._end_attempt(
-                        conn, lease, "failed", "released", reason, interruptions=interruptions, error=error
-                    )
-                return self._end_attempt(conn, lease, "pending", "released", reason, interruptions=interruptions)
+        def txn(conn: Connection) -> str:
+            row = self._owned_row(conn, lease, jobs.c.sweep, jobs.c.interruptions, jobs.c.max_interruptions)
+            interruptions = row.interruptions + 1
+            if interruptions > row.max_interruptions:
+                self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
+                error = f"interrupted {interruptions} times (limit {row.max_interruptions}); last: {reason}"
+                return self._end_attempt(
+                    conn, lease, "failed", "released", reason, interruptions=interruptions, error=error
+                )
+            return self._end_attempt(conn, lease, "pending", "released", reason, interruptions=interruptions)
 
-        return self._write(txn, "release a job")  # type: ignore[return-value]
+        return self._in_write("release a job", txn)
 
-    def _owned(self, conn: Connection, lease: Lease, *columns: sa.Column) -> sa.Row:
+    def _owned_row(self, conn: Connection, lease: Lease, *columns: sa.Column) -> sa.Row:
         """The job's row while `lease` still owns it; otherwise LeaseLost."""
-        row = conn.execute(
-            sa.select(*columns).where(
-                jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == "running"
-            )
-        ).first()
+        row = conn.execute(sa.select(*columns).where(_owned(lease.job_id, lease.token))).first()
         if row is None:
-            raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; nothing recorded")
+            raise lease_lost(lease, "nothing recorded")
         return row
 
     def _end_attempt(self, conn: Connection, lease: Lease, status: str, event: str, detail: str, **values: Any) -> str:
         """Close the lease with `status` (pending again, or failed), record why, settle dependents."""
         if status == "failed":
             values["finished_at"] = db_now()
-        r = self._fenced(
-            conn, lease, status=status, lease_token=None, lease_owner=None, lease_expires_at=None, **values
-        )
+        r = self._fenced(conn, lease, status=status, **LEASE_CLEARED, **values)
         self._event(conn, lease.job_id, event, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
         if status == "failed":
             self._settle(conn, r.sweep, {r.stage})
@@ -744,11 +734,10 @@ class Queue:
         )
 
     def record_event(self, lease: Lease, type_: str, detail: str) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                self._event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
+        def txn(conn: Connection) -> None:
+            self._event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
 
-        self._write(txn, "record an event")
+        self._in_write("record an event", txn)
 
     # -----------------------------------------------------------------------------------------
     # Dependencies: blocked jobs become pending (or fail) once everything upstream has finished.
@@ -899,58 +888,56 @@ class Queue:
     ) -> tuple[int, list[str]]:
         """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
 
-        def txn() -> tuple[int, list[str]]:
-            with self.db.write() as conn:
-                self._fenced(conn, lease)
-                seq = (
-                    conn.execute(
-                        sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
-                            checkpoints.c.job_id == lease.job_id
-                        )
-                    ).scalar_one()
-                    + 1
-                )
+        def txn(conn: Connection) -> tuple[int, list[str]]:
+            self._fenced(conn, lease)
+            seq = (
                 conn.execute(
-                    checkpoints.insert().values(
-                        job_id=lease.job_id,
-                        seq=seq,
-                        sha256=sha256,
-                        size=size,
-                        location=location,
-                        blob=blob,
-                        attempt=lease.attempt,
-                        created_at=_now(),
+                    sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
+                        checkpoints.c.job_id == lease.job_id
                     )
-                )
-                old = conn.execute(
-                    sa.select(checkpoints.c.id, checkpoints.c.location)
-                    .where(checkpoints.c.job_id == lease.job_id)
-                    .order_by(checkpoints.c.seq.desc())
-                    .offset(keep)
-                ).all()
-                if old:
-                    conn.execute(checkpoints.delete().where(checkpoints.c.id.in_([o.id for o in old])))
-                self._event(
-                    conn,
-                    lease.job_id,
-                    "checkpointed",
-                    worker=lease.worker_id,
+                ).scalar_one()
+                + 1
+            )
+            conn.execute(
+                checkpoints.insert().values(
+                    job_id=lease.job_id,
+                    seq=seq,
+                    sha256=sha256,
+                    size=size,
+                    location=location,
+                    blob=blob,
                     attempt=lease.attempt,
-                    detail=f"seq {seq}, {size} bytes",
+                    created_at=_now(),
                 )
-                return seq, [o.location for o in old if o.location]
+            )
+            old = conn.execute(
+                sa.select(checkpoints.c.id, checkpoints.c.location)
+                .where(checkpoints.c.job_id == lease.job_id)
+                .order_by(checkpoints.c.seq.desc())
+                .offset(keep)
+            ).all()
+            if old:
+                conn.execute(checkpoints.delete().where(checkpoints.c.id.in_([o.id for o in old])))
+            self._event(
+                conn,
+                lease.job_id,
+                "checkpointed",
+                worker=lease.worker_id,
+                attempt=lease.attempt,
+                detail=f"seq {seq}, {size} bytes",
+            )
+            return seq, [o.location for o in old if o.location]
 
-        return self._write(txn, "record a checkpoint")  # type: ignore[return-value]
+        return self._in_write("record a checkpoint", txn)
 
     # Reads a job makes through its context (restore, fetch_artifact) ride out an outage like the
     # writes do: a database restart while a job restores must not count as the job's failure.
 
     def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
-        def txn() -> list[sa.Row]:
-            with self.db.read() as conn:
-                return conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
+        def txn(conn: Connection) -> Sequence[sa.Row]:
+            return conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
 
-        rows: list[sa.Row] = self.db.retrying(txn, "list checkpoints")  # type: ignore[assignment]
+        rows = self._in_read("list checkpoints", txn)
         return [
             StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows
         ]
@@ -958,121 +945,114 @@ class Queue:
     def read_blob(self, table: str, row_id: int) -> bytes | None:
         t = checkpoints if table == "checkpoints" else artifacts
 
-        def txn() -> bytes | None:
-            with self.db.read() as conn:
-                return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
+        def txn(conn: Connection) -> bytes | None:
+            return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
 
-        return self.db.retrying(txn, f"read stored {table}")  # type: ignore[return-value]
+        return self._in_read(f"read stored {table}", txn)
 
     def record_artifact(
         self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
     ) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                self._fenced(conn, lease)
-                conn.execute(artifacts.delete().where(artifacts.c.job_id == lease.job_id, artifacts.c.name == name))
-                conn.execute(
-                    artifacts.insert().values(
-                        job_id=lease.job_id,
-                        name=name,
-                        sha256=sha256,
-                        size=size,
-                        location=location,
-                        blob=blob,
-                        created_at=_now(),
-                    )
+        def txn(conn: Connection) -> None:
+            self._fenced(conn, lease)
+            conn.execute(artifacts.delete().where(artifacts.c.job_id == lease.job_id, artifacts.c.name == name))
+            conn.execute(
+                artifacts.insert().values(
+                    job_id=lease.job_id,
+                    name=name,
+                    sha256=sha256,
+                    size=size,
+                    location=location,
+                    blob=blob,
+                    created_at=_now(),
                 )
+            )
 
-        self._write(txn, "record an artifact")
+        self._in_write("record an artifact", txn)
 
     def list_artifacts(self, job_ids: Iterable[str]) -> list[StoredBlob]:
         ids = list(job_ids)
         if not ids:
             return []
 
-        def txn() -> list[sa.Row]:
-            with self.db.read() as conn:
-                return conn.execute(
-                    sa.select(
-                        artifacts.c.id,
-                        artifacts.c.job_id,
-                        artifacts.c.name,
-                        artifacts.c.sha256,
-                        artifacts.c.size,
-                        artifacts.c.location,
-                        artifacts.c.created_at,
-                    )
-                    .where(artifacts.c.job_id.in_(ids))
-                    .order_by(artifacts.c.job_id, artifacts.c.name)
-                ).all()
+        def txn(conn: Connection) -> Sequence[sa.Row]:
+            return conn.execute(
+                sa.select(
+                    artifacts.c.id,
+                    artifacts.c.job_id,
+                    artifacts.c.name,
+                    artifacts.c.sha256,
+                    artifacts.c.size,
+                    artifacts.c.location,
+                    artifacts.c.created_at,
+                )
+                .where(artifacts.c.job_id.in_(ids))
+                .order_by(artifacts.c.job_id, artifacts.c.name)
+            ).all()
 
-        rows: list[sa.Row] = self.db.retrying(txn, "list artifacts")  # type: ignore[assignment]
+        rows = self._in_read("list artifacts", txn)
         return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
 
     # -----------------------------------------------------------------------------------------
     # Workers
 
     def register_worker(self, worker_id: str, host: str, pid: int, threads: int | None) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                now = _now()
-                conn.execute(workers.delete().where(workers.c.id == worker_id))
-                conn.execute(
-                    workers.insert().values(
-                        id=worker_id,
-                        host=host,
-                        pid=pid,
-                        threads=threads,
-                        status="running",
-                        started_at=now,
-                        last_heartbeat=now,
-                    )
+        def txn(conn: Connection) -> None:
+            now = _now()
+            conn.execute(workers.delete().where(workers.c.id == worker_id))
+            conn.execute(
+                workers.insert().values(
+                    id=worker_id,
+                    host=host,
+                    pid=pid,
+                    threads=threads,
+                    status="running",
+                    started_at=now,
+                    last_heartbeat=now,
                 )
+            )
 
-        self._write(txn, "register the worker")
+        self._in_write("register the worker", txn)
 
     def worker_heartbeat(self, worker_id: str) -> None:
         """An idle worker's heartbeat: alive, and running nothing."""
 
-        def txn() -> None:
-            with self.db.write() as conn:
-                conn.execute(_WORKER_BEAT, {"p_worker": worker_id, "p_now": _now(), "p_current": None})
+        def txn(conn: Connection) -> None:
+            conn.execute(_WORKER_BEAT, {"p_worker": worker_id, "p_now": _now(), "p_current": None})
 
-        self._write(txn, "heartbeat")
+        self._in_write("heartbeat", txn)
 
     def stop_worker(self, worker_id: str) -> None:
-        def txn() -> None:
-            with self.db.write() as conn:
-                conn.execute(
-                    workers.update()
-                    .where(workers.c.id == worker_id)
-                    .values(status="stopped", current_job=None, last_heartbeat=_now())
-                )
+        def txn(conn: Connection) -> None:
+            conn.execute(
+                workers.update()
+                .where(workers.c.id == worker_id)
+                .values(status="stopped", current_job=None, last_heartbeat=_now())
+            )
 
-        self._write(txn, "unregister the worker")
+        self._in_write("unregister the worker", txn)
 
     # -----------------------------------------------------------------------------------------
     # What is left
 
     def summary(self, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None) -> WorkSummary:
-        def txn() -> WorkSummary:
-            with self.db.read() as conn:
-                cond = []
-                if stages_filter:
-                    cond.append(jobs.c.stage.in_(list(stages_filter)))
-                if sweep:
-                    cond.append(jobs.c.sweep == sweep)
-                now = conn.execute(sa.select(db_now())).scalar_one()
-                rows = conn.execute(
-                    sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
-                    .where(jobs.c.status.in_(ACTIVE), *cond)
-                    .group_by(jobs.c.status)
-                ).all()
-                later = conn.execute(
-                    sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
-                        jobs.c.status == "pending", jobs.c.not_before > now, *cond
-                    )
-                ).first()
+        def txn(conn: Connection) -> WorkSummary:
+            cond = []
+            if stages_filter:
+                cond.append(jobs.c.stage.in_(list(stages_filter)))
+            if sweep:
+                cond.append(jobs.c.sweep == sweep)
+            now = conn.execute(sa.select(db_now())).scalar_one()
+            rows = conn.execute(
+                sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
+                .where(jobs.c.status.in_(ACTIVE), *cond)
+                .group_by(jobs.c.status)
+            ).all()
+            later = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
+                    jobs.c.status == "pending", jobs.c.not_before > now, *cond
+                )
+            ).first()
             counts = {r[0]: r[1] for r in rows}
             pending_later = later[0] if later else 0
             next_in = max(0.0, later[1] - now) if later and later[1] is not None else None
@@ -1084,7 +1064,7 @@ class Queue:
                 blocked=counts.get("blocked", 0),
             )
 
-        return self.db.retrying(txn, "read the queue")  # type: ignore[return-value]
+        return self._in_read("read the queue", txn)
 
     # -----------------------------------------------------------------------------------------
     # Admin: retry and cancel
@@ -1140,43 +1120,42 @@ class Queue:
         """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
         statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
 
-        def txn() -> list[str]:
-            with self.db.write() as conn:
-                picked = self._select_ids(conn, ids, statuses, stage, sweep)
-                self.race_hook("retry-read")
-                touched: dict[str, set[str]] = {}
-                retried: list[str] = []
-                for job_id in picked:
-                    row = conn.execute(
-                        sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params).where(jobs.c.id == job_id)
-                    ).one()
-                    # A dependent job whose hand-off never resolved waits for its upstream again.
-                    status = "blocked" if row.resolved_params is None else "pending"
-                    # The status guard: a job that is no longer failed/cancelled (another retry
-                    # made it pending and a worker claimed it) must not be reset under its worker.
-                    changed = conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job_id, jobs.c.status.in_(statuses))
-                        .values(
-                            status=status,
-                            failures=0,
-                            interruptions=0,
-                            not_before=None,
-                            finished_at=None,
-                            updated_at=db_now(),
-                        )
-                    ).rowcount
-                    if not changed:
-                        continue
-                    retried.append(job_id)
-                    self._event(conn, job_id, "retried", detail="by user")
-                    touched.setdefault(row.sweep, set()).add(row.stage)
-                for sweep_name, names in touched.items():
-                    for name in names:
-                        self._settle_stage(conn, sweep_name, name)
-                return retried
+        def txn(conn: Connection) -> list[str]:
+            picked = self._select_ids(conn, ids, statuses, stage, sweep)
+            self.race_hook("retry-read")
+            touched: dict[str, set[str]] = {}
+            retried: list[str] = []
+            for job_id in picked:
+                row = conn.execute(
+                    sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params).where(jobs.c.id == job_id)
+                ).one()
+                # A dependent job whose hand-off never resolved waits for its upstream again.
+                status = "blocked" if row.resolved_params is None else "pending"
+                # The status guard: a job that is no longer failed/cancelled (another retry
+                # made it pending and a worker claimed it) must not be reset under its worker.
+                changed = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status.in_(statuses))
+                    .values(
+                        status=status,
+                        failures=0,
+                        interruptions=0,
+                        not_before=None,
+                        finished_at=None,
+                        updated_at=db_now(),
+                    )
+                ).rowcount
+                if not changed:
+                    continue
+                retried.append(job_id)
+                self._event(conn, job_id, "retried", detail="by user")
+                touched.setdefault(row.sweep, set()).add(row.stage)
+            for sweep_name, names in touched.items():
+                for name in names:
+                    self._settle_stage(conn, sweep_name, name)
+            return retried
 
-        return self._write(txn, "retry jobs")  # type: ignore[return-value]
+        return self._in_write("retry jobs", txn)
 
     def _settle_stage(self, conn: Connection, sweep: str, stage: str) -> None:
         specs = self._stage_specs(conn, sweep)
@@ -1187,39 +1166,36 @@ class Queue:
     def cancel(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None) -> list[str]:
         """Cancel jobs that have not finished. A running job's worker loses its lease and drops it."""
 
-        def txn() -> list[str]:
-            with self.db.write() as conn:
-                picked = self._select_ids(conn, ids, ACTIVE, stage, sweep)
-                self.race_hook("cancel-read")
-                touched: dict[str, set[str]] = {}
-                cancelled: list[str] = []
-                for job_id in picked:
-                    # The status guard: a job that finished since the read keeps its result (its
-                    # dependents may already have used it); PostgreSQL re-checks it on the row as
-                    # committed, after waiting for a running job's `complete`.
-                    row = conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
-                        .values(
-                            status="cancelled",
-                            lease_token=None,
-                            lease_owner=None,
-                            lease_expires_at=None,
-                            finished_at=db_now(),
-                            updated_at=db_now(),
-                        )
-                        .returning(jobs.c.sweep, jobs.c.stage)
-                    ).first()
-                    if row is None:
-                        continue
-                    cancelled.append(job_id)
-                    self._event(conn, job_id, "cancelled", detail="by user")
-                    touched.setdefault(row.sweep, set()).add(row.stage)
-                for sweep_name, names in touched.items():
-                    self._settle(conn, sweep_name, names)
-                return cancelled
+        def txn(conn: Connection) -> list[str]:
+            picked = self._select_ids(conn, ids, ACTIVE, stage, sweep)
+            self.race_hook("cancel-read")
+            touched: dict[str, set[str]] = {}
+            cancelled: list[str] = []
+            for job_id in picked:
+                # The status guard: a job that finished since the read keeps its result (its
+                # dependents may already have used it); PostgreSQL re-checks it on the row as
+                # committed, after waiting for a running job's `complete`.
+                row = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
+                    .values(
+                        status="cancelled",
+                        finished_at=db_now(),
+                        updated_at=db_now(),
+                        **LEASE_CLEARED,
+                    )
+                    .returning(jobs.c.sweep, jobs.c.stage)
+                ).first()
+                if row is None:
+                    continue
+                cancelled.append(job_id)
+                self._event(conn, job_id, "cancelled", detail="by user")
+                touched.setdefault(row.sweep, set()).add(row.stage)
+            for sweep_name, names in touched.items():
+                self._settle(conn, sweep_name, names)
+            return cancelled
 
-        return self._write(txn, "cancel jobs")  # type: ignore[return-value]
+        return self._in_write("cancel jobs", txn)
 
 
 def _status_counts(rows: Sequence[sa.Row]) -> str:

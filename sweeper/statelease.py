@@ -128,6 +128,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+def _no_hook(point: str) -> None:
+    """The default race hook: nothing."""
+
+
 class StateLease:
     """The lease file `path` on the shared directory, guarded on this machine by `lock_path`."""
 
@@ -140,7 +144,6 @@ class StateLease:
         duration_s: float = DEFAULT_LEASE_S,
         clock: Callable[[], float] = time.time,
         settle_s: float | None = None,
-        after_write: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.duration_s = duration_s
@@ -148,7 +151,9 @@ class StateLease:
         # How long acquire waits before reading its write back: longer than the gap between another
         # session's read and its write, short enough not to slow every command (1 s at the default).
         self.settle_s = min(1.0, duration_s / 180.0) if settle_s is None else settle_s
-        self.after_write = after_write  # tests: a hook between the write and the read-back
+        # Test hook, as Queue.race_hook: called with "acquire-wrote" between acquire's write and
+        # its read-back, so that a test can make another session write the lease exactly there.
+        self.race_hook: Callable[[str], None] = _no_hook
         self.predecessor: Holder | None = None  # the lease as found by the last acquire, released or not
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(lock_path), timeout=60)
@@ -225,8 +230,7 @@ class StateLease:
                 self.me, started_at=now, expires_at=now + self.duration_s, released=False, snapshots=inherited
             )
             self._write(self.me)
-            if self.after_write is not None:
-                self.after_write()
+            self.race_hook("acquire-wrote")
             if self.settle_s > 0:
                 time.sleep(self.settle_s)
             back = self.read()

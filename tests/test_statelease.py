@@ -144,9 +144,18 @@ def test_acquire_reads_its_write_back_and_backs_off_when_another_session_wrote_l
     """Two machines that both saw the lease free both write it; the one whose write was replaced
     must not go on (before the read-back, both did: split brain)."""
     other = _lease(tmp_path, settle_s=0.0)
-    mine = _lease(tmp_path, settle_s=0.0, after_write=lambda: other._write(other.me))
+    mine = _lease(tmp_path, settle_s=0.0)
+    hit: list[str] = []
+
+    def other_writes_now(point: str) -> None:  # between mine's write and its read-back
+        if point == "acquire-wrote":
+            hit.append(point)
+            other._write(other.me)
+
+    mine.race_hook = other_writes_now
     with pytest.raises(StateLocked, match="at the same moment") as info:
         mine.acquire()
+    assert hit == ["acquire-wrote"]
     assert not mine.held and other.me.session in str(info.value)
     assert json.loads(mine.path.read_text())["session"] == other.me.session  # the later write stands
 
