@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import handoff
+from .config import mask_password
 from .db import (
     ACTIVE,
     TERMINAL,
@@ -541,6 +542,7 @@ class Queue:
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> str:
         """Count a failure. Returns the new status: 'pending' (retry after backoff) or 'failed'."""
+        error = mask_password(error)  # a traceback may quote a connection URL; the queue may be shared
 
         def txn() -> str:
             with self.db.write() as conn:
