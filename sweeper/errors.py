@@ -106,3 +106,7 @@ class StateLocked(SweeperError):
 
 class CheckpointError(SweeperError):
     """A checkpoint or artifact could not be written, read or verified."""
+
+
+class UnsafePath(CheckpointError):
+    """A name or stored location from the queue that would lead outside the state directory."""

@@ -743,21 +743,31 @@ class Queue:
     # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
 
     def record_checkpoint(
-        self, lease: Lease, *, sha256: str, size: int, location: str | None, blob: bytes | None, keep: int = 2
+        self,
+        lease: Lease,
+        *,
+        sha256: str,
+        size: int,
+        location: str | None,
+        blob: bytes | None,
+        keep: int = 2,
+        at_least: int = 1,
     ) -> tuple[int, list[str]]:
-        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
+        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
+
+        seq is one more than the job's newest, and at least `at_least` (the store names files
+        by seq, and may have seen newer files than the database knows: see checkpoints.py).
+        """
 
         def txn() -> tuple[int, list[str]]:
             with self.db.write() as conn:
                 self._fenced(conn, lease)
-                seq = (
-                    conn.execute(
-                        sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
-                            checkpoints.c.job_id == lease.job_id
-                        )
-                    ).scalar_one()
-                    + 1
-                )
+                newest = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
+                        checkpoints.c.job_id == lease.job_id
+                    )
+                ).scalar_one()
+                seq = max(newest + 1, at_least)
                 conn.execute(
                     checkpoints.insert().values(
                         job_id=lease.job_id,

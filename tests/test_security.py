@@ -322,3 +322,28 @@ def test_mask_password_hides_every_form_of_password(text: str, masked: str) -> N
     from sweeper.config import mask_password
 
     assert mask_password(text) == masked
+
+
+def test_a_queue_row_naming_a_path_outside_the_state_directory_cannot_make_a_worker_write_there(
+    tmp_path: Path,
+) -> None:
+    """Anyone who can write the shared queue can rename a sweep; the worker must not follow it out."""
+    state = tmp_path / "state"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("sweep: s\nstages:\n  a: {kind: noop, params: {steps: 3}}\n")
+    assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
+    escape = "../../escaped"
+    conn = sqlite3.connect(state / "queue.db")
+    try:
+        for table, column in (("sweeps", "name"), ("stages", "sweep"), ("jobs", "sweep")):
+            conn.execute(f"update {table} set {column} = ?", (escape,))
+        conn.commit()
+    finally:
+        conn.close()
+    before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(state)}
+    proc = run_cli("work", "--state", str(state), "--no-tracking", *WORK)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    job = _jobs(state / "queue.db")["a"]
+    assert job["status"] == "failed" and job["failures"] == 1  # not retried: it cannot get better
+    assert "sweep name '../../escaped' holds a path separator" in job["error"]
+    assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(state)} == before
