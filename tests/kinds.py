@@ -17,3 +17,8 @@ def leak(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     import os
 
     raise RuntimeError(f"could not connect to {os.environ['LEAK_URL']}")
+
+
+def metrics(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Returns `params['metrics']` as its result: a sweep whose metric names a test chooses."""
+    return dict(params["metrics"])
