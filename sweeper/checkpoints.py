@@ -204,7 +204,7 @@ class CheckpointStore:
         # one the database assigns, unless the lease is lost, when the record is refused anyway.
         next_seq = self._next_seq(sweep, lease.job_id)
         if self.mode == "files":
-            path = self.job_dir(sweep, lease.job_id) / f"seq-{next_seq:010d}.{digest}{SUFFIX}"
+            path = self.job_dir(sweep, lease.job_id) / f"seq-{next_seq:09d}.{digest}{SUFFIX}"
             atomic_write(path, data)
             location = str(path.relative_to(self.root).as_posix())
         else:
@@ -329,7 +329,8 @@ def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
         if len(parts) != 3 or not path.name.endswith(SUFFIX) or len(parts[1]) != 64:
             continue
         head = parts[0]
-        if head.startswith("seq-") and head[4:].isdigit() and len(head) <= 14:
+        # At most 9 digits: a seq goes into a 32-bit INTEGER column on PostgreSQL.
+        if head.startswith("seq-") and head[4:].isdigit() and len(head) <= 4 + 9:
             found.append((path, parts[1], int(head[4:])))
         elif head.isdigit():
             found.append((path, parts[1], None))
