@@ -69,6 +69,7 @@ TakeOverOpt = Annotated[
     ),
 ]
 
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
