@@ -26,13 +26,19 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .db import artifacts as artifact_rows
+from .db import checkpoints as checkpoint_rows
 from .errors import CheckpointError, LeaseLost, UnsafePath
-from .queue import Lease, Queue
+from .queue import Lease, Queue, add_event
 from .statepaths import check_name, check_sha256, inside, stored, under
 
 FILE_MODE = 0o644
@@ -158,6 +164,149 @@ def decode(data: bytes, what: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The rows: what the database knows of each checkpoint and artifact. Writes go through the job's
+# lease (Queue.in_lease), so a zombie records nothing; reads ride out an outage like the writes do:
+# a database restart while a job restores must not count as the job's failure.
+
+
+@dataclass
+class StoredBlob:
+    """A checkpoint or artifact row (without its bytes unless asked)."""
+
+    id: int
+    job_id: str
+    name: str
+    sha256: str
+    size: int
+    location: str | None
+    created_at: float
+    attempt: int | None = None
+
+
+_LIST_CHECKPOINTS = (
+    sa.select(
+        checkpoint_rows.c.id,
+        checkpoint_rows.c.job_id,
+        checkpoint_rows.c.seq,
+        checkpoint_rows.c.sha256,
+        checkpoint_rows.c.size,
+        checkpoint_rows.c.location,
+        checkpoint_rows.c.created_at,
+        checkpoint_rows.c.attempt,
+    )
+    .where(checkpoint_rows.c.job_id == sa.bindparam("p_job"))
+    .order_by(checkpoint_rows.c.seq.desc())
+)
+
+
+def record_checkpoint(
+    queue: Queue,
+    lease: Lease,
+    *,
+    sha256: str,
+    size: int,
+    location: str | None,
+    blob: bytes | None,
+    keep: int = 2,
+    at_least: int = 1,
+) -> tuple[int, list[str]]:
+    """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
+
+    seq is one more than the job's newest, and at least `at_least` (the store names files
+    by seq, and may have seen newer files than the database knows: see the module docstring).
+    """
+    t = checkpoint_rows
+
+    def txn(conn: Connection) -> tuple[int, list[str]]:
+        newest = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(t.c.seq), 0)).where(t.c.job_id == lease.job_id)
+        ).scalar_one()
+        seq = max(newest + 1, at_least)
+        conn.execute(
+            t.insert().values(
+                job_id=lease.job_id,
+                seq=seq,
+                sha256=sha256,
+                size=size,
+                location=location,
+                blob=blob,
+                attempt=lease.attempt,
+                created_at=time.time(),
+            )
+        )
+        old = conn.execute(
+            sa.select(t.c.id, t.c.location).where(t.c.job_id == lease.job_id).order_by(t.c.seq.desc()).offset(keep)
+        ).all()
+        if old:
+            conn.execute(t.delete().where(t.c.id.in_([o.id for o in old])))
+        add_event(
+            conn,
+            lease.job_id,
+            "checkpointed",
+            worker=lease.worker_id,
+            attempt=lease.attempt,
+            detail=f"seq {seq}, {size} bytes",
+        )
+        return seq, [o.location for o in old if o.location]
+
+    return queue.in_lease(lease, "record a checkpoint", txn)
+
+
+def list_checkpoints(queue: Queue, job_id: str) -> list[StoredBlob]:
+    """The job's checkpoint rows, newest (highest seq) first; `name` is the seq."""
+    rows = queue.in_read("list checkpoints", lambda conn: conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all())
+    return [StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows]
+
+
+def read_blob(queue: Queue, table: sa.Table, row_id: int) -> bytes | None:
+    """The bytes stored in the database for row `row_id` of `table` (checkpoint_rows or artifact_rows)."""
+    return queue.in_read(
+        f"read stored {table.name}",
+        lambda conn: conn.execute(sa.select(table.c.blob).where(table.c.id == row_id)).scalar_one_or_none(),
+    )
+
+
+def record_artifact(
+    queue: Queue, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
+) -> None:
+    """Record (or replace) the job's artifact `name` under the lease."""
+    t = artifact_rows
+
+    def txn(conn: Connection) -> None:
+        conn.execute(t.delete().where(t.c.job_id == lease.job_id, t.c.name == name))
+        conn.execute(
+            t.insert().values(
+                job_id=lease.job_id,
+                name=name,
+                sha256=sha256,
+                size=size,
+                location=location,
+                blob=blob,
+                created_at=time.time(),
+            )
+        )
+
+    queue.in_lease(lease, "record an artifact", txn)
+
+
+def list_artifacts(queue: Queue, job_ids: Iterable[str]) -> list[StoredBlob]:
+    """The artifact rows of these jobs, by job and name."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    t = artifact_rows
+    rows = queue.in_read(
+        "list artifacts",
+        lambda conn: conn.execute(
+            sa.select(t.c.id, t.c.job_id, t.c.name, t.c.sha256, t.c.size, t.c.location, t.c.created_at)
+            .where(t.c.job_id.in_(ids))
+            .order_by(t.c.job_id, t.c.name)
+        ).all(),
+    )
+    return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -188,7 +337,7 @@ class CheckpointStore:
         return under(self.root, "checkpoints", sweep, job_id)
 
     def _next_seq(self, sweep: str, job_id: str) -> int:
-        known = [int(rec.name) for rec in self.queue.list_checkpoints(job_id)]
+        known = [int(rec.name) for rec in list_checkpoints(self.queue, job_id)]
         if self.mode == "files":
             known += [seq for _, _, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)) if seq is not None]
         return max(known, default=0) + 1
@@ -210,8 +359,15 @@ class CheckpointStore:
         else:
             blob = data
         try:
-            seq, pruned = self.queue.record_checkpoint(
-                lease, sha256=digest, size=len(data), location=location, blob=blob, keep=self.keep, at_least=next_seq
+            seq, pruned = record_checkpoint(
+                self.queue,
+                lease,
+                sha256=digest,
+                size=len(data),
+                location=location,
+                blob=blob,
+                keep=self.keep,
+                at_least=next_seq,
             )
         except LeaseLost:
             if path is not None:
@@ -240,7 +396,7 @@ class CheckpointStore:
         (written after the last database snapshot was taken) are considered too.
         """
         candidates: list[_Candidate] = []
-        for rec in self.queue.list_checkpoints(job_id):
+        for rec in list_checkpoints(self.queue, job_id):
             seq = int(rec.name)
             if rec.location:
                 try:
@@ -250,7 +406,7 @@ class CheckpointStore:
                     continue
                 read = _reader(path)
             else:
-                read = lambda rid=rec.id: self.queue.read_blob("checkpoints", rid)  # noqa: E731
+                read = lambda rid=rec.id: read_blob(self.queue, checkpoint_rows, rid)  # noqa: E731
             candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
         if scan:
             known = {c.sha256 for c in candidates}
@@ -371,7 +527,7 @@ class ArtifactStore:
         else:
             blob = data
         try:
-            self.queue.record_artifact(lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
+            record_artifact(self.queue, lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
         except BaseException:
             if staged is not None:
                 staged.unlink(missing_ok=True)
@@ -382,7 +538,7 @@ class ArtifactStore:
 
     def fetch(self, job_id: str, name: str, info: dict[str, Any] | None = None) -> Path:
         """A local, verified copy of an upstream job's artifact."""
-        rec = next((a for a in self.queue.list_artifacts([job_id]) if a.name == name), None)
+        rec = next((a for a in list_artifacts(self.queue, [job_id]) if a.name == name), None)
         if rec is None:
             raise CheckpointError(f"job {job_id} recorded no artifact named '{name}'")
         if info and info.get("sha256") and info["sha256"] != rec.sha256:
@@ -399,7 +555,7 @@ class ArtifactStore:
             cache = self.root / "cache" / "artifacts" / digest / check_name(name, f"artifact name of job {job_id}")
             path = inside(self.root, cache, f"the cached copy of artifact '{name}' of job {job_id}")
             if not path.exists() or sha256_file(path) != rec.sha256:
-                data = self.queue.read_blob("artifacts", rec.id)
+                data = read_blob(self.queue, artifact_rows, rec.id)
                 if data is None:
                     raise CheckpointError(f"artifact '{name}' of job {job_id} has no stored bytes")
                 atomic_write(path, data)

@@ -40,7 +40,6 @@ from .db import (
     WAITING,
     Database,
     artifacts,
-    checkpoints,
     db_now,
     events,
     jobs,
@@ -97,20 +96,6 @@ class WorkSummary:
     blocked: int
 
 
-@dataclass
-class StoredBlob:
-    """A checkpoint or artifact row (without its bytes unless asked)."""
-
-    id: int
-    job_id: str
-    name: str
-    sha256: str
-    size: int
-    location: str | None
-    created_at: float
-    attempt: int | None = None
-
-
 T = TypeVar("T")
 
 
@@ -125,6 +110,22 @@ def _owned(job_id: Any, token: Any) -> sa.ColumnElement[bool]:
 
 # What every end of a lease writes (complete, fail, release, the reaper, cancel): no owner, no token.
 LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
+
+
+def add_event(
+    conn: Connection,
+    job_id: str | None,
+    type_: str,
+    *,
+    worker: str | None = None,
+    attempt: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append to the job's history (`sweeper show`), in the caller's transaction."""
+    conn.execute(
+        _INSERT_EVENT,
+        {"job_id": job_id, "ts": _now(), "type": type_, "worker": worker, "attempt": attempt, "detail": detail},
+    )
 
 
 def lease_lost(lease: Lease, consequence: str) -> LeaseLost:
@@ -223,21 +224,6 @@ _WORKER_BEAT = (
     .values(last_heartbeat=sa.bindparam("p_now", type_=sa.Float), current_job=sa.bindparam("p_current"))
 )
 
-_LIST_CHECKPOINTS = (
-    sa.select(
-        checkpoints.c.id,
-        checkpoints.c.job_id,
-        checkpoints.c.seq,
-        checkpoints.c.sha256,
-        checkpoints.c.size,
-        checkpoints.c.location,
-        checkpoints.c.created_at,
-        checkpoints.c.attempt,
-    )
-    .where(checkpoints.c.job_id == sa.bindparam("p_job"))
-    .order_by(checkpoints.c.seq.desc())
-)
-
 _SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindparam("p_sweep"))
 
 # The settle lock: a transaction-scoped advisory lock per sweep (the two-int key space, apart from
@@ -295,7 +281,7 @@ class Queue:
 
         return self.db.retrying(txn, what)
 
-    def _in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
+    def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one read transaction, retried through an outage like the writes are."""
 
         def txn() -> T:
@@ -303,6 +289,17 @@ class Queue:
                 return fn(conn)
 
         return self.db.retrying(txn, what)
+
+    def in_lease(self, lease: Lease, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one write transaction while `lease` still owns its job: the fencing helper for
+        the rows a job writes beside its own (checkpoints, artifacts: see checkpoints.py). Raises
+        LeaseLost, and commits nothing fn wrote, once the job was taken over."""
+
+        def txn(conn: Connection) -> T:
+            self._fenced(conn, lease)
+            return fn(conn)
+
+        return self._in_write(what, txn)
 
     # -----------------------------------------------------------------------------------------
     # Enqueue
@@ -519,7 +516,7 @@ class Queue:
             ).rowcount
             if not done:
                 continue
-            self._event(
+            add_event(
                 conn,
                 r.id,
                 "lease_lost",
@@ -627,7 +624,7 @@ class Queue:
             if conn.execute(sa.select(jobs.c.id).where(_owned(lease.job_id, lease.token))).first() is None:
                 raise lease_lost(lease, "not going on")
 
-        self._in_read("verify a lease", txn)
+        self.in_read("verify a lease", txn)
 
     def set_tracking_run(self, lease: Lease, run_id: str) -> None:
         def txn(conn: Connection) -> None:
@@ -643,7 +640,7 @@ class Queue:
             ).first()
             if row is None:
                 raise lease_lost(lease, "its result is not recorded")
-            self._event(
+            add_event(
                 conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
             )
             self.race_hook("complete-wrote")
@@ -715,29 +712,14 @@ class Queue:
         if status == "failed":
             values["finished_at"] = db_now()
         r = self._fenced(conn, lease, status=status, **LEASE_CLEARED, **values)
-        self._event(conn, lease.job_id, event, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
+        add_event(conn, lease.job_id, event, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
         if status == "failed":
             self._settle(conn, r.sweep, {r.stage})
         return status
 
-    def _event(
-        self,
-        conn: Connection,
-        job_id: str | None,
-        type_: str,
-        *,
-        worker: str | None = None,
-        attempt: int | None = None,
-        detail: str | None = None,
-    ) -> None:
-        conn.execute(
-            _INSERT_EVENT,
-            {"job_id": job_id, "ts": _now(), "type": type_, "worker": worker, "attempt": attempt, "detail": detail},
-        )
-
     def record_event(self, lease: Lease, type_: str, detail: str) -> None:
         def txn(conn: Connection) -> None:
-            self._event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
+            add_event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
 
         self._in_write("record an event", txn)
 
@@ -842,7 +824,7 @@ class Queue:
                     .where(jobs.c.id == job.id, jobs.c.status == "blocked")
                     .values(status="pending", resolved_params=resolved, provenance=provenance, updated_at=db_now())
                 )
-                self._event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
+                add_event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
             if failed_any:
                 self._settle(conn, sweep, {dep.name})
 
@@ -852,7 +834,7 @@ class Queue:
             .where(jobs.c.id == job_id, jobs.c.status == "blocked")
             .values(status="failed", error=reason, finished_at=db_now(), updated_at=db_now())
         )
-        self._event(conn, job_id, "failed", detail=reason)
+        add_event(conn, job_id, "failed", detail=reason)
 
     def _outcomes(self, conn: Connection, rows: Sequence[sa.Row]) -> list[handoff.Outcome]:
         ids = [r.id for r in rows if r.status == "done"]
@@ -881,129 +863,6 @@ class Queue:
             )
             for r in rows
         ]
-
-    # -----------------------------------------------------------------------------------------
-    # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
-
-    def record_checkpoint(
-        self,
-        lease: Lease,
-        *,
-        sha256: str,
-        size: int,
-        location: str | None,
-        blob: bytes | None,
-        keep: int = 2,
-        at_least: int = 1,
-    ) -> tuple[int, list[str]]:
-        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
-
-        seq is one more than the job's newest, and at least `at_least` (the store names files
-        by seq, and may have seen newer files than the database knows: see checkpoints.py).
-        """
-
-        def txn(conn: Connection) -> tuple[int, list[str]]:
-            self._fenced(conn, lease)
-            newest = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
-                    checkpoints.c.job_id == lease.job_id
-                )
-            ).scalar_one()
-            seq = max(newest + 1, at_least)
-            conn.execute(
-                checkpoints.insert().values(
-                    job_id=lease.job_id,
-                    seq=seq,
-                    sha256=sha256,
-                    size=size,
-                    location=location,
-                    blob=blob,
-                    attempt=lease.attempt,
-                    created_at=_now(),
-                )
-            )
-            old = conn.execute(
-                sa.select(checkpoints.c.id, checkpoints.c.location)
-                .where(checkpoints.c.job_id == lease.job_id)
-                .order_by(checkpoints.c.seq.desc())
-                .offset(keep)
-            ).all()
-            if old:
-                conn.execute(checkpoints.delete().where(checkpoints.c.id.in_([o.id for o in old])))
-            self._event(
-                conn,
-                lease.job_id,
-                "checkpointed",
-                worker=lease.worker_id,
-                attempt=lease.attempt,
-                detail=f"seq {seq}, {size} bytes",
-            )
-            return seq, [o.location for o in old if o.location]
-
-        return self._in_write("record a checkpoint", txn)
-
-    # Reads a job makes through its context (restore, fetch_artifact) ride out an outage like the
-    # writes do: a database restart while a job restores must not count as the job's failure.
-
-    def list_checkpoints(self, job_id: str) -> list[StoredBlob]:
-        def txn(conn: Connection) -> Sequence[sa.Row]:
-            return conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all()
-
-        rows = self._in_read("list checkpoints", txn)
-        return [
-            StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows
-        ]
-
-    def read_blob(self, table: str, row_id: int) -> bytes | None:
-        t = checkpoints if table == "checkpoints" else artifacts
-
-        def txn(conn: Connection) -> bytes | None:
-            return conn.execute(sa.select(t.c.blob).where(t.c.id == row_id)).scalar_one_or_none()
-
-        return self._in_read(f"read stored {table}", txn)
-
-    def record_artifact(
-        self, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
-    ) -> None:
-        def txn(conn: Connection) -> None:
-            self._fenced(conn, lease)
-            conn.execute(artifacts.delete().where(artifacts.c.job_id == lease.job_id, artifacts.c.name == name))
-            conn.execute(
-                artifacts.insert().values(
-                    job_id=lease.job_id,
-                    name=name,
-                    sha256=sha256,
-                    size=size,
-                    location=location,
-                    blob=blob,
-                    created_at=_now(),
-                )
-            )
-
-        self._in_write("record an artifact", txn)
-
-    def list_artifacts(self, job_ids: Iterable[str]) -> list[StoredBlob]:
-        ids = list(job_ids)
-        if not ids:
-            return []
-
-        def txn(conn: Connection) -> Sequence[sa.Row]:
-            return conn.execute(
-                sa.select(
-                    artifacts.c.id,
-                    artifacts.c.job_id,
-                    artifacts.c.name,
-                    artifacts.c.sha256,
-                    artifacts.c.size,
-                    artifacts.c.location,
-                    artifacts.c.created_at,
-                )
-                .where(artifacts.c.job_id.in_(ids))
-                .order_by(artifacts.c.job_id, artifacts.c.name)
-            ).all()
-
-        rows = self._in_read("list artifacts", txn)
-        return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
 
     # -----------------------------------------------------------------------------------------
     # Workers
@@ -1076,7 +935,7 @@ class Queue:
                 blocked=counts.get("blocked", 0),
             )
 
-        return self._in_read("read the queue", txn)
+        return self.in_read("read the queue", txn)
 
     # -----------------------------------------------------------------------------------------
     # Admin: retry and cancel
@@ -1160,7 +1019,7 @@ class Queue:
                 if not changed:
                     continue
                 retried.append(job_id)
-                self._event(conn, job_id, "retried", detail="by user")
+                add_event(conn, job_id, "retried", detail="by user")
                 touched.setdefault(row.sweep, set()).add(row.stage)
             for sweep_name, names in touched.items():
                 for name in names:
@@ -1201,7 +1060,7 @@ class Queue:
                 if row is None:
                     continue
                 cancelled.append(job_id)
-                self._event(conn, job_id, "cancelled", detail="by user")
+                add_event(conn, job_id, "cancelled", detail="by user")
                 touched.setdefault(row.sweep, set()).add(row.stage)
             for sweep_name, names in touched.items():
                 self._settle(conn, sweep_name, names)
@@ -1226,4 +1085,4 @@ def _summary(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "StoredBlob", "WorkSummary"]
+__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "WorkSummary", "add_event"]

@@ -295,9 +295,11 @@ class SweepView:
 
     def artifact_names(self, job_id: str) -> list[str]:
         if self._artifacts is None:
+            from .checkpoints import list_artifacts
+
             queue, _ = self._queue_and_store()
             found: dict[str, list[str]] = {}
-            for rec in queue.list_artifacts([j.id for j in self._jobs]):
+            for rec in list_artifacts(queue, [j.id for j in self._jobs]):
                 found.setdefault(rec.job_id, []).append(rec.name)
             self._artifacts = found
         return list(self._artifacts.get(job_id, []))

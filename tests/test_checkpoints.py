@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.checkpoints import ArtifactStore, CheckpointStore, scan_checkpoint_dir
+from sweeper.checkpoints import (
+    ArtifactStore,
+    CheckpointStore,
+    list_artifacts,
+    list_checkpoints,
+    record_artifact,
+    record_checkpoint,
+    scan_checkpoint_dir,
+)
 from sweeper.db import open_database
 from sweeper.errors import CheckpointError, LeaseLost
 from sweeper.queue import Queue
@@ -45,7 +53,7 @@ def test_only_the_last_two_checkpoint_files_are_kept(claimed, state_dir):
     for step in range(5):
         store.save(job.lease, "s", {"step": step})
     assert len(scan_checkpoint_dir(store.job_dir("s", job.id))) == 2
-    assert len(queue.list_checkpoints(job.id)) == 2
+    assert len(list_checkpoints(queue, job.id)) == 2
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(claimed, state_dir):
@@ -66,7 +74,7 @@ def test_corrupted_blob_in_the_database_falls_back_too(claimed, state_dir):
     store = CheckpointStore(queue, state_dir, "db")
     store.save(job.lease, "s", {"step": 1})
     store.save(job.lease, "s", {"step": 2})
-    newest = queue.list_checkpoints(job.id)[0]
+    newest = list_checkpoints(queue, job.id)[0]
     with queue.db.write() as conn:
         from sweeper.db import checkpoints
 
@@ -88,8 +96,8 @@ def test_malicious_pickle_checkpoint_is_refused_and_does_not_run(claimed, state_
     import hashlib
 
     data = buf.getvalue()
-    queue.record_checkpoint(
-        job.lease, sha256=hashlib.sha256(data).hexdigest(), size=len(data), location=None, blob=data
+    record_checkpoint(
+        queue, job.lease, sha256=hashlib.sha256(data).hexdigest(), size=len(data), location=None, blob=data
     )
     with pytest.raises(CheckpointError, match="refused"):
         CheckpointStore(queue, state_dir, "db").restore("s", job.id)
@@ -124,7 +132,7 @@ def _record_raw(queue, job, data: bytes, location: str | None = None) -> None:
 
     blob = None if location else data
     digest = hashlib.sha256(data).hexdigest()
-    queue.record_checkpoint(job.lease, sha256=digest, size=len(data), location=location, blob=blob, keep=10)
+    record_checkpoint(queue, job.lease, sha256=digest, size=len(data), location=location, blob=blob, keep=10)
 
 
 @pytest.mark.parametrize("mode", ["files", "db"])
@@ -233,7 +241,7 @@ def test_an_artifact_name_that_is_not_a_plain_file_name_is_refused(claimed, stat
     for mode in ("files", "db"):
         with pytest.raises(UnsafePath):
             ArtifactStore(queue, state_dir, mode).put(job.lease, "s", src, name)
-    assert not (state_dir.parent / "escape.bin").exists() and queue.list_artifacts([job.id]) == []
+    assert not (state_dir.parent / "escape.bin").exists() and list_artifacts(queue, [job.id]) == []
 
 
 def test_an_artifact_row_pointing_outside_is_not_fetched(claimed, state_dir, tmp_path):
@@ -245,9 +253,9 @@ def test_an_artifact_row_pointing_outside_is_not_fetched(claimed, state_dir, tmp
     import hashlib
 
     digest = hashlib.sha256(b"not yours").hexdigest()
-    queue.record_artifact(job.lease, name="model.bin", sha256=digest, size=9, location=str(secret), blob=None)
+    record_artifact(queue, job.lease, name="model.bin", sha256=digest, size=9, location=str(secret), blob=None)
     with pytest.raises(UnsafePath, match="absolute"):
         ArtifactStore(queue, state_dir, "files").fetch(job.id, "model.bin")
-    queue.record_artifact(job.lease, name="m2", sha256="../../x", size=9, location=None, blob=b"not yours")
+    record_artifact(queue, job.lease, name="m2", sha256="../../x", size=9, location=None, blob=b"not yours")
     with pytest.raises(UnsafePath, match="malformed sha256"):
         ArtifactStore(queue, state_dir, "db").fetch(job.id, "m2")

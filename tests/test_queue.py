@@ -8,6 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from sweeper.checkpoints import record_checkpoint
 from sweeper.db import SCHEMA_VERSION, meta, open_database
 from sweeper.errors import LeaseLost, SchemaMismatch
 from sweeper.queue import Queue
@@ -124,7 +125,7 @@ def test_zombie_writes_are_refused(queue):
     with pytest.raises(LeaseLost):
         queue.complete(zombie.lease, {"who": "zombie"})
     with pytest.raises(LeaseLost):
-        queue.record_checkpoint(zombie.lease, sha256="0" * 64, size=1, location=None, blob=b"x")
+        record_checkpoint(queue, zombie.lease, sha256="0" * 64, size=1, location=None, blob=b"x")
     queue.complete(owner.lease, {"who": "owner"})
     with queue.db.read() as conn:
         result = conn.execute(sa.text("select result from jobs where id = :i"), {"i": zombie.id}).scalar_one()
