@@ -101,23 +101,23 @@ def _main_options(
 READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
 
 
-def _settings(state: Path | None, db: str | None, mlflow_uri: str | None = None, tracking: bool = True) -> Settings:
+def _settings(
+    ctx: typer.Context, state: Path | None, db: str | None, mlflow_uri: str | None = None, tracking: bool = True
+) -> Settings:
     settings = resolve_settings(state=state, db=db, tracking_uri=mlflow_uri, tracking=tracking)
-    return _state_session(settings).settings
+    return _state_session(ctx, settings).settings
 
 
-def _state_session(settings: Settings) -> Any:
+def _state_session(ctx: typer.Context, settings: Settings) -> Any:
     """Mirrored mode (mirror.py) for the running command; a plain session when it is not needed.
 
     On a network mount every command works on local copies of the SQLite files; the session (the
-    state lease, the snapshots) stays open until the command returns, when click closes it. The
-    command's --mirror and --take-over options are read from its click context.
+    state lease, the snapshots) stays open until the command returns, when its context closes it
+    (`ctx: typer.Context`, which Typer passes to each command). The command's --mirror,
+    --take-over and wait options are read from the context's parameters.
     """
-    from .mirror import StateSession, open_state
+    from .mirror import open_state
 
-    ctx = _click_context()
-    if ctx is None:
-        return StateSession(settings)
     if "sweeper.session" in ctx.meta:
         return ctx.meta["sweeper.session"]
     command = ctx.info_name or "?"
@@ -152,17 +152,9 @@ def _state_session(settings: Settings) -> Any:
     return session
 
 
-def _click_context() -> Any:
-    try:  # typer >= 0.22 ships its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:
-        from click import get_current_context
-    return get_current_context(silent=True)
-
-
-def _mirror_info(settings: Settings) -> dict[str, Any] | None:
+def _mirror_info(ctx: typer.Context, settings: Settings) -> dict[str, Any] | None:
     """Where mirrored state came from and the last recovery (None when the state is not mirrored)."""
-    session = _state_session(settings)
+    session = _state_session(ctx, settings)
     if not session.mirrored:
         return None
     from .recovery import last_recovery
@@ -175,10 +167,10 @@ def _mirror_info(settings: Settings) -> dict[str, Any] | None:
     return {"notes": list(session.notes), "last_recovery": recovery}
 
 
-def _mirror_lines(settings: Settings) -> list[str]:
+def _mirror_lines(ctx: typer.Context, settings: Settings) -> list[str]:
     from .recovery import describe_recovery
 
-    info = _mirror_info(settings)
+    info = _mirror_info(ctx, settings)
     if info is None:
         return []
     lines = list(info["notes"])
@@ -187,8 +179,8 @@ def _mirror_lines(settings: Settings) -> list[str]:
     return lines
 
 
-def _with_mirror(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    info = _mirror_info(settings)
+def _with_mirror(ctx: typer.Context, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    info = _mirror_info(ctx, settings)
     return payload if info is None else {**payload, "mirror": info}
 
 
@@ -201,6 +193,7 @@ def _open(settings: Settings, *, create: bool):
 
 @app.command()
 def enqueue(
+    ctx: typer.Context,
     grid: Annotated[Path, typer.Argument(help="The grid file (YAML) describing the sweep.", show_default=False)],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs without writing anything.")] = False,
     state: StateOpt = None,
@@ -214,7 +207,7 @@ def enqueue(
     from .spec import load_spec
 
     spec = load_spec(grid)
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     if dry_run:
         diff = _dry_run_diff(settings, spec)
         _print_diff(diff, settings, listing=True)
@@ -273,6 +266,7 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
 
 @app.command()
 def work(
+    ctx: typer.Context,
     grid: Annotated[
         Path | None,
         typer.Argument(
@@ -362,8 +356,8 @@ def work(
         from .spec import load_spec
 
         spec = load_spec(grid)
-    settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
-    session = _state_session(settings)
+    settings = _settings(ctx, state, db, mlflow_uri, tracking=not no_tracking)
+    session = _state_session(ctx, settings)
     if session.mirrored and store == "db":
         raise UsageError(
             "--store db keeps checkpoints inside the queue database, which in mirrored mode reaches the "
@@ -393,7 +387,8 @@ def work(
         store=store,
         db_outage_s=db_outage_limit,
         data_dir=str(data_dir) if data_dir else None,
-        extra=session.worker_extra,
+        scan_checkpoints=session.mirrored,  # files written after the last snapshot
+        mirror_lineage=session.lineage if session.mirrored else None,
     )
     code = run_workers(opts)
     raise typer.Exit(code)
@@ -401,6 +396,7 @@ def work(
 
 @app.command()
 def status(
+    ctx: typer.Context,
     sweep: SweepOpt = None,
     by: Annotated[
         str | None,
@@ -436,7 +432,7 @@ def status(
     if watch and as_json:
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
     metric = parse_metric(by or "test_accuracy")
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         if sweep:
@@ -455,15 +451,16 @@ def status(
     finally:
         database.dispose()
     if as_json:
-        sys.stdout.write(mask_password(json.dumps(_with_mirror(to_json(snap), settings), indent=2)) + "\n")
+        sys.stdout.write(mask_password(json.dumps(_with_mirror(ctx, to_json(snap), settings), indent=2)) + "\n")
         return
     out.print(render(snap, out.width))
-    for line in _mirror_lines(settings):
+    for line in _mirror_lines(ctx, settings):
         out.print(line, style="yellow" if line.startswith("recovered") else "dim", markup=False)
 
 
 @app.command()
 def show(
+    ctx: typer.Context,
     job_id: Annotated[
         str, typer.Argument(help="Job id (or a unique prefix of at least 4 characters).", show_default=False)
     ],
@@ -477,7 +474,7 @@ def show(
     from .queue import Queue
     from .show import collect_job, render, to_json
 
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         detail = collect_job(database, Queue(database).resolve_job_id(job_id), settings.state_dir)
@@ -491,6 +488,7 @@ def show(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     csv_file: Annotated[
         str,
         typer.Option(
@@ -516,7 +514,7 @@ def export(
     bad = [s for s in status_filter or [] if s not in STATUSES]
     if bad:
         raise UsageError(f"--status {bad[0]!r} is not a job state", hint=f"states: {', '.join(STATUSES)}")
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         if sweep:
@@ -541,6 +539,7 @@ def export(
 
 @app.command()
 def report(
+    ctx: typer.Context,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")
     ],
@@ -589,7 +588,7 @@ def report(
         plugins=[] if no_plugins else plugin,
         plots=not no_plots,
     )
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         name = sweep or only_sweep(database)
@@ -615,6 +614,7 @@ def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     job_ids: Annotated[
         list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
     ] = None,
@@ -639,13 +639,14 @@ def retry(
         notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
         return picked
 
-    picked = _change_jobs(state, db, job_ids, change)
+    picked = _change_jobs(ctx, state, db, job_ids, change)
     out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
     _print_untouched(notes, f"retry takes {' or '.join(wanted)} jobs")
 
 
 @app.command()
 def cancel(
+    ctx: typer.Context,
     job_ids: Annotated[
         list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
     ] = None,
@@ -670,7 +671,7 @@ def cancel(
         notes.extend(_why_untouched(queue.db, ids, picked, ACTIVE, stage, sweep))
         return picked
 
-    picked = _change_jobs(state, db, job_ids, change)
+    picked = _change_jobs(ctx, state, db, job_ids, change)
     out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
     _print_untouched(notes, "cancel takes jobs that have not finished")
 
@@ -698,11 +699,13 @@ def _print_untouched(notes: list[str], rule: str) -> None:
         out.print(f"  ... and {len(notes) - 20} more", markup=False)
 
 
-def _change_jobs(state: Path | None, db: str | None, job_ids: list[str] | None, change: Any) -> list[str]:
+def _change_jobs(
+    ctx: typer.Context, state: Path | None, db: str | None, job_ids: list[str] | None, change: Any
+) -> list[str]:
     """Resolve job id prefixes, then apply `change(queue, ids)` (retry or cancel) in the queue."""
     from .queue import Queue
 
-    settings = _settings(state, db, tracking=False)
+    settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
         queue = Queue(database)

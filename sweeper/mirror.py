@@ -411,11 +411,6 @@ class StateSession:
     lineage: str | None = None
     notes: list[str] = field(default_factory=list)  # where the data came from (status prints them)
 
-    @property
-    def worker_extra(self) -> dict[str, object]:
-        """Worker options in mirrored mode: scan for checkpoints newer than the snapshot, record results."""
-        return {"scan_checkpoints": True, "mirror_lineage": self.lineage} if self.mirrored else {}
-
 
 class MirroredState:
     """One command's use of mirrored state: prepare the local copies, push snapshots, hand back."""

@@ -51,6 +51,9 @@ class WorkerOptions:
     data_dir: str | None = None
     show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
+    # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
+    scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
+    mirror_lineage: str | None = None  # record each result in a file first (recovery.py)
 
     @property
     def threads(self) -> int:
@@ -292,7 +295,7 @@ class Worker:
             state_dir=settings.state_dir,
             options={"data_dir": opts.data_dir, **opts.extra},
             log=self.log,
-            scan_checkpoints=bool(opts.extra.get("scan_checkpoints")),
+            scan_checkpoints=opts.scan_checkpoints,
         )
         if self._stop.is_set():
             ctx.request_stop()
@@ -383,7 +386,7 @@ class Worker:
     # so a completion is also written to a file there first (recovery.py).
 
     def _recorded_result(self, job: ClaimedJob) -> dict[str, Any] | None:
-        lineage = self.opts.extra.get("mirror_lineage")
+        lineage = self.opts.mirror_lineage
         if not lineage:
             return None
         result = recorded_result(self.opts.settings.state_dir, lineage, job.sweep, job.id)
@@ -395,7 +398,7 @@ class Worker:
         return result
 
     def _record_result(self, queue: Queue, job: ClaimedJob, result: dict[str, Any]) -> None:
-        lineage = self.opts.extra.get("mirror_lineage")
+        lineage = self.opts.mirror_lineage
         if not lineage:
             return
         queue.verify_lease(job.lease)  # a zombie records nothing
