@@ -58,6 +58,7 @@ def sections(view: Any) -> list[dict[str, Any]]:
 
 
 def step2(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]], list[str]]:
+    T = roles.target_text
     notes = []
     if roles.model_grid is None:
         notes.append("12a-12c: the sweep has no architecture grid (a train stage varying conv/dense sizes).")
@@ -81,22 +82,19 @@ def step2(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]
                 f"{', '.join(plain(k) for k in grid.keys) or 'nothing'}{seeds}."
             )
         intro = (
-            "Every run trains until its running train accuracy first reaches 90% (or an epoch limit), and logs its "
+            f"Every run trains until its running train accuracy first reaches {T} (or an epoch limit), and logs its "
             "test accuracy and the time it took.\n\n" + "\n".join(lines)
         )
         out.append(section("Step 2: hyper-parameters", intro, level=2))
         out.append(q12a(view, roles, n_test))
         out.append(q12b(view, roles, n_test))
         out.append(q12c(view, roles))
+        out.append(noise(roles, n_test))
     made, why = q12d(view, roles, hist)
     if made and not roles.grids:
         out.append(section("Step 2: hyper-parameters", "", level=2))
     out += made
     notes += why
-    if roles.grids:
-        extra = noise(roles, hist.test_images(roles.baseline) if roles.baseline is not None else None)
-        if extra:
-            out.append(extra)
     return out, notes
 
 

@@ -13,6 +13,7 @@ from .report_roles import Roles
 from .report_stats import number, wilson
 
 UNIT = {"conv1": "channels", "conv2": "channels", "fc1": "neurons"}
+QUESTION = {"conv1": "14-15.", "conv2": "16.", "fc1": "16."}
 
 
 def _kept(layer: str, arch: Mapping[str, Any] | None, architecture: str | None) -> Any:
@@ -153,7 +154,7 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
                     ],
                     rows,
                     "rrrrrrrrrl",
-                )  # fmt: skip
+                )
             )
         negative = [s for s in steps if (number(s.get("pruning_drop")) or 0.0) < 0]
         if negative:
@@ -161,10 +162,10 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
                 f"{len(negative)} step(s) have a negative drop: retraining for more epochs improved the model more "
                 "than removing a unit hurt it, so part of the gain is extra training, not pruning."
             )
-        out.append(section(f"Layer {layer}", body))
+        out.append(section(f"{QUESTION.get(layer, '16.')} Layer {layer}", body))
     out.append(
         section(
-            "Layer fc2 (the output layer)",
+            "16. Layer fc2 (the output layer)",
             "fc2 is the output layer: its 10 neurons are the 10 classes of Fashion-MNIST. Removing one would remove a "
             "class the model can predict, so it is not pruned (item 16's two fully connected layers are fc1, the "
             "hidden layer, and fc2, which keeps its 10 outputs).",
@@ -258,7 +259,7 @@ def step4(view: Any, roles: Roles, baseline: Any | None) -> tuple[list[dict[str,
                     ["model", "stage", "architecture", "FLOPs", "params", "test accuracy", "Pareto front", ""],
                     rows,
                     "llllrrll",
-                ),  # fmt: skip
+                ),
             )
         )
         out.append(section("18. FLOPs and the Pareto plot", formula, [name]))

@@ -89,7 +89,9 @@ class Histories:
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def plot_loss(path: Any, curves: Sequence[Curve], title: str, *, log_y: bool = False, target: bool = True) -> None:
+def plot_loss(
+    path: Any, curves: Sequence[Curve], title: str, *, log_y: bool = False, target: str | None = None
+) -> None:
     """Training loss (running, lines) and test loss (circles, per epoch) against epochs."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -103,7 +105,7 @@ def plot_loss(path: Any, curves: Sequence[Curve], title: str, *, log_y: bool = F
         at = c.target_epoch() if target else None
         if at is not None:
             ax.axvline(at, ls=":", lw=1, color=color)
-            ax.annotate("90% train acc.", (at, ax.get_ylim()[1]), fontsize=7, color=color, rotation=90, va="top")
+            ax.annotate(f"{target} train acc.", (at, ax.get_ylim()[1]), fontsize=7, color=color, rotation=90, va="top")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("training progress (epochs)")

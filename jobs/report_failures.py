@@ -17,6 +17,7 @@ on the test set, and at least one point.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def roughness(losses: Sequence[float]) -> float | None:
     if len(half) < 3:
         return None
     level = mean(half)
-    steps = [abs(b - a) for a, b in zip(half, half[1:], strict=False)]
+    steps = [abs(b - a) for a, b in itertools.pairwise(half)]
     return mean(steps) / level if level > 0 else None
 
 
@@ -88,7 +89,7 @@ def rises(curve: Curve) -> int:
     """How many times the test loss went up from one epoch to the next."""
     vals = [number(e.get("test_loss")) for e in curve.epochs]
     vals = [v for v in vals if v is not None]
-    return sum(1 for a, b in zip(vals, vals[1:], strict=False) if b > a)
+    return sum(1 for a, b in itertools.pairwise(vals) if b > a)
 
 
 def gaps(curve: Curve) -> list[float]:

@@ -85,7 +85,7 @@ def seconds(v: Any, digits: int = 1) -> str:
 
 def count(v: Any) -> str:
     n = number(v)
-    return "-" if n is None else f"{int(round(n)):,}"
+    return "-" if n is None else f"{round(n):,}"
 
 
 def arch_text(flat: Mapping[str, Any]) -> str:

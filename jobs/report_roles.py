@@ -67,6 +67,13 @@ class Roles:
         return (fixed or self.baselines or [None])[0]
 
     @property
+    def target_text(self) -> str:
+        """The train-accuracy target the runs were timed to ("90%"), from the baseline or the first grid run."""
+        jobs = [*self.baselines, *(j for g in self.grids for j in g.jobs)]
+        value = next((j.params.get("target_train_acc") for j in jobs if j.params.get("target_train_acc")), 0.9)
+        return f"{100 * float(value):g}%"
+
+    @property
     def grids(self) -> list[Grid]:
         return [g for g in (self.model_grid, self.train_grid) if g is not None]
 
@@ -91,9 +98,9 @@ def _repeat_source(view: Any, stage: str, others: list[str]) -> str | None:
     for other in others:
         theirs = view.jobs(other)
         seeds = {repr(j.params.get(SEED_KEY)) for j in theirs}
-        if len(theirs) > len(done) and keys <= {config_key(j.params) for j in theirs}:
-            if all(repr(j.params.get(SEED_KEY)) not in seeds for j in done):
-                return other
+        same_configs = keys <= {config_key(j.params) for j in theirs}
+        if len(theirs) > len(done) and same_configs and all(repr(j.params.get(SEED_KEY)) not in seeds for j in done):
+            return other
     return None
 
 

@@ -12,8 +12,21 @@ from typing import Any
 
 from sweeper.plots import pyplot
 
-from .report_md import ARCH_KEYS, arch_text, cell, config_text, count, details, mean_sd, pct, plain, section, seconds
-from .report_md import slug, table
+from .report_md import (
+    ARCH_KEYS,
+    arch_text,
+    cell,
+    config_text,
+    count,
+    details,
+    mean_sd,
+    pct,
+    plain,
+    seconds,
+    section,
+    slug,
+    table,
+)
 from .report_roles import Grid, Roles
 from .report_stats import Config, accuracy_se, beyond_noise, diff_se, group_configs, marginal_effects, number
 
@@ -78,6 +91,7 @@ def _noise_words(gap: float, se: float, beyond: bool) -> str:
 
 
 def top3(roles: Roles, grid: Grid, n_test: int | None) -> list[str]:
+    T = roles.target_text
     configs = group_configs(grid.all_jobs)
     if not configs:
         return [f"_{grid_title(roles, grid)}: no run of `{grid.stage}` has finished._"]
@@ -108,12 +122,12 @@ def top3(roles: Roles, grid: Grid, n_test: int | None) -> list[str]:
                 "test accuracy",
                 "train accuracy",
                 "train − test (overfitting)",
-                "images to 90%",
+                f"images to {T}",
                 "runs",
             ],
             rows,
             "llrrrrrl",
-        ),  # fmt: skip
+        ),
     ]
     words = []
     if len(top) > 1:
@@ -122,8 +136,9 @@ def top3(roles: Roles, grid: Grid, n_test: int | None) -> list[str]:
             words.append(f"#1 leads #{top.index(other) + 1} by {_noise_words(gap, se, beyond)}")
     gaps = [(g, i) for i, c in enumerate(top, 1) if (g := _gap(c)) is not None]
     if gaps:
-        least = min(gaps)
-        words.append(f"#{least[1]} overfits least (train accuracy {_points(least[0])} above test)")
+        least, rank = min(gaps)
+        side = "above" if least >= 0 else "below"
+        words.append(f"#{rank} overfits least (train accuracy {_points(abs(least))} {side} test)")
     if words:
         parts.append("; ".join(words) + ".")
     return parts
@@ -133,8 +148,9 @@ def _points(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f} pt"
 
 
-def all_runs_table(grid: Grid) -> str:
+def all_runs_table(roles: Roles, grid: Grid) -> str:
     """Every run of the grid and its repeats as the MLflow experiment overview lists them."""
+    T = roles.target_text
     jobs = sorted(grid.all_jobs, key=lambda j: (-(number(j.result.get("test_accuracy")) or 0.0), j.position))
     keys = [*grid.keys, "seed"]
     rows = []
@@ -154,7 +170,7 @@ def all_runs_table(grid: Grid) -> str:
             ]
         )
     header = ["run", "stage", "duration", *(plain(k) for k in keys), "test accuracy", "train accuracy",
-              "time to 90%", "images to 90%"]  # fmt: skip
+              f"time to {T}", f"images to {T}"]  # fmt: skip
     return table(header, rows, "lll" + "l" * len(keys) + "rrrr")
 
 
@@ -181,7 +197,7 @@ def q12a(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
             details(
                 f"All {len(grid.all_jobs)} runs of {grid_title(roles, grid)}, as the MLflow experiment overview "
                 "lists them (sorted by test accuracy)",
-                all_runs_table(grid),
+                all_runs_table(roles, grid),
             )
         )
     return section("12a. The top 3 configurations and all runs", parts)
@@ -219,7 +235,7 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
     figures = []
     for grid in roles.grids:
         rows_in = [(_flat(j), v) for j in grid.jobs if (v := number(j.result.get("test_accuracy"))) is not None]
-        effects = marginal_effects(rows_in, grid.keys)
+        effects, tied = _untangle(marginal_effects(rows_in, grid.keys))
         if not effects:
             parts.append(f"_{grid_title(roles, grid)}: no hyper-parameter varies across finished runs._")
             continue
@@ -254,6 +270,8 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
             elif not beyond:
                 s += " The grid cannot tell these values apart."
             sentences.append(s)
+        for key, other in tied:
+            sentences.append(f"{plain(key)} changes together with {plain(other)} in this grid: its effect is theirs.")
         ranking = ", ".join(plain(e.key) for e in effects)
         parts.append(f"Strongest effect first ({ranking}):\n\n" + "\n".join(f"- {s}" for s in sentences))
         name = f"marginal_{slug(grid.stage)}.png"
@@ -261,6 +279,20 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
         figures.append(name)
         parts.append(f"![mean test accuracy per value]({name})")
     return section("12b. Why some hyper-parameters performed well", parts, figures)
+
+
+def _untangle(effects: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
+    """Effects of keys that split the runs the same way as a stronger key (a tied group such as
+    lr and momentum set in pairs) are one effect: keep the first, name the others."""
+    kept, tied, seen = [], [], {}
+    for e in effects:
+        shape = tuple(sorted(tuple(m.rows) for m in e.levels))
+        if shape in seen:
+            tied.append((e.key, seen[shape]))
+        else:
+            seen[shape] = e.key
+            kept.append(e)
+    return kept, tied
 
 
 def _direction(best: Any, worst: Any) -> str | None:
@@ -301,12 +333,13 @@ def _plot_marginals(path: Any, effects: list[Any], title: str) -> None:
 
 
 def q12c(view: Any, roles: Roles) -> dict[str, Any]:
+    T = roles.target_text
     jobs = [j for g in roles.grids for j in g.all_jobs if number(j.result.get("test_accuracy")) is not None]
     reached = [j for j in jobs if j.result.get("reached") is not False and number(j.result.get("time_to_target_s"))]
     never = [j for j in jobs if j not in reached]
     parts = [
-        "Test accuracy against training time to first reach 90% train accuracy, for every run of both grids "
-        "(repeats included). Runs that never reached 90% are drawn as crosses at their whole training time "
+        f"Test accuracy against training time to first reach {T} train accuracy, for every run of both grids "
+        f"(repeats included). Runs that never reached {T} are drawn as crosses at their whole training time "
         "(they stopped at the epoch limit), not left out. The red line is the Pareto front: no other run is "
         "both faster and more accurate."
     ]
@@ -318,17 +351,19 @@ def q12c(view: Any, roles: Roles) -> dict[str, Any]:
                  seconds(j.result.get("time_to_target_s")), _images(j.result)] for j in front]  # fmt: skip
         parts.append(
             "**The Pareto front**\n\n"
-            + table(["run", "stage", "configuration", "test accuracy", "time to 90%", "images to 90%"], rows, "lllrrr")
+            + table(
+                ["run", "stage", "configuration", "test accuracy", f"time to {T}", f"images to {T}"], rows, "lllrrr"
+            )
         )
     if never:
         rows = [
             [f"`{j.id}`", j.stage, _desc(roles, j), pct(j.result.get("test_accuracy")),
-             f"never reached 90% (stopped after {cell(number(j.result.get('epochs')))} epochs, "
+             f"never reached {T} (stopped after {cell(number(j.result.get('epochs')))} epochs, "
              f"running train accuracy {pct(j.result.get('train_running_accuracy'))})"]
             for j in never
         ]  # fmt: skip
         parts.append(
-            f"**Never reached 90% train accuracy** ({len(never)} run(s), the crosses)\n\n"
+            f"**Never reached {T} train accuracy** ({len(never)} run(s), the crosses)\n\n"
             + table(["run", "stage", "configuration", "test accuracy", "outcome"], rows, "lllrl")
         )
     speed = sorted(reached, key=lambda j: (_speed_key(j), j.position))[:5]
@@ -339,14 +374,14 @@ def q12c(view: Any, roles: Roles) -> dict[str, Any]:
             for i, j in enumerate(speed, 1)
         ]  # fmt: skip
         parts.append(
-            "**Fastest to 90%**, ranked by training images seen until the running train accuracy first reached "
-            "90%: a count that does not depend on how busy the machine was. The compute seconds beside it "
+            f"**Fastest to {T}**, ranked by training images seen until the running train accuracy first reached "
+            f"{T}: a count that does not depend on how busy the machine was. The compute seconds beside it "
             "do.\n\n"
             + table(
-                ["rank", "run", "stage", "configuration", "images to 90%", "compute time", "test accuracy"],
+                ["rank", "run", "stage", "configuration", f"images to {T}", "compute time", "test accuracy"],
                 rows,
                 "llllrrr",
-            )  # fmt: skip
+            )
         )
         if any(j.result.get("images_to_target") is None for j in speed):
             parts.append("_Some runs did not record images to target; they are ranked by their time instead._")
@@ -364,6 +399,7 @@ def _desc(roles: Roles, job: Any) -> str:
 
 
 def _plot_pareto(path: Any, roles: Roles, reached: list[Any], never: list[Any]) -> list[Any]:
+    T = roles.target_text
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, grid in enumerate(roles.grids):
@@ -383,7 +419,7 @@ def _plot_pareto(path: Any, roles: Roles, reached: list[Any], never: list[Any]) 
             marker="x",
             s=50,
             color="black",
-            label=f"never reached 90% ({len(never)}), at full training time",
+            label=f"never reached {T} ({len(never)}), at full training time",
         )
     pts = sorted(reached, key=lambda j: (j.result["time_to_target_s"], -j.result["test_accuracy"], j.position))
     front, best = [], -1.0
@@ -401,7 +437,7 @@ def _plot_pareto(path: Any, roles: Roles, reached: list[Any], never: list[Any]) 
             lw=1,
             label="Pareto front",
         )
-    ax.set_xlabel("training time to 90% train accuracy (s)")
+    ax.set_xlabel(f"training time to {T} train accuracy (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -416,7 +452,7 @@ def _plot_pareto(path: Any, roles: Roles, reached: list[Any], never: list[Any]) 
 # Seeds and noise
 
 
-def noise(roles: Roles, n_test: int | None) -> dict[str, Any] | None:
+def noise(roles: Roles, n_test: int | None) -> dict[str, Any]:
     se = accuracy_se(0.88, n_test or 10_000)
     parts = [
         f"A test accuracy measured on {n_test or 10_000:,} test images has a standard error of about "
@@ -469,6 +505,6 @@ def noise(roles: Roles, n_test: int | None) -> dict[str, Any] | None:
             ],
             rows,
             "lllrrrl",
-        )  # fmt: skip
+        )
     )
     return section("How much of this is noise", parts)

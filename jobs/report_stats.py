@@ -136,6 +136,7 @@ class Marginal:
     key: str
     value: Any
     values: list[float]
+    rows: list[int] = field(default_factory=list)  # which runs (their index in the grid) used the value
 
     @property
     def mean(self) -> float:
@@ -179,9 +180,11 @@ def marginal_effects(rows: Iterable[tuple[Mapping[str, Any], float]], keys: Sequ
     effects = []
     for key in keys:
         by_value: dict[str, Marginal] = {}
-        for flat, metric in rows:
+        for i, (flat, metric) in enumerate(rows):
             value = flat.get(key)
-            by_value.setdefault(json.dumps(value, default=str), Marginal(key, value, [])).values.append(metric)
+            level = by_value.setdefault(json.dumps(value, default=str), Marginal(key, value, []))
+            level.values.append(metric)
+            level.rows.append(i)
         if len(by_value) > 1:
             effects.append(Effect(key, list(by_value.values())))
     return sorted(effects, key=lambda e: -e.gap)

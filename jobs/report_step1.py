@@ -6,7 +6,7 @@ import shutil
 from typing import Any
 
 from .report_curves import Curve, Histories, plot_loss
-from .report_md import arch_text, cell, count, pct, section, seconds, table
+from .report_md import arch_text, cell, count, pct, seconds, section, table
 from .report_roles import Roles
 from .report_stats import number, wilson
 
@@ -22,6 +22,7 @@ def run_label(job: Any) -> str:
 
 
 def step1(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]], list[str]]:
+    T = roles.target_text
     base = roles.baseline
     if base is None:
         return [], ["Step 1: the sweep has no finished `baseline` train stage."]
@@ -47,12 +48,12 @@ def step1(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]
         curves.append(Curve(run_label(job), history, "-" if i == 0 else "--"))
     if curves:
         name = "step1_loss.png"
-        plot_loss(view.figure_path(name), curves, "Step 1: loss against training progress", log_y=True)
+        plot_loss(view.figure_path(name), curves, "Step 1: loss against training progress", log_y=True, target=T)
         figures.append(name)
         body = [
             "Training loss (running mean over the logged batches) and test loss (circles, at the end of each "
             "epoch) against training progress in epochs. The dotted line marks where the running train "
-            "accuracy first reached 90%.",
+            f"accuracy first reached {T}.",
             f"![Step 1 loss curve]({name})",
         ]
         out.append(section("8. Loss during training", body, figures))
@@ -86,19 +87,19 @@ def step1(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]
                 "train accuracy",
                 "test accuracy",
                 "95% interval (Wilson)",
-                "images to 90%",
-                "time to 90%",
+                f"images to {T}",
+                f"time to {T}",
                 "training time",
             ],
             rows,
             "lrrrrrrr",
-        ),  # fmt: skip
+        ),
         "Train accuracy is measured on the whole training set after training, test accuracy on the test set "
         f"({hist.test_images(base) or '?'} images); the interval is the Wilson score interval over the test images.",
     ]
     if len(runs) > 1:
         acc.append(
-            "The first run is the Step 1 model, trained until the running train accuracy first reached 90% (the "
+            f"The first run is the Step 1 model, trained until the running train accuracy first reached {T} (the "
             "same rule as every Step 2 run, so the two are comparable); the second is the same network trained "
             "a fixed number of epochs, for comparison."
         )
