@@ -49,7 +49,7 @@ def sections(view: Any) -> list[dict[str, Any]]:
     part(lambda: confusion(view, roles))
     part(lambda: step2(view, roles, hist))
     part(lambda: step3(view, roles))
-    part(lambda: step4(view, roles, roles.baseline))
+    part(lambda: step4(view, roles))
     if notes:
         out.append(section("Not in this report", "\n".join(f"- {n}" for n in notes), level=2))
     for s in out:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sweeper.plots import pyplot
 
+from .benchmark_result import BenchmarkResult, ModelRecord
 from .report_md import cell, count, details, pct, section, table
 from .report_roles import Roles
 from .report_stats import number, wilson
@@ -80,12 +81,18 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
     if not jobs:
         return [], [f"Step 3: no prune job has finished ({', '.join(roles.prune)})."]
     notes = [f"Step 3: `{s}` has not finished." for s in roles.prune if not view.jobs(s)]
-    first = jobs[0]
-    r0 = first.result
+    r0 = jobs[0].result
     unpruned = number(r0.get("input_test_accuracy"))
     src = view.job(str(r0.get("input_job"))) if r0.get("input_job") else None
     training = r0.get("training") if isinstance(r0.get("training"), Mapping) else {}
-    rule = number(first.params.get("max_step_drop"))
+    step_rule = number(r0.get("max_step_drop", jobs[0].params.get("max_step_drop", 0.01)))
+    total_rule = next(
+        (v for j in jobs if (v := number(j.result.get("max_total_drop", j.params.get("max_total_drop")))) is not None),
+        None,
+    )
+    control = any(j.result.get("control") for j in jobs)
+    n_epochs = training.get("epochs", 5)
+    epochs = f"{cell(n_epochs)} epoch{'' if n_epochs == 1 else 's'}"
     intro = [
         f"Pruning starts from the trained model with the highest test accuracy in Step 2 (item 13): run "
         f"`{r0.get('input_job', '?')}` of `{r0.get('input_stage', '?')}`"
@@ -95,166 +102,193 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
         "have the smallest squared L2 norm: the unit that contributes least to the next layer's input. The "
         "unit is removed from the network (its weights and bias, and the next layer's inputs from it), which "
         "gives the same outputs as forcing them to zero. Test accuracy is measured right after the removal, "
-        f"then the network is retrained {cell(training.get('epochs', 5))} epochs and measured again: the triplet "
-        "(before pruning, after pruning, after retraining). The pruning drop of a step is before − after retraining.",
-        f"Each layer stops at the first step whose pruning drop exceeds {100 * (rule if rule is not None else 0.01):.0f}% "
-        "(item 15); that step is shown but not kept. The cumulative drop is the unpruned model's accuracy minus "
-        "the accuracy after the step's retraining.",
+        f"then the network is retrained {epochs} and measured again: the triplet (before pruning, after "
+        "pruning, after retraining).",
     ]
+    if control:
+        intro.append(
+            f"Retraining {epochs} more would improve even an unpruned model, which would hide what pruning "
+            f"costs. So beside every step an unpruned copy (the control) is retrained {epochs} too: the "
+            "pruning drop of a step is (before − after retraining) + (the control's gain in those epochs), and the "
+            "cumulative drop is the control's accuracy minus the pruned model's, added up over the layers."
+        )
+    else:
+        intro.append(
+            "The pruning drop of a step is before − after retraining; the cumulative drop is the unpruned model's "
+            "accuracy minus the accuracy after the step's retraining."
+        )
+    rule = f"Each layer stops at the first step whose pruning drop exceeds {_pt(step_rule, signed=False)} (item 15)"
+    if total_rule is not None:
+        rule += f", or whose cumulative drop exceeds {_pt(total_rule, signed=False)}"
+    intro.append(rule + "; that step is shown but not kept.")
     out = [section("Step 3: pruning", intro, level=2)]
     for job in jobs:
-        layer = str(job.params.get("layer") or job.result.get("layer") or "?")
-        steps = _steps(view, job)
-        r = job.result
-        rows = []
-        for s in steps:
-            after = number(s.get("accuracy_after_finetune"))
-            cum = s.get("cumulative_drop")
-            if cum is None and unpruned is not None and after is not None:
-                cum = unpruned - after
-            rows.append(
-                [
-                    cell(s.get("step")),
-                    cell(_kept(layer, s.get("arch"), s.get("architecture"))),
-                    pct(s.get("accuracy_before")),
-                    pct(s.get("accuracy_after_prune")),
-                    pct(after),
-                    _pt(s.get("pruning_drop")),
-                    _pt(cum),
-                    count(s.get("flops")),
-                    count(s.get("params")),
-                    "yes" if s.get("accepted") else "no (stops here)",
-                ]
-            )
-        kept_final = _kept(layer, r.get("arch"), r.get("architecture"))
-        start = number(r.get("input_test_accuracy"))
-        end = number(r.get("test_accuracy"))
-        cum_final = unpruned - end if unpruned is not None and end is not None else None
-        body = [
-            f"Job `{job.id}` (stage `{job.stage}`) starts from {pct(start)} and keeps "
-            f"{cell(kept_final)} {UNIT.get(layer, 'units')} after {cell(r.get('steps_accepted'))} of "
-            f"{cell(r.get('steps_tried'))} step(s), at {pct(end)} test accuracy. "
-            f"Stopped by {stop_words(r.get('stop_reason'), layer)}. Cumulative drop from the unpruned model: "
-            f"{_pt(cum_final)}.",
-        ]
-        if rows:
-            body.append(
-                table(
-                    [
-                        "step",
-                        f"{UNIT.get(layer, 'units')} kept",
-                        "before",
-                        "after pruning",
-                        "after retraining",
-                        "pruning drop",
-                        "cumulative drop",
-                        "FLOPs",
-                        "params",
-                        "kept",
-                    ],
-                    rows,
-                    "rrrrrrrrrl",
-                )
-            )
-        negative = [s for s in steps if (number(s.get("pruning_drop")) or 0.0) < 0]
-        if negative:
-            body.append(
-                f"{len(negative)} step(s) have a negative drop: retraining for more epochs improved the model more "
-                "than removing a unit hurt it, so part of the gain is extra training, not pruning."
-            )
-        out.append(section(f"{QUESTION.get(layer, '16.')} Layer {layer}", body))
+        out.append(_layer(view, job, unpruned, control))
+    output_layer = next((str(j.result["output_layer"]) for j in jobs if j.result.get("output_layer")), None)
     out.append(
         section(
             "16. Layer fc2 (the output layer)",
             "fc2 is the output layer: its 10 neurons are the 10 classes of Fashion-MNIST. Removing one would remove a "
             "class the model can predict, so it is not pruned (item 16's two fully connected layers are fc1, the "
-            "hidden layer, and fc2, which keeps its 10 outputs).",
+            "hidden layer, and fc2, which keeps its 10 outputs)."
+            + (f" The prune jobs record the same: “{output_layer}”." if output_layer else ""),
         )
     )
     return out, notes
 
 
-def _pt(v: Any) -> str:
+def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[str, Any]:
+    layer = str(job.params.get("layer") or job.result.get("layer") or "?")
+    r = job.result
+    steps = _steps(view, job)
+    rows = []
+    for s in steps:
+        after = number(s.get("accuracy_after_finetune"))
+        cum = s.get("total_drop")
+        if cum is None and unpruned is not None and after is not None:
+            cum = unpruned - after
+        rows.append(
+            [
+                cell(s.get("step")),
+                cell(_kept(layer, s.get("arch"), s.get("architecture"))),
+                pct(s.get("accuracy_before")),
+                pct(s.get("accuracy_after_prune")),
+                pct(after),
+                *([pct(s.get("control_accuracy"))] if control else []),
+                _pt(s.get("pruning_drop")),
+                _pt(cum),
+                count(s.get("flops")),
+                count(s.get("params")),
+                "yes" if s.get("accepted") else "no (stops here)",
+            ]
+        )
+    end = number(r.get("test_accuracy"))
+    cum_final = r.get("total_drop")
+    if cum_final is None and unpruned is not None and end is not None:
+        cum_final = unpruned - end
+    unit = UNIT.get(layer, "units")
+    body = [
+        f"Job `{job.id}` (stage `{job.stage}`) starts from {pct(r.get('input_test_accuracy'))} and keeps "
+        f"{cell(_kept(layer, r.get('arch'), r.get('architecture')))} {unit} after {cell(r.get('steps_accepted'))} of "
+        f"{cell(r.get('steps_tried'))} step(s), at {pct(end)} test accuracy. Stopped by "
+        f"{stop_words(r.get('stop_reason'), layer)}. Cumulative drop from the unpruned model: {_pt(cum_final)}.",
+    ]
+    if rows:
+        header = ["step", f"{unit} kept", "before", "after pruning", "after retraining",
+                  *(["control (unpruned)"] if control else []), "pruning drop", "cumulative drop", "FLOPs", "params",
+                  "kept"]  # fmt: skip
+        body.append(table(header, rows, "r" * (len(header) - 1) + "l"))
+    negative = [s for s in steps if (number(s.get("pruning_drop")) or 0.0) < 0]
+    if negative:
+        why = (
+            "the pruned model gained more from retraining than the unpruned control did"
+            if control
+            else "retraining for more epochs improved the model more than removing a unit hurt it, so part of the "
+            "gain is extra training, not pruning"
+        )
+        body.append(f"{len(negative)} step(s) have a negative drop: {why}.")
+    return section(f"{QUESTION.get(layer, '16.')} Layer {layer}", body)
+
+
+def _pt(v: Any, signed: bool = True) -> str:
     n = number(v)
-    return "-" if n is None else f"{100 * n:+.2f} pt"
+    if n is None:
+        return "-"
+    return f"{100 * n:+.2f} pt" if signed else f"{100 * n:g} point" + ("" if 100 * n == 1 else "s")
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 4
+# Step 4: read through the benchmark's typed result (jobs/benchmark_result.py), never by guessed keys
 
 
-def _models(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    models = result.get("models")
-    if not isinstance(models, list):
-        return []
-    return [
-        dict(m)
-        for m in models
-        if isinstance(m, Mapping) and number(m.get("flops")) is not None and number(m.get("test_accuracy")) is not None
-    ]
-
-
-def step4(view: Any, roles: Roles, baseline: Any | None) -> tuple[list[dict[str, Any]], list[str]]:
+def step4(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
     if not roles.benchmark:
         return [], ["Step 4: the sweep has no `kind: benchmark` stage."]
     jobs = [j for s in roles.benchmark for j in view.jobs(s)]
     if not jobs:
         return [], ["Step 4: the benchmark job has not finished."]
     job = jobs[-1]
-    r = job.result
+    try:
+        r = BenchmarkResult.read(job.result)
+    except ValueError as exc:
+        return [], [f"Step 4: benchmark job `{job.id}`'s result does not match jobs/benchmark_result.py ({exc})."]
+    intro = f"From benchmark job `{job.id}`: every model of Step 3, measured again on {r.test_images:,} test images."
+    out = [section("Step 4: a faster model", intro, level=2)]
     notes: list[str] = []
-    out = [
-        section(
-            "Step 4: a faster model", f"From benchmark job `{job.id}`: every model of Step 3, measured again.", level=2
+    sel = r.selected
+    sel_model = next((m for m in r.models if sel is not None and m.name == sel.name), None)
+    out.append(_flops_part(view, r, sel_model))
+    if not r.models:
+        notes.append("Step 4: the benchmark reported no models.")
+    if sel is not None:
+        lo, hi = wilson(sel.test_accuracy, r.test_images)
+        floor = r.min_test_accuracy
+        margin = round((sel.test_accuracy - floor) * r.test_images)
+        inside = (
+            f"; {pct(floor, 0)} lies inside the interval, so on another test set of this size it could fall below."
+            if lo <= floor
+            else "; the whole interval lies above it."
         )
-    ]
-    models = _models(r)
-    selected = r.get("selected") if isinstance(r.get("selected"), Mapping) else None
-    sel_model = next((m for m in models if selected and m.get("name") == selected.get("name")), None)
-    floor = number(r.get("min_test_accuracy"))
+        lines = [
+            f"The model with the fewest FLOPs among those above {pct(floor, 0)} test accuracy (item 19): "
+            f"**{sel.name}** from `{sel.stage}`, {sel.architecture}, {sel.flops:,} FLOPs, {sel.params:,} parameters.",
+            f"Test accuracy {pct(sel.test_accuracy)}, 95% interval {100 * lo:.2f} to {100 * hi:.2f} % over the "
+            f"{r.test_images:,} test images (Wilson score interval). It clears {pct(floor, 0)} by {margin:,} test "
+            f"image(s){inside}",
+        ]
+        out.append(section("19. The selected model", lines))
+    else:
+        out.append(section("19. The selected model", f"_{r.selection}._"))
+    out.append(section("20. The model as matrix multiplications, and its speed", _timing(r)))
+    return out, notes
 
-    formula = [
+
+def _flops_part(view: Any, r: BenchmarkResult, sel: ModelRecord | None) -> dict[str, Any]:
+    lines = [
         "FLOPs of one forward pass of one image, with n input channels (or features), k the filter size, f output "
         "channels, H'×W' the output size of a convolution and m the outputs of a dense layer:",
         "    conv:   FLOPs = (2·n·k² − 1 + a) · f · H' · W'\n    dense:  FLOPs = m · (2n − 1 + a)",
-        "Each output value takes n·k² multiplications and n·k² − 1 additions; a = 1 counts the bias add. ReLU "
-        "and max-pooling are not counted. "
-        + (f"The benchmark's convention: {r['flops_convention']}." if r.get("flops_convention") else ""),
+        "Each output value takes n·k² multiplications and n·k² − 1 additions; a counts the other operations per "
+        f"output value. The benchmark's convention: {r.flops_convention}.",
     ]
-    if sel_model and isinstance(sel_model.get("layers"), Mapping):
+    if sel is not None and sel.layers:
         rows, total = [], 0
-        for name, c in sel_model["layers"].items():
-            n, f, k, a = c.get("inputs"), c.get("outputs"), c.get("kernel"), c.get("a")
-            if c.get("kind") == "conv":
-                h, w = c.get("out_h"), c.get("out_w")
-                calc = f"(2·{n}·{k}² − 1 + {a}) · {f} · {h} · {w}"
-                value = (2 * n * k * k - 1 + a) * f * h * w
+        for name, c in sel.layers.items():
+            n, f, k, a = c["inputs"], c["outputs"], c["kernel"], c["a"]
+            if c["kind"] == "conv":
+                calc, value = (
+                    f"(2·{n}·{k}² − 1 + {a}) · {f} · {c['out_h']} · {c['out_w']}",
+                    (2 * n * k * k - 1 + a) * f * c["out_h"] * c["out_w"],
+                )
             else:
-                calc = f"{f} · (2·{n} − 1 + {a})"
-                value = f * (2 * n - 1 + a)
+                calc, value = f"{f} · (2·{n} − 1 + {a})", f * (2 * n - 1 + a)
             total += value
             rows.append([name, calc, f"{value:,}"])
         rows.append(["**total**", "", f"**{total:,}**"])
-        formula.append(f"For the selected model ({selected.get('architecture') if selected else '?'}):")
-        formula.append(table(["layer", "formula", "FLOPs"], rows, "llr"))
-        reported = number(sel_model.get("flops"))
-        if reported is not None:
-            same = "equal to" if int(reported) == total else "different from"
-            formula.append(f"The formula gives {total:,} FLOPs, {same} the {int(reported):,} the benchmark computed.")
-    if models:
+        same = "equal to" if total == sel.flops else "different from"
+        lines += [
+            f"For the selected model ({sel.architecture}):",
+            table(["layer", "formula", "FLOPs"], rows, "llr"),
+            f"The formula gives {total:,} FLOPs, {same} the {sel.flops:,} the benchmark computed.",
+        ]
+    figures = []
+    if r.models:
         name = "flops_pareto.png"
-        _plot_flops(view.figure_path(name), models, selected.get("name") if selected else None, floor)
-        formula.append(f"![test accuracy against FLOPs]({name})")
-        front = set(r.get("pareto_front") or [])
+        _plot_flops(view.figure_path(name), r.models, sel.name if sel else None, r.min_test_accuracy)
+        figures.append(name)
+        front = set(r.pareto_front)
         rows = [
-            [m.get("name"), m.get("stage", "-"), m.get("architecture", "-"), count(m.get("flops")), count(m.get("params")),
-             pct(m.get("test_accuracy")), "yes" if m.get("name") in front else "",
-             "**selected**" if selected and m.get("name") == selected.get("name") else ""]
-            for m in sorted(models, key=lambda m: (m["flops"], -m["test_accuracy"]))
+            [m.name, m.stage, m.architecture, f"{m.flops:,}", f"{m.params:,}", pct(m.test_accuracy),
+             "yes" if m.name in front else "", "**selected**" if sel is not None and m.name == sel.name else ""]
+            for m in sorted(r.models, key=lambda m: (m.flops, -m.test_accuracy))
         ]  # fmt: skip
-        formula.append(
+        lines.append(
+            f"Test accuracy against FLOPs for every model of Step 3 (item 18); the star is the selected model.\n\n"
+            f"![test accuracy against FLOPs]({name})"
+        )
+        lines.append(
             details(
-                f"All {len(models)} models of Step 3 (sorted by FLOPs)",
+                f"All {len(r.models)} models of Step 3 (sorted by FLOPs)",
                 table(
                     ["model", "stage", "architecture", "FLOPs", "params", "test accuracy", "Pareto front", ""],
                     rows,
@@ -262,79 +296,68 @@ def step4(view: Any, roles: Roles, baseline: Any | None) -> tuple[list[dict[str,
                 ),
             )
         )
-        out.append(section("18. FLOPs and the Pareto plot", formula, [name]))
-    else:
-        out.append(section("18. FLOPs and the Pareto plot", formula))
-        notes.append("Step 4: the benchmark reported no per-model FLOPs and accuracy.")
-
-    n_test = number(r.get("test_images")) or number((r.get("timing") or {}).get("images"))
-    if selected:
-        acc = number(selected.get("test_accuracy"))
-        lines = [
-            f"The model with the fewest FLOPs among those above {pct(floor, 0)} test accuracy (item 19): "
-            f"**{selected.get('name')}** from `{selected.get('stage', '?')}`, {selected.get('architecture', '?')}, "
-            f"{count(selected.get('flops'))} FLOPs, {count(selected.get('params'))} parameters.",
-        ]
-        if acc is not None and n_test:
-            lo, hi = wilson(acc, int(n_test))
-            margin = round((acc - (floor or 0.0)) * n_test)
-            lines.append(
-                f"Test accuracy {pct(acc)}, 95% interval {100 * lo:.2f} to {100 * hi:.2f} % over the {int(n_test):,} "
-                f"test images (Wilson score interval). It clears {pct(floor, 0)} by {margin:,} test image(s)"
-                + (
-                    f"; {pct(floor, 0)} lies inside the interval, so on another test set of this size it could fall below."
-                    if floor is not None and lo <= floor
-                    else "; the whole interval lies above it."
-                )
-            )
-        out.append(section("19. The selected model", lines))
-    else:
-        out.append(section("19. The selected model", f"_No model is above {pct(floor, 0)} test accuracy._"))
-    out.append(section("20. The model as matrix multiplications, and its speed", _timing(r, baseline)))
-    return out, notes
+    return section("18. FLOPs and the Pareto plot", lines, figures)
 
 
-def _timing(r: Mapping[str, Any], baseline: Any | None) -> list[str]:
-    t = r.get("timing") if isinstance(r.get("timing"), Mapping) else {}
+def _timing(r: BenchmarkResult) -> list[str]:
+    t = r.timing
     lines = [
         "The selected model rewritten with matrix multiplications only (no `conv2d` or `Linear` layers): each "
         "convolution unfolds the image into patches and multiplies them by the filters as one matrix, and each "
-        "dense layer is a matrix product, with the weights loaded from the trained model."
+        "dense layer is a matrix product, with the weights loaded from the trained model. On the whole test set "
+        f"it gives {'the same logits as' if r.matmul_allclose else 'different logits from'} the nn-module version "
+        "(allclose).",
     ]
-    if r.get("matmul_allclose") is not None:
-        same = "the same logits as" if r["matmul_allclose"] else "different logits from"
-        lines.append(f"On the whole test set it gives {same} the nn-module version (allclose).")
-    nn, mm = number(t.get("nn_median_s")), number(t.get("matmul_median_s"))
-    orig = number(t.get("original_nn_median_s") or r.get("original_nn_median_s"))
-    if nn is None or mm is None:
-        lines.append("_The benchmark recorded no timing._")
-        return lines
+    if t.note:
+        lines.append(f"_{t.note}_")
+    orig = t.original_nn_median_s
     rows = []
     if orig is not None:
-        rows.append(["Step 1 network, nn modules", _s(orig), _s(t.get("original_nn_iqr_s")), "1.00", "-"])
-    rows.append(["selected model, nn modules", _s(nn), _s(t.get("nn_iqr_s")), _x(nn, orig), "1.00"])
-    rows.append(["selected model, matmul only", _s(mm), _s(t.get("matmul_iqr_s")), _x(mm, orig), _x(mm, nn)])
+        what = r.original.architecture if r.original is not None else t.original_model
+        rows.append([f"Step 1 network ({what}), nn modules", _s(orig), _s(t.original_nn_iqr_s), "1.00", "-"])
+    rows.append(
+        [f"selected model ({t.model}), nn modules", _s(t.nn_median_s), _s(t.nn_iqr_s), _x(t.nn_median_s, orig), "1.00"]
+    )
+    rows.append(
+        ["selected model, matmul only", _s(t.matmul_median_s), _s(t.matmul_iqr_s), _x(t.matmul_median_s, orig),
+         f"{t.matmul_over_nn:.2f}"]
+    )  # fmt: skip
     lines.append(
         table(["inference over the test set", "median", "IQR", "× Step 1 network", "× nn, same model"], rows, "lrrrr")
     )
-    context = (
-        f"{cell(t.get('images'))} images at batch {cell(t.get('batch_size'))}, {cell(t.get('threads'))} thread(s), "
-        f"{cell(t.get('rounds'))} interleaved rounds, all measured in the same run"
-        + (f", CPU {t['cpu']}" if t.get("cpu") else "")
+    lines.append(
+        f"{t.images:,} images at batch {t.batch_size}, {t.threads} thread(s), {t.rounds} interleaved rounds, all "
+        f"measured in the same run"
+        + (f", CPU {t.cpu}" if t.cpu else "")
+        + (f", torch {t.torch}" if t.torch else "")
         + "."
     )
-    lines.append(context)
     if orig is not None:
-        faster = orig / mm
+        ratio = t.matmul_median_s / orig
         lines.append(
             f"Against the original network of Step 1 (item 20), the matmul version of the selected model takes "
-            f"{mm / orig:.2f}× the time ({'faster' if faster > 1 else 'slower'}, {max(faster, 1 / faster):.2f}×)."
+            f"{ratio:.2f}× the time: {'faster' if ratio < 1 else 'slower'}, by {max(ratio, 1 / ratio):.2f}×."
         )
     else:
         lines.append(
-            "_The benchmark did not time the Step 1 network (`original_nn_median_s`), so the comparison with the "
-            "original network of item 20 is missing; a newer benchmark job records it._"
+            "_The Step 1 network was not timed (the benchmark stage has no `original` param), so the comparison "
+            "item 20 asks for is missing._"
         )
+    if t.cuda_nn_median_s is not None:
+        lines.append(
+            table(
+                ["on the GPU", "median"],
+                [
+                    ["selected model, nn modules", _s(t.cuda_nn_median_s)],
+                    ["selected model, matmul only", _s(t.cuda_matmul_median_s)],
+                    ["Step 1 network, nn modules", _s(t.cuda_original_nn_median_s)],
+                ],
+                "lr",
+            )
+            + (f"\n\nGPU: {t.cuda_device}." if t.cuda_device else "")
+        )
+    elif t.cuda:
+        lines.append(f"GPU: not timed ({t.cuda}).")
     return lines
 
 
@@ -347,9 +370,9 @@ def _x(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
-def _plot_flops(path: Any, models: list[dict[str, Any]], selected: str | None, floor: float | None) -> None:
+def _plot_flops(path: Any, models: list[ModelRecord], selected: str | None, floor: float | None) -> None:
     plt = pyplot()
-    pts = sorted((float(m["flops"]), 100 * float(m["test_accuracy"]), str(m.get("name"))) for m in models)
+    pts = sorted((float(m.flops), 100 * m.test_accuracy, m.name) for m in models)
     front, best = [], -1.0
     for x, y, n in pts:
         if y > best:
