@@ -40,16 +40,21 @@ def sections(view: Any) -> list[dict[str, Any]]:
     notes: list[str] = []
     out: list[dict[str, Any]] = []
 
-    def part(fn: Callable[[], tuple[list[dict[str, Any]], list[str]]]) -> None:
-        made, why = fn()
+    def part(name: str, fn: Callable[[], tuple[list[dict[str, Any]], list[str]]]) -> None:
+        try:
+            made, why = fn()
+        except Exception as exc:  # one part's bug (or odd data) must not cost the other Steps
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            notes.append(f"{name}: could not be written ({type(exc).__name__}: {first}).")
+            return
         out.extend(made)
         notes.extend(why)
 
-    part(lambda: step1(view, roles, hist))
-    part(lambda: confusion(view, roles))
-    part(lambda: step2(view, roles, hist))
-    part(lambda: step3(view, roles))
-    part(lambda: step4(view, roles))
+    part("Step 1", lambda: step1(view, roles, hist))
+    part("Step 1 confusion matrix", lambda: confusion(view, roles))
+    part("Step 2", lambda: step2(view, roles, hist))
+    part("Step 3", lambda: step3(view, roles))
+    part("Step 4", lambda: step4(view, roles))
     if notes:
         out.append(section("Not in this report", "\n".join(f"- {n}" for n in notes), level=2))
     for s in out:

@@ -289,7 +289,7 @@ def test_wilson_interval_and_seed_statistics():
     lo, hi = wilson(0.5, 100)
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)  # the textbook value
     lo, hi = wilson(1.0, 10)
-    assert hi == 1.0 and 0.69 < lo < 0.73  # stays inside [0, 1], unlike p ± 1.96·se
+    assert hi == pytest.approx(1.0) and 0.72 < lo < 0.73  # 10/(10 + z²); inside [0, 1], unlike p ± 1.96·se
     assert std([1.0]) is None and std([1.0, 3.0]) == pytest.approx(math.sqrt(2))
 
     class Job:
@@ -303,3 +303,42 @@ def test_wilson_interval_and_seed_statistics():
     assert (
         isinstance(configs[0], Config) and configs[0].values == [0.90, 0.86] and configs[0].mean == pytest.approx(0.88)
     )
+
+
+PARTIAL = """\
+sweep: only-a-grid
+defaults: {seed: 0, train_subset: 300, test_subset: 200, max_epochs: 1, log_every: 4, target_train_acc: 0.5,
+           eval_batch_size: 200, conv1: {channels: 4, kernel: 3}, conv2: {channels: 4, kernel: 3}}
+stages:
+  model_search:
+    kind: train
+    grid:
+      dense: [16, 32]
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_with_only_a_grid_gets_its_questions_and_one_line_per_missing_part(tmp_path):
+    (tmp_path / "g.yaml").write_text(PARTIAL)
+    db = f"sqlite:///{tmp_path / 'state' / 'queue.db'}"
+    state = str(tmp_path / "state")
+    assert run_cli("enqueue", "g.yaml", "--db", db, cwd=tmp_path).returncode == 0
+    proc = run_cli("work", "--db", db, "--state", state, "--no-tracking", "--data-dir", str(FMNIST_DIR), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("report", "--out", "rep", "--no-plots", "--db", db, "--state", state, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "### 12a. The top 3 configurations and all runs" in md and "### 12b." in md and "### 12c." in md
+    assert "## Step 1" not in md and "## Step 3" not in md and "## Step 4" not in md
+    missing = part(md, "## Not in this report")
+    for line in (
+        "- Step 1: the sweep has no finished `baseline` train stage.",
+        "- 12a-12c: the sweep has no training grid",
+        "- Seeds: `model_search` has no seed-repeat stage",
+        "- 12d: the sweep has no `diagnostics` train stage.",
+        "- Step 3: the sweep has no `kind: prune` stage.",
+        "- Step 4: the sweep has no `kind: benchmark` stage.",
+    ):
+        assert line in missing
+    assert "could not be written" not in md  # every part degraded by itself, none crashed
+    assert "Every configuration ran with one seed" in part(md, "### How much of this is noise")
