@@ -4,7 +4,7 @@ Three forms, all resolved once, when every upstream job has finished:
 
 * `inherit:` on a stage copies named params from the best upstream job::
 
-      inherit: {from: model_search, metric: time_to_target_s, mode: min, keys: [conv1, conv2, dense]}
+      inherit: {from: model_search, metric: images_to_target, mode: min, keys: [conv1, conv2, dense]}
 
 * A reference as a param value stands for an upstream job's outputs::
 
