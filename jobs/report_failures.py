@@ -110,7 +110,10 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     versus = f"test accuracy {pct(acc)} against the baseline's {pct(base)}"
     if acc is not None and base is not None:
         versus += f" ({100 * (acc - base):+.2f} points)"
-    not_shown = f"This run does not show the failure: its {versus}, not clearly below it (by more than {100 * clearly:.1f} points)."
+    not_shown = (
+        f"Its {versus} is not clearly below the baseline (clearly: by more than {100 * clearly:.1f} points, "
+        "2 standard errors of a difference measured on this test set)."
+    )
     if mode in ("lr_high", "lr_low"):
         bad = curve is not None and diverged(curve)
         if mode == "lr_high" and bad:
@@ -135,8 +138,8 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
             signs.append(versus)
         if signs:
             return Verdict(True, "The loss oscillates: " + "; ".join(signs) + ".")
-        extra = f" (its loss is {rough:.1f}× as jagged as the baseline's)" if rough is not None else ""
-        return Verdict(False, not_shown[:-1] + extra + ", and its loss neither oscillates nor diverges.")
+        jagged = f" (it is {rough:.1f}× as jagged as the baseline's)" if rough is not None else ""
+        return Verdict(False, not_shown + f" Its training loss neither oscillates nor diverges{jagged}.")
     if mode == "batch_small":
         speed, base_speed = number(r.get("images_per_s")), number(b.get("images_per_s"))
         rough = _rough_ratio(curve, ref_curve)
