@@ -38,11 +38,13 @@ from .model import CNN
 
 STRATEGIES = ("auto", "im2col", "rows", "shifted")
 
-# The patch matrix of one block of images is built, multiplied and dropped before the next block:
-# sized to stay in a core's L2 (512 KiB on the reference machine, 1-2 MiB on newer ones), so the
-# GEMM reads patches that were just written instead of fetching a whole batch's matrix (20 MB for
-# the 5x5 16/32 net's conv2 at batch 32) back from memory.
-BLOCK_BYTES = 256 * 1024
+# The patch matrix of one block of images is built, multiplied and dropped before the next block,
+# so the GEMM reads patches that were just written instead of fetching a whole batch's matrix
+# (20 MB for the 5x5 16/32 net's conv2 at batch 32) back from memory. 1 MiB, about a core's L2
+# (512 KiB on the reference machine, 1-2 MiB on newer ones): with 256 KiB, conv1 of the 3×3 nets
+# (780 KB for a whole batch) was cut into 4 blocks and the 8/8/100 net went from 0.87x to 1.17x
+# the nn modules' time; at 1 MiB only layers far beyond L2 are blocked (5x5 conv2: one image each).
+BLOCK_BYTES = 1024 * 1024
 
 
 def choose(strategy: str, in_channels: int, kernel: int) -> str:

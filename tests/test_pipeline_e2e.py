@@ -92,7 +92,7 @@ def test_sweep_runs_to_the_benchmark_by_sweeper_work_alone(tmp_path):
         "benchmark": "blocked",
     }
 
-    done = run_cli("work", "--threads-per-worker", "1", cwd=tmp_path)
+    done = run_cli("work", "--threads-per-worker", "1", cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = rows(tmp_path)
     by_stage = {s: [j for j in jobs if j["stage"] == s] for s in ORDER}

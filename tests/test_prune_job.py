@@ -65,7 +65,7 @@ def sweep(tmp_path_factory) -> Path:
     assert run_cli("enqueue", "grid.yaml", cwd=root).returncode == 0
     args = ("work", *WORK, "--stage", "train", "--stage", "prune_a", "--stage", "prune_mag")
     args += ("--stage", "prune_c", "--stage", "prune_nomodel", "--stage", "bench_nomodels")
-    done = run_cli(*args, cwd=root)
+    done = run_cli(*args, cwd=root, timeout=900)  # every structured step fine-tunes twice (the control)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -215,7 +215,7 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
         stop_process(worker)
     assert jobs(sweep)["prune_b"]["status"] == "running", "killed -9: nobody released the job"
     # --wait: the killed worker's lease may not have expired yet when this one starts
-    resumed = run_cli("work", *WORK, "--stage", "prune_b", "--wait", "--poll", "0.2", cwd=sweep)
+    resumed = run_cli("work", *WORK, "--stage", "prune_b", "--wait", "--poll", "0.2", cwd=sweep, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     all_jobs = jobs(sweep)
     a, b = all_jobs["prune_a"]["result"], all_jobs["prune_b"]

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobs.model import load_model
-from tests.conftest import run_cli
+from tests.conftest import FMNIST_DIR, run_cli
 
 GRID = """
 sweep: prune-rule
@@ -45,11 +45,13 @@ WORK = ("--no-tracking", "--threads-per-worker", "1", "--retry-backoff", "0")
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, fmnist_dir) -> Path:
+def sweep(tmp_path_factory) -> Path:
+    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"real Fashion-MNIST not found in {FMNIST_DIR}: apt-get install dataset-fashion-mnist")
     root = tmp_path_factory.mktemp("prune-rule")
-    (root / "grid.yaml").write_text(textwrap.dedent(GRID.format(data=fmnist_dir)))
+    (root / "grid.yaml").write_text(textwrap.dedent(GRID.format(data=FMNIST_DIR)))
     assert run_cli("enqueue", "grid.yaml", cwd=root).returncode == 0
-    done = run_cli("work", *WORK, cwd=root)
+    done = run_cli("work", *WORK, cwd=root, timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
