@@ -319,3 +319,27 @@ def test_images_seen_counts_each_epochs_short_last_batch():
     assert images_seen(32, 32, 1000, 32) == 1000
     assert images_seen(33, 32, 1000, 32) == 1032
     assert images_seen(64, 32, 1000, 32) == 2000
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        ("over_seeds: mean, min_seeds: 3", "over_seeds: median", "inherit", "over_seeds must be 'mean' or 'none'"),
+        ("over_seeds: mean, min_seeds: 3", "min_seeds: 3", "inherit", "min_seeds counts the seeds"),
+        ("from: [search, again]", "from: [search, agian]", "inherit", "inherits from 'agian', which is not in 'needs'"),
+        (
+            "best_of: [search, again], metric: score, mode: max, over_seeds: mean}",
+            "best_of: [search, again], metric: score, over_seeds: mean, min_seeds: 0}",
+            "params",
+            "min_seeds must be an integer from 1",
+        ),
+    ],
+)
+def test_bad_seed_options_are_spec_errors_naming_the_stage_and_key(old, new, key, message):
+    from sweeper.errors import SpecError
+
+    assert old in GRID
+    with pytest.raises(SpecError) as info:
+        parse_spec(textwrap.dedent(GRID.replace(old, new, 1)), "g.yaml")
+    text = str(info.value)
+    assert message in text and f"key '{key}'" in text, text
