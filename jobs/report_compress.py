@@ -236,11 +236,26 @@ def step4(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
             f"{r.test_images:,} test images (Wilson score interval). It clears {pct(floor, 0)} by {margin:,} test "
             f"image(s){inside}",
         ]
+        if _rejected(view, sel):
+            lines.append(
+                f"This model is step {sel.step} of `{sel.stage}`, the step that broke that layer's stopping rule in "
+                "Step 3 (the pruning chain did not keep it). Item 19 chooses among every model measured, so it is "
+                "still a candidate: its accuracy is above the floor."
+            )
         out.append(section("19. The selected model", lines))
     else:
         out.append(section("19. The selected model", f"_{r.selection}._"))
     out.append(section("20. The model as matrix multiplications, and its speed", _timing(r)))
     return out, notes
+
+
+def _rejected(view: Any, sel: ModelRecord) -> bool:
+    """Whether the selected model is a pruning step its prune job did not accept."""
+    for job in view.jobs(sel.stage):
+        for t in job.result.get("triplets") or []:
+            if isinstance(t, Mapping) and t.get("step") == sel.step and t.get("accepted") is False:
+                return True
+    return False
 
 
 def _flops_part(view: Any, r: BenchmarkResult, sel: ModelRecord | None) -> dict[str, Any]:

@@ -260,6 +260,10 @@ def test_report_numbers_are_the_jobs_numbers(report):
     q19 = part(md, "### 19. The selected model")
     lo, hi = wilson(sel["test_accuracy"], bench["test_images"])
     assert f"**{sel['name']}**" in q19 and f"{100 * lo:.2f} to {100 * hi:.2f} %" in q19 and "Wilson" in q19
+    rejected = any(
+        t["step"] == sel["step"] and not t["accepted"] for j in jobs[sel["stage"]] for t in j.result["triplets"]
+    )
+    assert ("the step that broke that layer's stopping rule" in q19) == rejected
     q20 = part(md, "### 20. The model as matrix multiplications, and its speed")
     timing = bench["timing"]
     assert f"| selected model ({sel['name']}), nn modules | {timing['nn_median_s']:.3f} s |" in q20
