@@ -42,9 +42,10 @@ stages:
     kind: train
     params: {stop_at_target: false}
     configs:
+      - {lr: 0.01}       # the reference: the baseline's settings on this stage's images and epochs
       - {lr: 0.5}
       - {lr: 0.00001}
-      - {momentum: 0.99}
+      - {lr: 0.02, momentum: 0.99}   # about momentum, though the lr changes too
       - {batch_size: 4, train_subset: 200}
       - {conv1: {channels: 16, kernel: 5}, conv2: {channels: 16, kernel: 5}, dense: 64, train_subset: 200}
   train_search:
@@ -233,6 +234,8 @@ def test_report_numbers_are_the_jobs_numbers(report):
         "#### iv. Batch size too small": {"batch_size": 4},
         "#### v. Overfitting due to a large model": {"dense": 64},
     }
+    reference = next(j for j in jobs["diagnostics"] if j.params["lr"] == 0.01)
+    assert f"the reference (grey) is run `{reference.id}` of the same stage" in md
     for heading, params in modes.items():
         job = next(j for j in jobs["diagnostics"] if all(j.params[k] == v for k, v in params.items()))
         text = part(md, heading)
