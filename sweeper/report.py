@@ -13,7 +13,9 @@ entry-point group (or named as `module:function` with --plugin). A plug-in is ca
 with a read-only view of the sweep (see results.SweepView: jobs, results, sha256-verified
 artifacts, and `view.figure_path(name)` for the figures it draws). Each section it returns is
 `{"title": str, "body": markdown, "figures": [file names it saved]}` (or a Section); the body
-refers to figures by file name. A plug-in that finds nothing to say returns no sections, or a
+refers to figures by file name. Sections marked `lead` open the report (a plug-in whose sections
+are the report a reader came for, such as the assignment's Steps); the stage-by-stage part then
+follows as an appendix. A plug-in that finds nothing to say returns no sections, or a
 section whose body says what is missing. One that raises becomes a section naming the error:
 the rest of the report is still written.
 """
