@@ -221,7 +221,7 @@ def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]]
         by_mode.setdefault(mode or "other", []).append(job)
     epochs = cell(ref.params.get("max_epochs"))
     which = (
-        f"run `{ref.id}` of the same stage, with the reference's settings on the same images for {epochs} epochs"
+        f"run `{ref.id}` of the same stage, with the baseline's settings on the same images for {epochs} epochs"
         if in_stage
         else f"the baseline trained a fixed {epochs} epochs"
     )
