@@ -204,7 +204,7 @@ def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]]
     if base is None:
         return [], ["12d: no baseline to tell what each failure-mode run changed."]
     base_flat = base.flat_params()
-    # A run of the stage with the reference's settings (on the stage's images and epochs) is the fairest
+    # A run of the stage with the baseline's settings (on the stage's images and epochs) is the fairest
     # reference; without one, the baseline trained a fixed number of epochs.
     in_stage = [j for j in runs if classify(j.flat_params(), base_flat) is None]
     ref = in_stage[0] if in_stage else roles.reference
