@@ -1,6 +1,6 @@
 """Inference over the Fashion-MNIST test set: nn modules against matmul-only re-implementations.
 
-    python benchmarks/inference.py [--images 10000] [--batch-size 32] [--threads 1] [--rounds 3]
+    python benchmarks/inference.py [--images 10000] [--batch-size 32] [--threads 1] [--rounds 3] [--arch 5x5]
 
 Writes benchmarks/results/inference.json. For each architecture (random weights: time does not
 depend on their values) one pass over the test set in batches of 32 is timed for:
@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--seed", type=int, default=0, help="for the order of variants within each round")
+    ap.add_argument("--arch", action="append", help="only the architectures whose label contains this (repeatable)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -140,6 +141,8 @@ def main() -> None:
     results = {}
     order = random.Random(args.seed)
     for label, arch in ARCHS.items():
+        if args.arch and not any(a in label for a in args.arch):
+            continue
         model = model_for(arch)
         fns = variants(model)
         with torch.inference_mode():

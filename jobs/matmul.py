@@ -15,7 +15,7 @@ Each conv uses one of three strategies, all from strided views made by `as_strid
   reshaped to (C·k·k, m·H'·W') (the one copy), then a GEMM with the bias folded in
   (`torch.addmm`) into that block's output columns. The block is sized (BLOCK_BYTES) so that its
   patch matrix stays in L2: on the 5×5 16/32 net, the whole batch's matrix for conv2 is 20 MB,
-  and blocking took that net from 2.3x to 1.7x the nn modules' time (BENCHMARKS.md).
+  and blocking took that net from 2.5x to 1.7x the nn modules' time (BENCHMARKS.md).
 * "rows": per block of images, patches over (channel, kernel row) only, at full width, then k
   GEMMs over the kernel's column shifts: a k times smaller copy, but k accumulating GEMMs of
   depth C·k and H'×W work instead of H'×W'. Slower than blocked im2col in our measurements; kept
