@@ -3,12 +3,15 @@ without duplicate steps, params, tags, artifacts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
-from sweeper.tracking import MLflowTracker, NullTracker, RunInfo, make_tracker
+from sweeper.config import postgres_tracking_uri, resolve_settings
+from sweeper.tracking import ARTIFACTS_ENV, VIEW_KEY, MLflowTracker, NullTracker, RunInfo, make_tracker
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +144,66 @@ def test_tracking_switched_off_is_a_null_tracker(tmp_path):
     t = make_tracker(None, tmp_path)
     assert isinstance(t, NullTracker)
     assert t.start(info("job-null"), None) is None
+
+
+def test_experiments_open_on_the_runs_table_with_a_view_that_shows_the_stage(store):
+    run_id = tracker(store).start(info("job-ui", sweep="exp-ui"), None)
+    client = MlflowClient(store[0])
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI overview
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    assert view["selectedColumns"][0] == "tags.`stage`"
+
+
+def test_an_experiment_made_by_an_older_version_gets_the_ui_tags(store):
+    client = MlflowClient(store[0])
+    client.create_experiment("exp-old")
+    run_id = tracker(store).start(info("job-old", sweep="exp-old"), None)
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.name == "exp-old" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_default_store_is_next_to_the_queue(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sqlite = resolve_settings(state=tmp_path / "s")
+    assert sqlite.tracking_uri == f"sqlite:///{(tmp_path / 's').resolve() / 'mlflow.db'}"
+    pg = resolve_settings(state=tmp_path / "s", db="postgres://me:secret@db.example:6543/sweeps")
+    assert pg.tracking_uri == "postgresql+psycopg://me:secret@db.example:6543/sweeps_mlflow"
+    given = resolve_settings(state=tmp_path / "s", db="postgres://h/q", tracking_uri="http://mlflow:5000")
+    assert given.tracking_uri == "http://mlflow:5000"
+    long = resolve_settings(db="postgresql://h/" + "q" * 70).tracking_uri
+    assert long.endswith("_mlflow") and len(long.rsplit("/", 1)[1]) == 63  # PostgreSQL's name limit
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_settings(db="postgres://h/q").tracking_uri == "http://env:5000"
+
+
+@pytest.mark.postgres
+def test_postgres_store_is_created_next_to_the_queue_and_keeps_files_in_the_queue(pg_url, tmp_path, monkeypatch):
+    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    uri = postgres_tracking_uri(pg_url)
+    t = make_tracker(uri, tmp_path, pg_url)
+    assert isinstance(t, MLflowTracker)
+    run_id = t.start(info("job-pg", sweep="exp-pg"), None)  # creates database <queue>_mlflow and its tables
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"png")
+    t.log_artifact(path)  # no place every machine reaches: the file stays in the sweep's own store
+    t.end("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "sweeper show" in run.data.tags["sweeper.files"]
+    assert client.list_artifacts(run_id) == []
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
+    # the queue's own database holds no MLflow table (MLflow has a `jobs` table of its own)
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        assert "experiments" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+
+    shared = tmp_path / "shared-artifacts"
+    monkeypatch.setenv(ARTIFACTS_ENV, shared.as_uri())  # e.g. a path every machine mounts
+    t = make_tracker(uri, tmp_path, pg_url)
+    run_id = t.start(info("job-pg-shared", sweep="exp-pg-shared"), None)
+    t.log_artifact(path)
+    t.end("FINISHED")
+    assert [f.path for f in client.list_artifacts(run_id)] == ["curves.png"]
+    assert list(shared.rglob("curves.png"))
