@@ -4,6 +4,8 @@ without duplicate steps, params, tags, artifacts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.config import postgres_tracking_uri, resolve_settings
 from sweeper.tracking import ARTIFACTS_ENV, VIEW_KEY, MLflowTracker, NullTracker, RunInfo, make_tracker
+
+from .conftest import cli_env, stop_process, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +211,50 @@ def test_postgres_store_is_created_next_to_the_queue_and_keeps_files_in_the_queu
     t.end("FINISHED")
     assert [f.path for f in client.list_artifacts(run_id)] == ["curves.png"]
     assert list(shared.rglob("curves.png"))
+
+
+RACE = """
+import pathlib, sys, time
+import mlflow.tracking  # imported before the barrier: the race is over the store, not the import
+from sweeper.config import postgres_tracking_uri
+from sweeper.tracking import RunInfo, make_tracker
+
+queue, gate, name = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+pathlib.Path(f"{gate}.{name}").touch()
+while not gate.exists():
+    time.sleep(0.005)
+t = make_tracker(postgres_tracking_uri(queue), pathlib.Path(sys.argv[4]), queue)
+t.start(RunInfo("race", "s", name, "noop", name, 1, {}), None)
+t.end("FINISHED")
+"""
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_on_a_fresh_server_share_one_store(pg_url, tmp_path):
+    """Three workers (processes, as on three machines) open the default store of a fresh queue at the
+    same moment, released by one barrier: the database and MLflow's tables are created once, and
+    every job gets its run in the one experiment."""
+    gate, names = tmp_path / "gate", [f"job-{i}" for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, pg_url, str(gate), name, str(tmp_path / name)],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    try:
+        wait_for(lambda: all(Path(f"{gate}.{n}").exists() for n in names), timeout=300, what="three ready workers")
+        gate.touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    client = MlflowClient(postgres_tracking_uri(pg_url))
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.data.tags["job_id"] for r in runs) == names
+    assert all(r.info.status == "FINISHED" for r in runs)
