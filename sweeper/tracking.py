@@ -117,15 +117,31 @@ def run_name(run: RunInfo) -> str:
     return f"{run.stage} {run.label}".strip()[:250]
 
 
-def _retry_locked(fn: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
-    """MLflow's SQLite store raises 'database is locked' under concurrent workers: wait it out."""
+# Errors worth waiting out: SQLite's lock contention under concurrent workers, and a database
+# server that restarts or drops connections (on PostgreSQL the MLflow store shares the queue's
+# server, so it goes away in the same outages, which the queue rides out for up to 120 s).
+_TRANSIENT = (
+    "locked",
+    "busy",
+    "connection",
+    "could not connect",
+    "server closed",
+    "terminating",
+    "shutting down",
+    "starting up",
+    "timed out",
+    "timeout",
+)
+
+
+def _retry_transient(fn: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
     delay, deadline = 0.05, time.monotonic() + limit_s
     while True:
         try:
             return fn()
         except Exception as exc:
             text = str(exc).lower()
-            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+            if not any(word in text for word in _TRANSIENT) or time.monotonic() > deadline:
                 raise RuntimeError(f"MLflow: could not {what}: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -276,20 +292,22 @@ class MLflowTracker:
                 self.init_lock.parent.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(self.init_lock)):
                     client = MlflowClient(tracking_uri=self.tracking_uri)
-                    _retry_locked(lambda: client.search_experiments(max_results=1), "open the tracking store")
+                    _retry_transient(lambda: client.search_experiments(max_results=1), "open the tracking store")
             self._client = client
         return self._client
 
     def _experiment_id(self, name: str) -> str:
-        exp = _retry_locked(lambda: self.client.get_experiment_by_name(name), "look up the experiment")
+        exp = _retry_transient(lambda: self.client.get_experiment_by_name(name), "look up the experiment")
         if exp is not None:
             if EXPERIMENT_KIND.keys() - exp.tags.keys():  # an experiment made by an older sweeper
                 for key, value in experiment_tags().items():
-                    _retry_locked(lambda k=key, v=value: self.client.set_experiment_tag(exp.experiment_id, k, v), "tag")
+                    _retry_transient(
+                        lambda k=key, v=value: self.client.set_experiment_tag(exp.experiment_id, k, v), "tag"
+                    )
             return exp.experiment_id
         location = self.artifact_location or (self.artifact_root.resolve().as_uri() if self.artifact_root else None)
         try:
-            return _retry_locked(
+            return _retry_transient(
                 lambda: self.client.create_experiment(name, artifact_location=location, tags=experiment_tags()),
                 "create the experiment",
             )
@@ -312,7 +330,7 @@ class MLflowTracker:
         existing = None
         if run_id is not None:
             try:
-                existing = _retry_locked(lambda: self.client.get_run(run_id), "reopen the run")
+                existing = _retry_transient(lambda: self.client.get_run(run_id), "reopen the run")
             except Exception:
                 existing = None
         exp_id = self._experiment_id(run.sweep)
@@ -328,13 +346,13 @@ class MLflowTracker:
                 # The job finished in a later attempt: this one is a zombie (a worker frozen past
                 # its lease) that the queue will refuse at its next write. Leave the run alone.
                 return run_id
-            _retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
+            _retry_transient(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
             if _int(existing.data.tags.get("attempt")) < run.attempt:
-                _retry_locked(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+                _retry_transient(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
             if not existing.data.params:  # the attempt that created the run died before logging them
                 self._log_params(run)
             return run_id
-        created = _retry_locked(
+        created = _retry_transient(
             lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
         )
         self._run_id = created.info.run_id
@@ -347,12 +365,12 @@ class MLflowTracker:
 
         items = [Param(k, v) for k, v in sorted(flatten_params(run.params).items())]
         for i in range(0, len(items), 100):
-            _retry_locked(
+            _retry_transient(
                 lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
             )
 
     def _run_of_job(self, exp_id: str, job_id: str) -> Any:
-        found = _retry_locked(
+        found = _retry_transient(
             lambda: self.client.search_runs(
                 [exp_id],
                 filter_string=f"tags.job_id = '{job_id}'",
@@ -366,7 +384,7 @@ class MLflowTracker:
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
         floor = {}
         for key in keys:
-            history = _retry_locked(lambda k=key: self.client.get_metric_history(run_id, k), "read metric history")
+            history = _retry_transient(lambda k=key: self.client.get_metric_history(run_id, k), "read metric history")
             if history:
                 floor[key] = max(m.step for m in history)
         return floor
@@ -389,7 +407,7 @@ class MLflowTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._run_id is None or not self.log_files:
             return
-        _retry_locked(lambda: self.client.log_artifact(self._run_id, str(path), artifact_path), "log an artifact")
+        _retry_transient(lambda: self.client.log_artifact(self._run_id, str(path), artifact_path), "log an artifact")
 
     def flush(self) -> None:
         if self._run_id is None or not self._buffer:
@@ -401,7 +419,7 @@ class MLflowTracker:
             chunk = points[i : i + self.BATCH]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
             try:
-                _retry_locked(lambda m=metrics: self.client.log_batch(self._run_id, metrics=m), "log metrics")
+                _retry_transient(lambda m=metrics: self.client.log_batch(self._run_id, metrics=m), "log metrics")
             except BaseException:
                 self._buffer = points[i:] + self._buffer  # not written: a later flush tries them again
                 raise
@@ -412,7 +430,7 @@ class MLflowTracker:
         if self._run_id is None:
             return
         self.flush()
-        _retry_locked(lambda: self.client.set_terminated(self._run_id, status=status), "close the run")
+        _retry_transient(lambda: self.client.set_terminated(self._run_id, status=status), "close the run")
 
 
 def make_tracker(tracking_uri: str | None, state_dir: Path, queue_url: str | None = None) -> Tracker:
