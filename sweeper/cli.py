@@ -332,7 +332,7 @@ def work(
             "--mlflow-uri",
             envvar="MLFLOW_TRACKING_URI",
             show_default=False,
-            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]",
+            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
         ),
     ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
