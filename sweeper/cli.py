@@ -70,6 +70,34 @@ TakeOverOpt = Annotated[
     ),
 ]
 
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="Mirrored mode: when another session's state lease is live, fail at once (exit 4) instead of "
+        "waiting for it to run out.",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"sweeper {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report."""
+
+
 # Commands that only read the queue: in mirrored mode they never take the state lease.
 READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
 
@@ -104,6 +132,10 @@ def _state_session(settings: Settings) -> Any:
     def lost() -> None:  # another session took the state over: stop like on SIGTERM
         os.kill(os.getpid(), signal.SIGTERM)
 
+    # A live lease of another session (the VM before a disconnect) is waited out: `work --wait`
+    # and the short commands unless --no-wait.
+    wait = bool(ctx.params.get("wait")) if access == "work" else not ctx.params.get("no_wait")
+
     session = ctx.with_resource(
         open_state(
             settings,
@@ -113,6 +145,8 @@ def _state_session(settings: Settings) -> Any:
             take_over=bool(ctx.params.get("take_over")),
             log=lambda line: err.print(mask_password(line), markup=False, highlight=False),
             on_lost=lost,
+            wait=wait and access != "read",
+            fail_fast="without --wait it fails at once" if access == "work" else "--no-wait fails at once",
         )
     )
     ctx.meta["sweeper.session"] = session
@@ -174,6 +208,7 @@ def enqueue(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
     from .queue import EnqueueDiff, Queue
@@ -242,6 +277,14 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
 
 @app.command()
 def work(
+    grid: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Enqueue this grid first (idempotent, as `sweeper enqueue`), then work: one command for a "
+            "notebook cell that is run again after every disconnect.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to run here.")] = 1,
     threads_per_worker: Annotated[
         int | None,
@@ -311,11 +354,18 @@ def work(
 
     With the state on a network mount (Google Drive on Colab) the queue runs from a local copy and
     snapshots go to the state directory (see --mirror); one session at a time may use that state.
+    With --wait, a live lease of another session (the VM before a disconnect) is waited out with a
+    countdown, then this session takes over and resumes.
     """
     if store not in ("auto", "files", "db"):
         raise UsageError(f"--store must be files, db or auto, not {store!r}")
     from .worker import WorkerOptions, run_workers
 
+    spec = None
+    if grid is not None:  # read before the state is opened: a typo fails at once, not after a lease wait
+        from .spec import load_spec
+
+        spec = load_spec(grid)
     settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
     session = _state_session(settings)
     if session.mirrored and store == "db":
@@ -324,6 +374,15 @@ def work(
             "state directory only with each snapshot",
             hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
         )
+    if spec is not None:
+        from .queue import Queue
+
+        database = _open(settings, create=True)
+        try:
+            diff = Queue(database).enqueue(spec)
+        finally:
+            database.dispose()
+        _print_diff(diff, settings, listing=False)
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -348,13 +407,15 @@ def work(
 def status(
     sweep: SweepOpt = None,
     by: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--by",
+            show_default=False,
             help="Rank the leaderboard by this result metric; append :max or :min to set the direction "
-            "(default: min for times, losses and sizes, else max).",
+            "(default: min for times, losses and sizes, else max). A metric no finished job reports is an "
+            "error. [default: test_accuracy]",
         ),
-    ] = "test_accuracy",
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Leaderboard rows (0 hides it).")] = 5,
     failures: Annotated[int, typer.Option("--failures", min=0, help="Recent failures to list.")] = 5,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl-C.")] = False,
@@ -378,7 +439,7 @@ def status(
 
     if watch and as_json:
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
-    metric = parse_metric(by)
+    metric = parse_metric(by or "test_accuracy")
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
@@ -386,6 +447,10 @@ def status(
             from .results import require_sweep
 
             require_sweep(database, sweep)
+        if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
+            from .dashboard import check_metric
+
+            check_metric(database, metric, sweep, option="--by")
         read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
         if watch:
             watch_status(read, out, interval=interval)
@@ -487,11 +552,21 @@ def report(
         str | None, typer.Option("--sweep", help="The sweep to report on (default: the only sweep in the queue).")
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min].")
-    ] = "test_accuracy",
+        str | None,
+        typer.Option(
+            "--metric",
+            show_default=False,
+            help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min]. [default: test_accuracy]",
+        ),
+    ] = None,
     second: Annotated[
-        str, typer.Option("--second", help="Secondary metric: a second sorted table, Pareto x axis. NAME[:max|min].")
-    ] = "time_to_target_s",
+        str | None,
+        typer.Option(
+            "--second",
+            show_default=False,
+            help="Secondary metric: a second sorted table, Pareto x axis. NAME[:max|min]. [default: time_to_target_s]",
+        ),
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the top-k tables.")] = 3,
     plugin: Annotated[
         list[str] | None,
@@ -512,8 +587,8 @@ def report(
     from .results import SweepView, only_sweep
 
     opts = ReportOptions(
-        primary=parse_metric(metric, option="--metric"),
-        secondary=parse_metric(second, option="--second"),
+        primary=parse_metric(metric or "test_accuracy", option="--metric"),
+        secondary=parse_metric(second or "time_to_target_s", option="--second"),
         top=top,
         plugins=[] if no_plugins else plugin,
         plots=not no_plots,
@@ -521,7 +596,14 @@ def report(
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        view = SweepView(database, settings.state_dir, sweep or only_sweep(database), out_dir)
+        name = sweep or only_sweep(database)
+        from .dashboard import check_metric
+
+        # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
+        for given, option, parsed in ((metric, "--metric", opts.primary), (second, "--second", opts.secondary)):
+            if given is not None:
+                check_metric(database, parsed, name, option=option)
+        view = SweepView(database, settings.state_dir, name, out_dir)
         result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
     finally:
         database.dispose()
@@ -547,14 +629,23 @@ def retry(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
 
     _selection(job_ids, failed, stage, sweep, "retry")
-    picked = _change_jobs(
-        state, db, job_ids, lambda queue, ids: queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
-    )
+    wanted = ("failed",) if failed else ("failed", "cancelled")
+    notes: list[str] = []
+
+    def change(queue: Any, ids: list[str]) -> list[str]:
+        _check_selection(queue.db, stage, sweep)
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+        notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
+        return picked
+
+    picked = _change_jobs(state, db, job_ids, change)
     out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+    _print_untouched(notes, f"retry takes {' or '.join(wanted)} jobs")
 
 
 @app.command()
@@ -568,12 +659,47 @@ def cancel(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
 
     _selection(job_ids, False, stage, sweep, "cancel")
-    picked = _change_jobs(state, db, job_ids, lambda queue, ids: queue.cancel(ids, stage=stage, sweep=sweep))
+    from .db import ACTIVE
+
+    notes: list[str] = []
+
+    def change(queue: Any, ids: list[str]) -> list[str]:
+        _check_selection(queue.db, stage, sweep)
+        picked = queue.cancel(ids, stage=stage, sweep=sweep)
+        notes.extend(_why_untouched(queue.db, ids, picked, ACTIVE, stage, sweep))
+        return picked
+
+    picked = _change_jobs(state, db, job_ids, change)
     out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+    _print_untouched(notes, "cancel takes jobs that have not finished")
+
+
+def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
+    """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
+    from .results import require_stage, require_sweep
+
+    if sweep:
+        require_sweep(database, sweep)
+    if stage:
+        require_stage(database, stage, sweep)
+
+
+def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:
+    from .results import why_untouched
+
+    return why_untouched(database, ids, picked, wanted, stage, sweep)
+
+
+def _print_untouched(notes: list[str], rule: str) -> None:
+    for note in notes[:20]:
+        out.print(f"  {note}: nothing to do ({rule})", markup=False)
+    if len(notes) > 20:
+        out.print(f"  ... and {len(notes) - 20} more", markup=False)
 
 
 def _change_jobs(state: Path | None, db: str | None, job_ids: list[str] | None, change: Any) -> list[str]:

@@ -246,6 +246,8 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
                 )
     _check_acyclic(r, stages)
 
+    _check_defaults(r, defaults, stages.values())
+
     spec = SweepSpec(name=name, file=file, text=text, description=str(data.get("description") or ""))
     spec.stages = list(stages.values())
     job_counts: dict[str, int] = {}
@@ -326,6 +328,33 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
         max_interruptions=integer("max_interruptions", DEFAULT_MAX_INTERRUPTIONS, 1),
         description=str(raw.get("description") or ""),
     )
+
+
+def _check_defaults(r: _Reader, defaults: Mapping[str, Any], stages: Iterable[StageSpec]) -> None:
+    """Every key in `defaults` must be a param of some stage's kind.
+
+    A default applies only to the stages whose kind takes it, so a misspelled one (max_epoch for
+    max_epochs) would otherwise vanish without a word and every job would run with the kind's own
+    default. A kind without a param model takes any key.
+    """
+    takes: dict[str, set[str]] = {}  # kind -> its param names
+    for stage in stages:
+        model = registry.load_params_model(stage.kind)
+        if model is None:
+            return  # an untyped kind takes every default
+        takes.setdefault(stage.kind, set(model.model_fields))
+    known = set().union(*takes.values())
+    for key in defaults:
+        if str(key) in known:
+            continue
+        kinds = ("kind " if len(takes) == 1 else "kinds ") + ", ".join(sorted(takes))
+        raise r.error(
+            f"unknown param '{key}' in defaults: no stage's kind takes it (checked {kinds})",
+            "defaults",
+            key,
+            key=str(key),
+            hint=_suggest(str(key), sorted(known)) or f"params these kinds take: {', '.join(sorted(known))}",
+        )
 
 
 def _check_acyclic(r: _Reader, stages: Mapping[str, StageSpec]) -> None:
