@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -243,6 +244,9 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
         f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
         f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]"
     )
+    if diff.new:
+        per_stage = Counter(j.stage for j in diff.new)  # in file order: Counter keeps first-seen order
+        out.print("new jobs by stage: " + ", ".join(f"{stage} {n}" for stage, n in per_stage.items()))
     if diff.reprioritized:
         verb = "would change" if diff.dry_run else "changed"
         out.print(f"{verb} the priority of {len(diff.reprioritized)} job(s) not started yet")
@@ -322,7 +326,7 @@ def work(
             "--mlflow-uri",
             envvar="MLFLOW_TRACKING_URI",
             show_default=False,
-            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]",
+            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
         ),
     ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,

@@ -626,9 +626,14 @@ class Queue:
 
         self.in_read("verify a lease", txn)
 
-    def set_tracking_run(self, lease: Lease, run_id: str) -> None:
+    def set_tracking_run(self, lease: Lease, run_id: str, uri: str | None = None) -> None:
+        """Record the job's tracking run; `uri` (masked by the caller) goes into a `tracking` event."""
+
         def txn(conn: Connection) -> None:
             self._fenced(conn, lease, tracking_run_id=run_id)
+            if uri is not None:
+                detail = json.dumps({"uri": uri, "run_id": run_id})
+                add_event(conn, lease.job_id, "tracking", worker=lease.worker_id, attempt=lease.attempt, detail=detail)
 
         self._in_write("record the tracking run", txn)
 

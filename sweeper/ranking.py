@@ -26,7 +26,7 @@ from .errors import UsageError
 MODES = ("max", "min")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 # Substrings of metric names where smaller is better.
-_COST_WORDS = ("time", "loss", "error", "latency", "flops", "macs", "params", "size", "bytes", "duration")
+_COST_WORDS = ("time", "loss", "error", "latency", "flops", "macs", "params", "size", "bytes", "duration", "to_target")
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,13 @@ class Heartbeat(threading.Thread):
     One thread per worker process for its whole life (starting a thread per job costs more than
     a no-op job). `detach()` returns only once no renewal for the finished job is in flight, so
     the final write (complete, fail, release) never races a renewal with the same token.
+
+    It never exits on an error: a renewal retries a database that does not answer for as long as
+    the outage policy allows. Past that limit it sets `db_down` and asks the running job to stop
+    at its next safe point (checkpoint and release, if the database is back by then); the worker
+    claims nothing more and exits with the outage's code. A heartbeat that died silently would
+    let its worker run the next job unrenewed, and another worker would take it over and run it
+    a second time.
     """
 
     def __init__(self, queue: Queue, worker_id: str, ttl_s: float, log: Callable[[str], None]) -> None:
@@ -144,10 +151,12 @@ class Heartbeat(threading.Thread):
                         ctx.mark_lease_lost()
                     self._ctx = None
                 except DatabaseUnavailable as exc:
+                    if self.db_down is None:
+                        what = f"; stopping job {ctx.job_id} at its next checkpoint" if ctx is not None else ""
+                        self.log(f"heartbeat gave up: {exc}{what}")
                     self.db_down = exc
                     if ctx is not None:
-                        ctx.mark_lease_lost()
-                    return
+                        ctx.request_stop("database unreachable")
                 except Exception as exc:  # keep beating; the next renewal may work
                     self.log(f"heartbeat failed: {exc}")
 
@@ -244,6 +253,8 @@ class Worker:
     def _loop(self, queue: Queue) -> None:
         opts = self.opts
         while not self._stop.is_set():
+            if self.heartbeat is not None and self.heartbeat.db_down is not None:
+                raise self.heartbeat.db_down  # no job without a heartbeat: it would run unleased
             if opts.max_jobs is not None and self.jobs_run >= opts.max_jobs:
                 self.log(f"ran {self.jobs_run} job(s) (--max-jobs); exiting")
                 return
@@ -284,7 +295,7 @@ class Worker:
     def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
         opts = self.opts
         settings = opts.settings
-        tracker = make_tracker(settings.tracking_uri, settings.state_dir)
+        tracker = make_tracker(settings.tracking_uri, settings.state_dir, settings.db_url)
         ctx = JobContext(
             job=job,
             queue=queue,
@@ -307,17 +318,22 @@ class Worker:
             ctx.on_progress = self.view.updater(job)
         self.heartbeat.attach(ctx)
         run_status = "FAILED"
+        # The run is shared by every attempt of the job. Each ending below first checks that this
+        # worker still holds the lease, then closes the run, then records the ending in the queue:
+        # once the queue has it, the job may be another worker's, and so may the run. A zombie (a
+        # worker frozen past its lease) never touches the run: not its status, not its points.
         try:
             result, error, retry = self._call(queue, job, ctx, tracker)
             self.heartbeat.detach()  # from here on no renewal races the final write
-            if self.heartbeat.db_down is not None:
-                raise self.heartbeat.db_down
             if error is not None:
+                queue.verify_lease(job.lease)
+                self._end_run(tracker, job, "FAILED")
+                run_status = "CLOSED"
                 self._record_failure(queue, job, error, retry=retry)
             elif isinstance(result, Interrupted):
                 queue.verify_lease(job.lease)  # a job stopped for a lost lease writes nothing more
-                tracker.flush()
-                run_status = "KILLED"
+                self._end_run(tracker, job, "KILLED")  # KILLED: the next attempt reopens the run
+                run_status = "CLOSED"
                 status = queue.release(job.lease, result.reason)
                 self.log(f"released {job.id} ({result.reason}); it is {status} again")
             else:
@@ -336,7 +352,9 @@ class Worker:
             run_status = "LOST"  # the run now belongs to the attempt that took the job over
             self.log(f"{exc}")
         except DatabaseUnavailable:
-            run_status = "KILLED"
+            # Whether this worker still holds the job is unknown: leave the run as it is (RUNNING);
+            # the next attempt reopens it and writes the points since the last checkpoint again.
+            run_status = "LOST"
             raise
         finally:
             self.heartbeat.detach()
@@ -363,7 +381,8 @@ class Worker:
                 job.tracking_run_id,
             )
             if run_id and run_id != job.tracking_run_id:
-                queue.set_tracking_run(job.lease, run_id)
+                # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
+                queue.set_tracking_run(job.lease, run_id, mask_password(self.opts.settings.tracking_uri or ""))
             recorded = self._recorded_result(job)
             if recorded is not None:
                 return recorded, None, False
@@ -503,5 +522,28 @@ def _supervise(opts: WorkerOptions) -> int:
     for p in procs:
         while p.is_alive():
             p.join(timeout=0.5)
-    codes = [p.exitcode or 0 for p in procs]
-    return max((c for c in codes if c > 0), default=0)
+    return _exit_code(procs)
+
+
+def _exit_code(procs: list[Any]) -> int:
+    """The worst child's exit code. A child killed by a signal (exit code -N: kill -9, the kernel's
+    out-of-memory killer) is named with its signal and counts as 128 + N, as a shell reports it."""
+    worst = 0
+    for i, p in enumerate(procs):
+        code = p.exitcode
+        if code is None or code == 0:
+            continue
+        if code > 0:
+            worst = max(worst, code)
+            continue
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (out of memory? the kernel's OOM killer sends SIGKILL: see `dmesg`)" if -code == signal.SIGKILL else ""
+        _stderr_line(
+            f"worker {i} (pid {p.pid}) died of {name}{why}; its job resumes from its last checkpoint "
+            "when its lease runs out"
+        )
+        worst = max(worst, 128 - code)
+    return worst

@@ -68,6 +68,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # the MLflow store that workers create next to a PostgreSQL queue (config.default_tracking_uri)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_mlflow" WITH (FORCE)'))
         admin.dispose()
 
 
