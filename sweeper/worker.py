@@ -49,7 +49,6 @@ class WorkerOptions:
     store: str = "auto"  # files | db | auto (db on PostgreSQL, files on SQLite)
     db_outage_s: float = 120.0
     data_dir: str | None = None
-    show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
     scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
@@ -180,7 +179,6 @@ class Worker:
         self._parent = os.getppid()
         self._print = console_log or _stderr_line
         self.jobs_run = 0
-        self.view: Any = None
         self.heartbeat: Heartbeat | None = None
 
     # -- logging -----------------------------------------------------------------------------
@@ -314,8 +312,6 @@ class Worker:
         started = time.monotonic()
         resumed = f", resuming after {job.interruptions} interruption(s)" if job.interruptions else ""
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
-        if self.view is not None:
-            ctx.on_progress = self.view.updater(job)
         self.heartbeat.attach(ctx)
         run_status = "FAILED"
         # The run is shared by every attempt of the job. Each ending below first checks that this
@@ -359,8 +355,6 @@ class Worker:
         finally:
             self.heartbeat.detach()
             self._ctx = None
-            if self.view is not None:
-                self.view.remove(job)
             if run_status not in ("LOST", "CLOSED"):
                 self._end_run(tracker, job, run_status)
 
@@ -482,12 +476,10 @@ def _child_main(opts: WorkerOptions, index: int) -> None:
     sys.exit(Worker(opts, index=index).run())
 
 
-def run_workers(opts: WorkerOptions, view: Any = None) -> int:
+def run_workers(opts: WorkerOptions) -> int:
     """Run `opts.workers` worker processes (in this process when it is one). Returns an exit code."""
     if opts.workers <= 1:
-        worker = Worker(opts)
-        worker.view = view
-        return worker.run()
+        return Worker(opts).run()
     return _supervise(opts)
 
 
