@@ -7,7 +7,9 @@
 
 A claim is one short transaction that hands out a lease: an owner, an expiry in database time and a
 fresh random token. Every later write by the worker names that token (fencing): once the job has
-been taken over, the old token matches nothing and the write is refused with LeaseLost.
+been taken over, the old token matches nothing and the write is refused with LeaseLost. The rows a
+job writes beside its own (checkpoints, artifacts: checkpoints.py) go through the same fence,
+`Queue.in_lease`; `_owned` is the one ownership predicate and LEASE_CLEARED the one way a lease ends.
 
 SQLite and PostgreSQL run the same statements. The only difference is how a write transaction
 begins (see db.py): on SQLite, BEGIN IMMEDIATE serializes writers, so the FOR UPDATE SKIP LOCKED
