@@ -35,6 +35,7 @@ from sweeper.context import JobContext, JobFailed
 
 from . import magnitude, surgery, upstream
 from .data import Dataset, load_dataset
+from .device import cpu_state, on_device, pick_device
 from .flops import model_cost
 from .model import CNN, Arch, count_params, load_model, save_model
 from .params import PruneParams, parse
@@ -70,6 +71,9 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             retry=False,
         )
     s = settings(p, ref)
+    # Models are built and cut on the CPU (cheap); they move to `device` to be measured and
+    # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/device.py).
+    device = pick_device(p.device)
     data = load_dataset(
         s["dataset"],
         data_dir=p.data_dir or ctx.options.get("data_dir"),
@@ -77,6 +81,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_subset=s["train_subset"],
         test_subset=s["test_subset"],
     )
+    data = on_device(data, device)
     state = ctx.restore()
     if state is None:
         state = start(ctx, p, ref, data)
@@ -106,7 +111,7 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     path = ctx.fetch_artifact(ref, "model.pt")
     model = load_model(path)
     info = ctx.log_artifact(path, "step-0.pt")
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     ctx.log(f"job {ctx.job_id}: input {ref['stage']}:{ref['job']} {model.arch.describe()}: test accuracy {acc:.4f}")
     cost = model_cost(model.arch)
     input_record = {
@@ -129,10 +134,10 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
         "layer": p.layer,
         "input": input_record,
         # magnitude prunes the input at every amount; structured only needs the current model
-        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()}
+        "input_model": {"arch": model.arch.to_dict(), "state_dict": cpu_state(model)}
         if p.method == "magnitude"
         else None,
-        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": model.state_dict(), "accuracy": acc},
+        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": cpu_state(model), "accuracy": acc},
         "steps": [],
         "pending": None,
         "finetune": None,
@@ -204,10 +209,10 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
         pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
         before = state["input"]["test_accuracy"]
         pending = {"step": k, "amount": amount, "masks": masks}
-    _, after = evaluate(pruned, data.test.x, data.test.y, p.eval_batch_size)
+    _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     pending.update(
         arch=pruned.arch.to_dict(),
-        state_dict=pruned.state_dict(),
+        state_dict=cpu_state(pruned),
         accuracy_before=before,
         accuracy_after_prune=after,
     )
@@ -234,7 +239,7 @@ def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str
     pending = state["pending"]
     if s["epochs"] == 0:
         return None
-    model = model_of(pending["arch"], pending["state_dict"])
+    model = model_of(pending["arch"], pending["state_dict"]).to(data.train.x.device)
     optimizer = make_optimizer(model, s["lr"], s["momentum"], s["weight_decay"])  # fresh, every step
     k = pending["step"]
     cfg = LoopConfig(
@@ -247,7 +252,7 @@ def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str
         target_train_acc=None,
         metric_prefix=f"finetune/step{k}/",  # fit() counts its steps from 1 again on every call
     )
-    masks = pending["masks"]
+    masks = {name: m.to(data.train.x.device) for name, m in (pending["masks"] or {}).items()}
 
     def keep_zeros(m: Any) -> None:
         magnitude.apply_masks(m, masks)
@@ -285,7 +290,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
     ft = state["finetune"]
     if ft is not None:
         model.load_state_dict(ft["model"])
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     drop = pending["accuracy_before"] - acc
     accepted = drop <= p.max_step_drop + 1e-9  # accuracies are counts / n: 0.8575 - 0.8475 is not exactly 0.01
     path = save_model(step_dir(ctx, k) / "model.pt", model)
@@ -327,7 +332,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         f"drop {drop:+.4f}: {verdict}"
     )
     if accepted:
-        state["current"] = {"step": k, "arch": record["arch"], "state_dict": model.state_dict(), "accuracy": acc}
+        state["current"] = {"step": k, "arch": record["arch"], "state_dict": cpu_state(model), "accuracy": acc}
     if p.method == "structured" and not accepted:
         state["done"], state["stop_reason"] = (
             True,
