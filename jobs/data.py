@@ -1,11 +1,8 @@
 """Fashion-MNIST as normalized float tensors in memory, loaded once per worker process.
 
-Where the data comes from, in this order (the first that has all four IDX files wins):
-
-1. the job's `data_dir` param, or the worker's `--data-dir` option;
-2. /usr/share/datasets/fashion-mnist/ (Debian package `dataset-fashion-mnist`;
-   the env var SWEEPER_FMNIST_SYSTEM_DIR points elsewhere);
-3. <state>/data/FashionMNIST/raw/, downloaded there by torchvision when the machine is online.
+Where the data comes from (data_dir, the Debian package's directory, a torchvision download into
+<state>/data) is jobs/sources.py. `python -m jobs.data ensure` makes sure one of them has it
+(jobs/fetch.py): the quick start runs it before the first job.
 
 The IDX files are read here directly (gzip + torch.frombuffer): the whole set becomes two
 tensors, (N, 1, 28, 28) float32 normalized with the training set's mean and std, and (N,) int64
@@ -24,23 +21,19 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sweeper.context import JobFailed
 
+from .sources import FILES, SYSTEM_DIR, DataNotFound, download_dir, find_fashion_mnist, idx_path, system_dir  # noqa: F401  (callers import them from here)
+
+if __name__ == "__main__":  # `python -m jobs.data ensure`, on the quick start's path: no torch for a check
+    from .fetch import main
+
+    raise SystemExit(main())
+
+import torch
+
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images, scaled to [0, 1]
-SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 12_000, 2_000  # default sizes of `dataset: synthetic`
-
-
-class DataNotFound(JobFailed):
-    """No source has the dataset. The message names every source tried and how to fill it."""
 
 
 class DataCorrupt(JobFailed):
@@ -105,7 +98,7 @@ def fashion_mnist(
     key = ("fashion-mnist", str(directory.resolve()))
     with _LOCK:
         if key not in _CACHE:
-            paths = {k: _idx_path(directory, v) for k, v in FILES.items()}
+            paths = {k: idx_path(directory, v) for k, v in FILES.items()}
             train = Split(_images(read_idx(paths["train_images"])), _labels(read_idx(paths["train_labels"])))
             test = Split(_images(read_idx(paths["test_images"])), _labels(read_idx(paths["test_labels"])))
             for split, what in ((train, "train"), (test, "t10k")):
@@ -115,88 +108,6 @@ def fashion_mnist(
                     )
             _CACHE[key] = Dataset("fashion-mnist", train, test, f"{directory} ({how})")
         return _CACHE[key]
-
-
-def system_dir() -> Path:
-    return Path(os.environ.get("SWEEPER_FMNIST_SYSTEM_DIR") or SYSTEM_DIR)
-
-
-def download_dir(state_dir: Path | None) -> Path:
-    """Where torchvision puts its download: <state>/data/FashionMNIST/raw."""
-    return Path(state_dir or "state") / "data" / "FashionMNIST" / "raw"
-
-
-def find_fashion_mnist(
-    *, data_dir: str | os.PathLike[str] | None = None, state_dir: Path | None = None, download: bool = True
-) -> tuple[Path, str]:
-    """(directory holding the four IDX files, which source it was); DataNotFound if none has them."""
-    tried: list[str] = []
-    if data_dir:
-        d = Path(data_dir).expanduser()
-        if _has_all(d):
-            return d, "data_dir"
-        tried.append(f"  1. data_dir {d}: {_missing(d)}")
-    else:
-        tried.append("  1. data_dir: not given (set the `data_dir` param or `sweeper work --data-dir DIR`)")
-    sysd = system_dir()
-    if _has_all(sysd):
-        return sysd, "system package"
-    tried.append(f"  2. {sysd}: {_missing(sysd)} (install it: apt-get install dataset-fashion-mnist)")
-    raw = download_dir(state_dir)
-    if _has_all(raw):
-        return raw, "downloaded earlier"
-    if download:
-        from filelock import FileLock
-
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(raw.parent / ".download.lock")):  # two workers, one download
-            if _has_all(raw):
-                return raw, "downloaded by another worker"
-            problem = _download(raw.parent.parent)
-        if problem is None and _has_all(raw):
-            return raw, "downloaded now"
-        tried.append(f"  3. download into {raw}: failed: {problem or _missing(raw)}")
-    else:
-        tried.append(f"  3. download into {raw}: switched off")
-    raise DataNotFound(
-        "Fashion-MNIST not found. Looked in:\n"
-        + "\n".join(tried)
-        + "\nGet it by one of: pointing data_dir (or --data-dir) at a directory with the four files "
-        + ", ".join(f"{v}.gz" for v in FILES.values())
-        + "; installing the Debian package dataset-fashion-mnist; or running one worker on a machine"
-        " that is online (torchvision downloads it into <state>/data)."
-    )
-
-
-def _idx_path(directory: Path, stem: str) -> Path:
-    gz = directory / f"{stem}.gz"
-    return gz if gz.exists() else directory / stem
-
-
-def _has_all(directory: Path) -> bool:
-    return all(_idx_path(directory, stem).is_file() for stem in FILES.values())
-
-
-def _missing(directory: Path) -> str:
-    if not directory.is_dir():
-        return "no such directory"
-    missing = [f"{stem}[.gz]" for stem in FILES.values() if not _idx_path(directory, stem).is_file()]
-    return "missing " + ", ".join(missing)
-
-
-def _download(root: Path) -> str | None:
-    """torchvision's download of the four files into root/FashionMNIST/raw; the error text or None."""
-    try:
-        from torchvision.datasets import FashionMNIST
-    except ImportError as exc:
-        return f"torchvision is not importable ({exc})"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        FashionMNIST(str(root), train=True, download=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()
-        return " ".join(line.strip() for line in first[:3])[:300] or type(exc).__name__
-    return None
 
 
 # -- IDX files ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The files a training job leaves behind: history.json, predictions.csv, curve and confusion PNGs.
 
 `sweeper report` reads history.json and predictions.csv from the artifact store, so their shape is
-a contract (documented in README "Results of a train job"):
+a contract (documented in docs/jobs.md "What a train job leaves"):
 
     history.json   {"version": 1, "points": [{step, epoch, loss, train_acc, train_s}, ...],
                     "epochs": [{epoch, step, train_loss, train_acc, test_loss, test_acc, train_s}, ...],

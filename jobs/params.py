@@ -55,7 +55,7 @@ class ConvParams(StrictParams):
 
 
 class TrainParams(StrictParams):
-    """`kind: train`: the assignment's CNN on Fashion-MNIST, SGD with momentum (see README "Train params")."""
+    """`kind: train`: the assignment's CNN on Fashion-MNIST, SGD with momentum (see docs/jobs.md, "Train params")."""
 
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_dir: str | None = None  # looked in first; then /usr/share/datasets/fashion-mnist; then a download
@@ -87,7 +87,7 @@ PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]
 
 
 class PruneParams(StrictParams):
-    """`kind: prune` (see README "Prune params"). None means: as the upstream model was trained."""
+    """`kind: prune` (see docs/jobs.md, "kind: prune"). None means: as the upstream model was trained."""
 
     model: Any = None  # a hand-off: {best_of: STAGE, metric: M, mode: max} or {result_of: STAGE}
     method: Literal["structured", "magnitude"] = "structured"
@@ -133,7 +133,7 @@ class PruneParams(StrictParams):
 
 
 class BenchmarkParams(StrictParams):
-    """`kind: benchmark` (see README "Benchmark params")."""
+    """`kind: benchmark` (see docs/jobs.md, "kind: benchmark")."""
 
     models: Any = None  # a hand-off: {all_of: [prune_conv1, prune_conv2, prune_fc1]} (or best_of / result_of)
     min_test_accuracy: float = Field(0.87, ge=0, le=1)  # the selected model: lowest FLOPs with accuracy above this

@@ -1,6 +1,6 @@
 """The Fashion-MNIST assignment's report sections, a `sweeper.report` plug-in.
 
-`sweeper report` calls `sections(view)` with a read-only view of the sweep (see README "Report
+`sweeper report` calls `sections(view)` with a read-only view of the sweep (see docs/reports.md "Report
 plug-ins"): `view.jobs(stage)`, `view.stages`, `view.artifact(job_id, name)` (a sha256-verified
 local copy), `view.read_json`, `view.read_csv` and `view.figure_path(name)`. It returns sections
 as plain dicts, so this module needs nothing from sweeper at all.

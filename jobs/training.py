@@ -71,7 +71,7 @@ class LoopConfig:
     log_every: int = 100  # batches between step metrics (loss, train_acc)
     eval_batch_size: int = 500  # 1000 adds ~100 MB of activations to the peak memory of a worker
     target_train_acc: float | None = 0.90  # None: do not measure time to target
-    target_window: int = 10_000  # images the running accuracy is measured over (see README)
+    target_window: int = 10_000  # images the running accuracy is measured over (see docs/jobs.md)
     stop_at_target: bool = False
     metric_prefix: str = ""  # distinct per fit() call when a job calls fit more than once
 

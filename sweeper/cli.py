@@ -385,7 +385,7 @@ def status(
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")] = 2.0,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="Print one snapshot as JSON (schema sweeper.status/1, documented in the README)."),
+        typer.Option("--json", help="Print one snapshot as JSON (schema sweeper.status/1, see docs/status-json.md)."),
     ] = False,
     state: StateOpt = None,
     db: DbOpt = None,

@@ -2,7 +2,7 @@
 
 `collect()` reads a StatusSnapshot (plain dataclasses, no rich) in a handful of aggregate
 queries, so it stays fast on a 10,000-job queue; `to_json()` gives the documented `--json` schema
-(`sweeper.status/1`, see README "sweeper status --json"). dashview.py draws it. Nothing here
+(`sweeper.status/1`, see docs/status-json.md). dashview.py draws it. Nothing here
 imports torch or mlflow.
 """
 

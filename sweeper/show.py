@@ -380,8 +380,11 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         parts.append(Text(""))
         parts.append(Text("error", style="bold underline"))
         parts.append(Text(d.error_summary, style="bold red"))
-        if traceback and d.error.strip() != d.error_summary:
-            parts.append(Text(d.error.rstrip(), style="red"))
+        # a message whose first line is the summary goes on with its other lines; a traceback is shown whole
+        first, _, rest = d.error.strip().partition("\n")
+        body = rest.rstrip() if first.strip() == d.error_summary else d.error.rstrip()
+        if traceback and body:
+            parts.append(Text(body, style="red"))
     return Group(*parts)
 
 

@@ -1,6 +1,6 @@
 """The `sweeper status --json` schema, `sweeper.status/1`, as pydantic models.
 
-This is the contract scripts rely on (documented in README "sweeper status --json"). Within
+This is the contract scripts rely on (documented in docs/status-json.md). Within
 `sweeper.status/1` keys are only ever added; a key that changes meaning or goes away bumps the
 schema id. The status command itself does not import this module (it builds plain dicts); tests
 validate its output against these models, and `python -m sweeper.status_schema` prints the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_no_data_anywhere_names_all_three_sources_and_how_to_get_each(tmp_path, 
     assert isinstance(caught.value, JobFailed) and caught.value.retry is False
 
 
-def test_a_job_without_data_fails_at_once_with_the_three_source_message(tmp_path, nowhere):
+def test_a_job_without_data_fails_at_once_and_status_and_the_log_say_what_to_run(tmp_path, nowhere):
     grid = tmp_path / "grid.yaml"
     grid.write_text(textwrap.dedent("sweep: nodata\nstages:\n  t: {kind: train}\n"))
     state = tmp_path / "state"
@@ -103,11 +104,27 @@ def test_a_job_without_data_fails_at_once_with_the_three_source_message(tmp_path
     assert proc.returncode == 0, proc.stderr
     engine = sa.create_engine(f"sqlite:///{state / 'queue.db'}")
     with engine.connect() as conn:
-        job = conn.execute(sa.text("select status, attempt, error from jobs")).mappings().one()
+        job = conn.execute(sa.text("select id, status, attempt, error from jobs")).mappings().one()
     engine.dispose()
     assert job["status"] == "failed" and job["attempt"] == 1
     assert "Fashion-MNIST not found" in job["error"] and "apt-get install dataset-fashion-mnist" in job["error"]
     assert "Traceback" not in job["error"]
+
+    # Only the first line reaches the worker log and `sweeper status`: it names what to run.
+    one_line = (
+        "Fashion-MNIST not found: run `python -m jobs.data ensure` "
+        "(or apt-get install dataset-fashion-mnist, or sweeper work --data-dir DIR)"
+    )
+    assert f"job {job['id']} raised: {one_line} -> failed" in proc.stderr
+    status = run_cli("status", "--state", str(state), COLUMNS="200")
+    assert status.returncode == 0 and f"{job['id']}   t       {one_line}" in status.stdout
+    assert "Looked in" not in status.stdout
+    status_json = json.loads(run_cli("status", "--state", str(state), "--json").stdout)
+    assert [f["error"] for f in status_json["failed"]] == [one_line]
+    # `sweeper show` gives the rest: every place looked in, and the three ways, once each
+    show = run_cli("show", job["id"], "--state", str(state)).stdout
+    assert show.count(one_line) == 1
+    assert f"2. {nowhere}: missing" in show and "Get it one of three ways:" in show
 
 
 @pytest.fixture
