@@ -5,8 +5,9 @@
 
 Each round trains one epoch of the same Fashion-MNIST images (baseline net 16/16/100, batch 32,
 1 thread, as a default worker runs) in a fresh process per tree, alternating which goes first.
-Reported: median images per second of training compute (fit's train_s) and per CPU-second, and
-the ratio this tree / baseline. Writes benchmarks/results/fit_ab.json.
+Reported: median images per second of training compute (fit's train_s, wall clock) and per
+CPU-second of the whole fit call (less distorted by other load on a shared machine), and the
+ratio this tree / baseline. Writes benchmarks/results/fit_ab.json.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ with tempfile.TemporaryDirectory() as tmp:
     cfg = LoopConfig(epochs=1, batch_size=32, seed=0, checkpoint_every_s=1e9, target_train_acc=None)
     cpu = time.process_time()
     state = fit(job.context(), model, make_optimizer(model, 0.001, 0.9), data.train, data.test, cfg)
-    cpu = time.process_time() - cpu - state["eval_s"] - state["checkpoint_s"]
+    cpu = time.process_time() - cpu  # the whole fit (its one evaluation and checkpoint too): the same work in both trees
     job.close()
 print(json.dumps({"images_per_s": n / state["train_s"], "images_per_cpu_s": n / cpu, "dataset": data.name}))
 """
