@@ -1,7 +1,8 @@
 """The work loop: claim a job, run it under a heartbeat, record how it ended, repeat.
 
 One worker process runs one job at a time. `--workers N` starts N such processes and supervises
-them. Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
+them; without it workerplan.py picks (one per core with one thread, or one per GPU), and the
+running job's progress goes to the worker's own output (progress.py). Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
 (it checkpoints and the job is released without counting a failure); a second one exits at once.
 """
 
