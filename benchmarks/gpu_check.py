@@ -76,7 +76,7 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def check_pair(root: Path, cpu_data: Any, first: str, second: str) -> dict[str, Any]:
     cfg = LoopConfig(epochs=2, batch_size=32, seed=1, checkpoint_every_s=1e9, target_train_acc=None)
     job = ScratchJob(root / f"{first}-{second}")
-    model, _, _ = attempt(job, cpu_data, first, cfg, stop_after=17, seed=0)
+    model, _, _ = attempt(job, cpu_data, first, cfg, stop_after=min(17, len(cpu_data.train) // 64), seed=0)
     saved = weights(model)
     newest = max((job.state_dir / "checkpoints").rglob("*.ckpt"), key=lambda p: p.name)
     raw = torch.load(newest, weights_only=True)  # no map_location: must load as saved
@@ -114,6 +114,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-only", action="store_true", help="run every part with the CPU standing in for CUDA")
     ap.add_argument("--images", type=int, default=12_800, help="training images per speed measurement")
+    ap.add_argument("--check-images", type=int, default=2_000, help="training images of the resume checks")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -132,7 +133,7 @@ def main() -> int:
             result["cuda"] = {"device": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
         else:
             result["cuda"] = "not measured: --cpu-only (the CPU stands in for CUDA)"
-        small = data(2_000, 1_000)
+        small = data(args.check_images, 1_000)
         with tempfile.TemporaryDirectory() as tmp:
             pairs = ((gpu, "cpu"), ("cpu", gpu), (gpu, gpu))
             result["checks"] = {

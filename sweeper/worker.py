@@ -447,7 +447,10 @@ def _short(result: Any) -> str:
 
 
 def _stderr_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # One write of the whole line: print() writes the text and its newline separately, and
+    # several worker processes sharing a pipe then run their lines together.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_work_without_options_starts_one_single_threaded_worker_per_core(tmp_pat
     plural = lambda n, w: f"{n} {w}" + ("" if n == 1 else "s")  # noqa: E731
     assert lines[0].startswith(f"{plural(workers, 'worker')} x 1 thread (CPU, {plural(cores, 'core')})"), lines[0]
     started = [ln for ln in lines if re.search(r"worker \d+ started on .* \(1 thread\(s\)", ln)]
-    assert len(started) == workers, lines
+    assert len(started) == workers, "\n".join(lines)
     assert len({ln.split()[2] for ln in started}) == workers  # distinct processes
 
 
@@ -88,4 +88,4 @@ def test_jobs_per_gpu_pins_each_worker_with_cuda_visible_devices(tmp_path):
     assert lines[0].startswith("4 workers x "), lines[0]
     assert "(2 GPUs (5,7), 2 per GPU," in lines[0]
     pinned = sorted(re.search(r"pinned to GPU (\S+)", ln).group(1) for ln in lines if "pinned to GPU" in ln)
-    assert pinned == ["5", "5", "7", "7"], lines
+    assert pinned == ["5", "5", "7", "7"], "\n".join(lines)
