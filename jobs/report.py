@@ -24,6 +24,7 @@ from typing import Any
 
 from sweeper.plots import pyplot
 
+from .benchmark_result import BenchmarkResult, ModelRecord
 from .classes import CLASSES
 from .figures import plot_confusion
 
@@ -304,36 +305,6 @@ def pruning_section(view: Any) -> tuple[list[dict[str, Any]], str | None]:
 # Benchmark: FLOPs Pareto, selected model, inference timing
 
 
-def _model_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = _records(result, "models", "candidates")
-    return [r for r in rows if _num(_get(r, "flops")) is not None and _num(_accuracy(r)) is not None]
-
-
-def _get(record: Mapping[str, Any], key: str) -> Any:
-    if key in record:
-        return record[key]
-    for v in record.values():
-        if isinstance(v, Mapping) and key in v:
-            return v[key]
-    return None
-
-
-def _accuracy(record: Mapping[str, Any]) -> Any:
-    for key in ("test_accuracy", "accuracy", "test_acc"):
-        v = _get(record, key)
-        if v is not None:
-            return v
-    return None
-
-
-def _name(record: Mapping[str, Any]) -> str:
-    for key in ("name", "label", "arch", "job", "id"):
-        v = record.get(key)
-        if isinstance(v, str) and v:
-            return v
-    return "?"
-
-
 def benchmark_sections(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     stages = _stages_of(view, BENCHMARK)
     if not stages:
@@ -342,57 +313,47 @@ def benchmark_sections(view: Any) -> tuple[list[dict[str, Any]], str | None]:
     if not jobs:
         return [], "FLOPs Pareto plot and inference timing: the benchmark job has not finished."
     job = jobs[-1]
-    r = job.result
+    try:
+        r = BenchmarkResult.read(job.result)
+    except ValueError as exc:
+        return [], f"Benchmark job `{job.id}`: its result does not match jobs/benchmark_result.py ({exc})."
     out: list[dict[str, Any]] = []
-    notes = []
-    models = _model_rows(r)
-    selected = r.get("selected")
-    sel_name = _name(selected) if isinstance(selected, Mapping) else (selected if isinstance(selected, str) else None)
-    if models:
+    selected = r.selected
+    sel_name = selected.name if selected is not None else None
+    if r.models:
         name = "flops_pareto.png"
-        listed = r.get("pareto_front")
-        front = _plot_flops(view.figure_path(name), models, sel_name, r.get("min_test_accuracy"))
-        if isinstance(listed, list):
-            front = set(listed)  # the benchmark's own front (it breaks ties its way)
+        _plot_flops(view.figure_path(name), r.models, sel_name, r.min_test_accuracy)
+        front = set(r.pareto_front)  # the benchmark's own front (it breaks ties its way)
         header = ["model", "architecture", "FLOPs", "params", "size (bytes)", "test acc", "Pareto", "selected"]
         rows = [
             [
-                _name(m),
-                m.get("architecture") or "-",
-                f"{int(_num(_get(m, 'flops')) or 0):,}",
-                _get(m, "params"),
-                _get(m, "size_bytes") or _get(m, "size"),
-                _pct(_accuracy(m)),
-                "yes" if _name(m) in front else "",
-                "**yes**" if sel_name and _name(m) == sel_name else "",
+                m.name,
+                m.architecture,
+                f"{m.flops:,}",
+                m.params,
+                m.size_bytes,
+                _pct(m.test_accuracy),
+                "yes" if m.name in front else "",
+                "**yes**" if m.name == sel_name else "",
             ]
-            for m in sorted(models, key=lambda m: (_num(_get(m, "flops")) or 0.0, -(_num(_accuracy(m)) or 0.0)))
+            for m in sorted(r.models, key=lambda m: (m.flops, -m.test_accuracy))
         ]
-        why = r.get("selection") or ""
         body = [
             f"Every distinct model of the pruning stages (benchmark job `{job.id}`), test accuracy against "
-            f"analytic FLOPs per image. Selected: **{sel_name or 'none'}**" + (f" ({why})." if why else "."),
+            f"analytic FLOPs per image. Selected: **{sel_name or 'none'}** ({r.selection}).",
         ]
-        if isinstance(selected, Mapping) and selected.get("architecture"):
+        if selected is not None:
             body.append(_selected_table(selected))
-        body += [f"![FLOPs Pareto]({name})", _table(header, rows)]
-        if r.get("flops_convention"):
-            body.append(f"FLOPs: {r['flops_convention']}.")
+        body += [f"![FLOPs Pareto]({name})", _table(header, rows), f"FLOPs: {r.flops_convention}."]
         out.append({"title": "FLOPs and the selected model", "body": "\n\n".join(body), "figures": [name]})
-    else:
-        notes.append("the benchmark reported no per-model FLOPs and accuracy")
-    timing = r.get("timing")
-    if isinstance(timing, Mapping) and timing:
-        out.append({"title": "Inference timing", "body": _timing_body(timing, r)})
-    else:
-        notes.append("the benchmark reported no timing")
-    note = f"Benchmark job `{job.id}`: " + "; ".join(notes) + "." if notes else None
+    out.append({"title": "Inference timing", "body": _timing_body(r)})
+    note = None if r.models else f"Benchmark job `{job.id}`: the benchmark reported no models."
     return out, note
 
 
-def _selected_table(sel: Mapping[str, Any]) -> str:
+def _selected_table(sel: ModelRecord) -> str:
     """The seed's table 4.1: the selected model layer by layer."""
-    arch = sel.get("arch") if isinstance(sel.get("arch"), Mapping) else {}
+    arch = sel.arch
     rows = []
     for i, layer in enumerate(("conv1", "conv2"), 1):
         spec = arch.get(layer) if isinstance(arch.get(layer), Mapping) else None
@@ -402,54 +363,63 @@ def _selected_table(sel: Mapping[str, Any]) -> str:
         rows.append([len(rows) + 1, f"Dense, {arch['dense']} neurons, ReLU"])
         rows.append([len(rows) + 1, "Dense, 10 neurons, softmax"])
     if not rows:
-        rows = [[1, sel.get("architecture")]]
-    facts = ", ".join(
-        f"{k.replace('_', ' ')} {_cell(v) if k != 'test_accuracy' else _pct(v)}"
-        for k, v in sel.items()
-        if k in ("test_accuracy", "flops", "params", "size_bytes") and v is not None
+        rows = [[1, sel.architecture]]
+    facts = (
+        f"test accuracy {_pct(sel.test_accuracy)}, flops {_cell(sel.flops)}, params {_cell(sel.params)}, "
+        f"size bytes {_cell(sel.size_bytes)}"
     )
-    return _table(["layer", "description"], rows) + (f"\n\n{facts}." if facts else "")
+    return _table(["layer", "description"], rows) + f"\n\n{facts}."
 
 
-def _timing_body(t: Mapping[str, Any], result: Mapping[str, Any]) -> str:
-    lines = []
-    if "nn_median_s" in t and "matmul_median_s" in t:
-        rows = [
-            ["nn.Conv2d / nn.Linear", _seconds(t.get("nn_median_s")), _seconds(t.get("nn_iqr_s")), "1.00"],
+def _timing_body(result: BenchmarkResult) -> str:
+    t = result.timing
+    rows = [
+        ["nn.Conv2d / nn.Linear", _seconds(t.nn_median_s), _seconds(t.nn_iqr_s), "1.00"],
+        [
+            "matmul only (unfold + matmul)",
+            _seconds(t.matmul_median_s),
+            _seconds(t.matmul_iqr_s),
+            _cell(t.matmul_over_nn),
+        ],
+    ]
+    if t.original_nn_median_s is not None:
+        rows.append(
             [
-                "matmul only (unfold + matmul)",
-                _seconds(t.get("matmul_median_s")),
-                _seconds(t.get("matmul_iqr_s")),
-                _cell(t.get("matmul_over_nn")),
-            ],
-        ]
-        if t.get("cuda_nn_median_s") is not None:
-            rows.append(["CUDA: nn modules", _seconds(t["cuda_nn_median_s"]), "-", "-"])
-            rows.append(
-                ["CUDA: matmul only", _seconds(t.get("cuda_matmul_median_s")), "-", _cell(t.get("cuda_matmul_over_nn"))]
-            )
-        lines.append(_table(["inference over the test set", "median", "IQR", "× nn"], rows))
-        context = [
-            f"model {t.get('model', '?')}",
-            f"{t.get('images', '?')} images at batch {t.get('batch_size', '?')}",
-            f"{t.get('threads', '?')} thread(s)",
-            f"{t.get('rounds', '?')} interleaved rounds",
-        ]
-        if t.get("cpu"):
-            context.append(f"CPU {t['cpu']}")
-        if t.get("torch"):
-            context.append(f"torch {t['torch']}")
-        if isinstance(t.get("cuda"), str):
-            context.append(f"CUDA {t['cuda']}")
-        lines.append("; ".join(context) + ".")
-        lines.append("The seed report measured 1.62 s (nn modules) against 2.99 s (matmul), 1.85×, on Colab's CPU.")
-    else:
-        lines.append(_table(["measure", "value"], [[k, v] for k, v in t.items() if not isinstance(v, (dict, list))]))
-    if result.get("matmul_allclose") is not None:
-        lines.append(
-            "The matmul re-implementation gives the same logits as the nn modules on the whole test set "
-            f"(allclose: {_cell(result['matmul_allclose'])})."
+                f"the original network ({t.original_model}), nn modules",
+                _seconds(t.original_nn_median_s),
+                _seconds(t.original_nn_iqr_s),
+                _cell(t.original_nn_median_s / t.nn_median_s),
+            ]
         )
+    if t.cuda_nn_median_s is not None:
+        rows.append(["CUDA: nn modules", _seconds(t.cuda_nn_median_s), "-", "-"])
+        rows.append(["CUDA: matmul only", _seconds(t.cuda_matmul_median_s), "-", _cell(t.cuda_matmul_over_nn)])
+    lines = [_table(["inference over the test set", "median", "IQR", "× nn"], rows)]
+    context = [
+        f"model {t.model}",
+        f"{t.images} images at batch {t.batch_size}",
+        f"{t.threads} thread(s)",
+        f"{t.rounds} interleaved rounds",
+    ]
+    if t.cpu:
+        context.append(f"CPU {t.cpu}")
+    if t.torch:
+        context.append(f"torch {t.torch}")
+    if t.cuda:
+        context.append(f"CUDA {t.cuda}")
+    lines.append("; ".join(context) + ".")
+    if t.matmul_over_original_nn is not None:
+        lines.append(
+            f"Against the original network of Step 1 with nn modules, the selected model's matmul version takes "
+            f"{t.matmul_over_original_nn:.2f}× its time."
+        )
+    else:
+        lines.append("The original network of Step 1 was not timed (the benchmark stage has no `original` param).")
+    lines.append("The seed report measured 1.62 s (nn modules) against 2.99 s (matmul), 1.85×, on Colab's CPU.")
+    lines.append(
+        "The matmul re-implementation gives the same logits as the nn modules on the whole test set "
+        f"(allclose: {_cell(result.matmul_allclose)})."
+    )
     return "\n\n".join(lines)
 
 
@@ -458,9 +428,9 @@ def _seconds(v: Any) -> str:
     return "-" if n is None else f"{n:.3f} s"
 
 
-def _plot_flops(path: Any, models: list[dict[str, Any]], selected: str | None, floor: Any) -> set[str]:
+def _plot_flops(path: Any, models: Sequence[ModelRecord], selected: str | None, floor: float) -> set[str]:
     plt = pyplot()
-    pts = sorted((_num(_get(m, "flops")) or 0.0, _num(_accuracy(m)) or 0.0, _name(m)) for m in models)
+    pts = sorted((float(m.flops), m.test_accuracy, m.name) for m in models)
     front, best = [], -1.0
     for x, y, n in pts:  # fewer FLOPs and higher accuracy are better
         if y > best:
@@ -472,8 +442,7 @@ def _plot_flops(path: Any, models: list[dict[str, Any]], selected: str | None, f
     ax.plot([], [], "o-", color="tab:red", label="Pareto front")
     for x, y, n in front:
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6.5)
-    if _num(floor) is not None:
-        ax.axhline(float(floor), ls="--", color="gray", lw=0.8, label=f"accuracy floor {float(floor):.2f}")
+    ax.axhline(floor, ls="--", color="gray", lw=0.8, label=f"accuracy floor {floor:.2f}")
     sel = next((p for p in pts if p[2] == selected), None)
     if sel is not None:
         ax.scatter([sel[0]], [sel[1]], s=220, marker="*", color="gold", edgecolor="black", zorder=5, label="selected")

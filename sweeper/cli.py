@@ -69,6 +69,15 @@ TakeOverOpt = Annotated[
     ),
 ]
 
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="Mirrored mode: when another session's state lease is live, fail at once (exit 4) instead of "
+        "waiting for it to run out.",
+    ),
+]
+
 # Commands that only read the queue: in mirrored mode they never take the state lease.
 READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
 
@@ -103,6 +112,10 @@ def _state_session(settings: Settings) -> Any:
     def lost() -> None:  # another session took the state over: stop like on SIGTERM
         os.kill(os.getpid(), signal.SIGTERM)
 
+    # A live lease of another session (the VM before a disconnect) is waited out: `work --wait`
+    # and the short commands unless --no-wait.
+    wait = bool(ctx.params.get("wait")) if access == "work" else not ctx.params.get("no_wait")
+
     session = ctx.with_resource(
         open_state(
             settings,
@@ -112,6 +125,8 @@ def _state_session(settings: Settings) -> Any:
             take_over=bool(ctx.params.get("take_over")),
             log=lambda line: err.print(mask_password(line), markup=False, highlight=False),
             on_lost=lost,
+            wait=wait and access != "read",
+            fail_fast="without --wait it fails at once" if access == "work" else "--no-wait fails at once",
         )
     )
     ctx.meta["sweeper.session"] = session
@@ -173,6 +188,7 @@ def enqueue(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
     from .queue import EnqueueDiff, Queue
@@ -238,6 +254,14 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
 
 @app.command()
 def work(
+    grid: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Enqueue this grid first (idempotent, as `sweeper enqueue`), then work: one command for a "
+            "notebook cell that is run again after every disconnect.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -333,11 +357,18 @@ def work(
 
     With the state on a network mount (Google Drive on Colab) the queue runs from a local copy and
     snapshots go to the state directory (see --mirror); one session at a time may use that state.
+    With --wait, a live lease of another session (the VM before a disconnect) is waited out with a
+    countdown, then this session takes over and resumes.
     """
     if store not in ("auto", "files", "db"):
         raise UsageError(f"--store must be files, db or auto, not {store!r}")
     from .worker import WorkerOptions, run_workers
 
+    spec = None
+    if grid is not None:  # read before the state is opened: a typo fails at once, not after a lease wait
+        from .spec import load_spec
+
+        spec = load_spec(grid)
     settings = _settings(state, db, mlflow_uri, tracking=not no_tracking)
     session = _state_session(settings)
     if session.mirrored and store == "db":
@@ -346,6 +377,15 @@ def work(
             "state directory only with each snapshot",
             hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
         )
+    if spec is not None:
+        from .queue import Queue
+
+        database = _open(settings, create=True)
+        try:
+            diff = Queue(database).enqueue(spec)
+        finally:
+            database.dispose()
+        _print_diff(diff, settings, listing=False)
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -571,6 +611,7 @@ def retry(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
 
@@ -592,6 +633,7 @@ def cancel(
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
     take_over: TakeOverOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
 

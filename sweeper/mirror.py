@@ -8,8 +8,16 @@ would live on one, every command works on a local copy instead, under
   sha256 (part of its file name) matches its bytes; one that does not is skipped with a warning;
 - snapshots are taken with SQLite's online backup API (a consistent copy while writers carry on),
   written to a temp file on the mount, fsynced and renamed into place as
-  `<stem>.<time_ns>.<sha256>.db`. The checksum lives in the name, so a snapshot is one file: a
-  network mount cannot publish it without its checksum, or the other way round. The last 2 are kept;
+  `<stem>.<time_ns>.<sha256>.<session>.db`. The checksum lives in the name, so a snapshot is one
+  file: a network mount cannot publish it without its checksum, or the other way round. The
+  session that wrote it is in the name too (older versions wrote `<stem>.<time_ns>.<sha256>.db`);
+- a session never buries or deletes another session's snapshot: before every push it checks that
+  the lease still names it and that no snapshot appeared on the mount that it did not write since it
+  took the lease (either means two sessions at once: it stops without pushing, SnapshotConflict).
+  It deletes only its own older snapshots and the ones its starting point superseded, keeping 2;
+- the lease names the newest snapshots, and a released lease the final ones: a new session waits
+  (up to SWEEPER_SNAPSHOT_SYNC_WAIT_S, 120 s) for that snapshot or a newer one to reach it through
+  Drive instead of restoring an older one;
 - a `sweeper work` session snapshots from a background thread after every job state change and
   checkpoint (it watches the events table, so writes of worker processes count too) and at least
   every `snapshot_every_s` while anything changes; short commands (enqueue, retry, cancel) push
@@ -53,13 +61,23 @@ from typing import Literal
 from .config import Settings, default_tracking_uri
 from .errors import StateLocked, UsageError
 from .mounts import Verdict, check, should_mirror
-from .statelease import DEFAULT_LEASE_S, Holder, StateLease
+from .statelease import DEFAULT_LEASE_S, Holder, LeaseHeld, LeaseWait, StateLease
 
 SNAPSHOT_DIR = "snapshots"
 KEEP = 2
 CHUNK = 1 << 16
 DEFAULT_SNAPSHOT_EVERY_S = 30.0
 DEFAULT_MIN_GAP_S = 1.0  # Drive uploads every new file: do not push more than once a second
+DEFAULT_SYNC_WAIT_S = 120.0  # how long a new session waits for the snapshot the lease names
+
+
+class SnapshotConflict(StateLocked):
+    """A snapshot that this session did not write appeared after it took the lease."""
+
+
+class SnapshotNotSynced(StateLocked):
+    """The snapshot the last session's lease names has not reached this machine yet."""
+
 
 # Writes that do not change any job's state: they wait for the periodic snapshot.
 ROUTINE_WRITES = frozenset(
@@ -159,6 +177,7 @@ class Snapshot:
     path: Path
     time_ns: int
     sha256: str
+    session: str = ""  # the session that wrote it ("" in names written before sessions were named)
 
     @property
     def name(self) -> str:
@@ -178,24 +197,46 @@ class SnapshotChain:
         self.stem = remote.stem
         self.keep = keep
 
+    def parse(self, name: str) -> Snapshot | None:
+        """The snapshot a file name describes, None for any other file."""
+        parts = name.rsplit(".", 4)
+        if len(parts) == 5 and parts[0] == self.stem and parts[4] == "db" and _is_tag(parts[3]):
+            ns, digest, session = parts[1], parts[2], parts[3]
+        else:
+            parts = name.rsplit(".", 3)
+            if len(parts) != 4 or parts[0] != self.stem or parts[3] != "db":
+                return None
+            ns, digest, session = parts[1], parts[2], ""
+        if ns.isdigit() and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            return Snapshot(self.dir / name, int(ns), digest, session)
+        return None
+
     def list(self) -> list[Snapshot]:
         """Snapshots by name, newest first (their checksums are not verified here)."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        found = []
-        for name in names:
-            parts = name.rsplit(".", 3)
-            if len(parts) != 4 or parts[0] != self.stem or parts[3] != "db":
-                continue
-            ns, digest = parts[1], parts[2]
-            if ns.isdigit() and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
-                found.append(Snapshot(self.dir / name, int(ns), digest))
+        found = [snap for snap in map(self.parse, names) if snap is not None]
         return sorted(found, key=lambda s: s.time_ns, reverse=True)
 
-    def push(self, local: Path, scratch: Path, *, unless_sha: str | None = None) -> Snapshot | None:
-        """Snapshot the live `local` database. None when its content equals `unless_sha`."""
+    def push(
+        self,
+        local: Path,
+        scratch: Path,
+        *,
+        unless_sha: str | None = None,
+        session: str = "",
+        known: frozenset[str] | set[str] = frozenset(),
+        superseded_ns: int = -1,
+    ) -> Snapshot | None:
+        """Snapshot the live `local` database, as `session`. None when its content equals `unless_sha`.
+
+        Every snapshot on the mount must be one `session` wrote or one in `known` (there when it took
+        the lease); any other one was pushed by another session since, and pushing over it would
+        bury it: SnapshotConflict. Old snapshots are deleted only if `session` wrote them or they
+        are `known` and no newer than `superseded_ns` (what the session started from).
+        """
         token = secrets.token_hex(4)
         copy = scratch / f".{self.stem}.{token}.backup"
         try:
@@ -205,9 +246,20 @@ class SnapshotChain:
                 return None
             self.dir.mkdir(parents=True, exist_ok=True)
             existing = self.list()
+            foreign = [s for s in existing if s.name not in known and not (session and s.session == session)]
+            if foreign:
+                raise SnapshotConflict(
+                    f"snapshot {foreign[0].path} was written by "
+                    + (f"session {foreign[0].session}" if foreign[0].session else "an older sweeper")
+                    + " after this session took the lease: two sessions have worked on this state at once",
+                    hint="this session stops without pushing, so that neither buries the other's snapshot. Run the "
+                    "command again: it continues from the newest snapshot (checkpoints and results on the mount "
+                    "are recovered). To run several machines at once, use a PostgreSQL queue",
+                )
             # Names order snapshots; never go below the newest one, even with a clock behind.
             ns = max(time.time_ns(), existing[0].time_ns + 1 if existing else 0)
-            final = self.dir / f"{self.stem}.{ns:020d}.{digest}.db"
+            tag = f".{session}" if session else ""
+            final = self.dir / f"{self.stem}.{ns:020d}.{digest}{tag}.db"
             tmp = self.dir / f".{self.stem}.{token}.tmp"
             try:
                 _copy(copy, tmp, delay_s=_test_delay())
@@ -217,17 +269,25 @@ class SnapshotChain:
                     os.unlink(tmp)
                 raise
             _fsync_dir(self.dir)
-            for old in [s for s in existing if s.time_ns < ns][self.keep - 1 :]:
+            mine = [
+                s
+                for s in existing
+                if (session and s.session == session) or (s.name in known and s.time_ns <= superseded_ns)
+            ]
+            for old in mine[self.keep - 1 :]:
                 with contextlib.suppress(OSError):
                     os.unlink(old.path)
-            return Snapshot(final, ns, digest)
+            return Snapshot(final, ns, digest, session)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(copy)
 
-    def restore(self, dest: Path, warn: Log) -> Snapshot | None:
-        """Copy the newest snapshot that passes its checksum to `dest`; None when there is none."""
+    def restore(self, dest: Path, warn: Log, *, at_least_ns: int = 0) -> Snapshot | None:
+        """Copy the newest snapshot that passes its checksum (and is not older than at_least_ns)
+        to `dest`; None when there is none."""
         for snap in self.list():
+            if snap.time_ns < at_least_ns:
+                break
             tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.restore")
             try:
                 digest = _copy(snap.path, tmp)
@@ -254,6 +314,10 @@ class SnapshotChain:
                 if name.startswith(f".{self.stem}.") and name.endswith(".tmp"):
                     with contextlib.suppress(OSError):
                         os.unlink(self.dir / name)
+
+
+def _is_tag(text: str) -> bool:
+    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
 
 
 def _test_delay() -> float:
@@ -298,6 +362,10 @@ class MirroredDb:
     # it is pushed at most this often (and at exit), which keeps uploads and Drive's trash small.
     min_interval_s: float = 0.0
     last_push: float = float("-inf")  # time.monotonic() of its last push
+    # The snapshots on the mount when this session took the lease: any other one that appears later
+    # and that this session did not write was pushed by another session (see SnapshotChain.push).
+    known: frozenset[str] = frozenset()
+    base_ns: int = -1  # time_ns of the snapshot this session started from: older known ones may go
 
     @property
     def url(self) -> str:
@@ -367,6 +435,7 @@ class MirroredState:
         snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S,
         min_gap_s: float = DEFAULT_MIN_GAP_S,
         on_lost: Callable[[], None] | None = None,
+        sync_wait_s: float = DEFAULT_SYNC_WAIT_S,
     ) -> None:
         remote_queue = verdict.path  # the queue file, absolute (see plan())
         self.settings = settings
@@ -391,9 +460,12 @@ class MirroredState:
         )
         self.snapshot_every_s = snapshot_every_s
         self.min_gap_s = min_gap_s
+        self.sync_wait_s = sync_wait_s
         self.on_lost = on_lost
         self.lost = False
         self.exclusive = False
+        self.tag = ""  # the session whose lease covers this command's pushes (its own or the one it shares)
+        self.started = False  # a command refused (or interrupted while waiting) pushes nothing at close
         self.access: Access = "read"
         self._push_lock = threading.Lock()
         self._temp: list[Path] = []
@@ -406,13 +478,27 @@ class MirroredState:
 
     # -- start -------------------------------------------------------------------------------
 
-    def start(self, access: Access, command: str, *, take_over: bool = False) -> StateSession:
+    def start(
+        self, access: Access, command: str, *, take_over: bool = False, wait: LeaseWait | None = None
+    ) -> StateSession:
+        """Set up the local copies. With `wait`, a live lease of another session is waited out
+        (with a countdown) instead of refused."""
         self.access = access
         self.lease.me = replace(self.lease.me, command=command)
         if access == "read":
             self._start_read()
         else:
-            self._start_write(access, take_over)
+            while True:
+                try:
+                    self._start_write(access, take_over)
+                    break
+                except LeaseHeld as exc:
+                    if wait is None:
+                        raise
+                    wait.pause(exc.holder, what="continues" if access == "work" else f"runs `sweeper {command}`")
+            if wait is not None:
+                wait.done(f"the state lease is free: session {self.lease.me.session} took it")
+        self.started = True
         urls = {"db_url": self.queue.url}
         if len(self.dbs) > 1:
             urls["tracking_uri"] = self.dbs[1].url
@@ -454,42 +540,111 @@ class MirroredState:
         elif q.local != q.remote:
             self.session.notes.append(f"mirrored state: live copy {q.local} (snapshots in {q.chain.dir})")
 
-    def _local_is_current(self, db: MirroredDb) -> bool:
-        """The local file exists and the newest snapshot is the one it last matched."""
+    def _local_is_current(self, db: MirroredDb, at_least_ns: int = 0) -> bool:
+        """The local file exists and the newest snapshot is the one it last matched (and not older
+        than what the last lease names)."""
         if not db.local.exists():
             return False
         snaps = db.chain.list()
         mark = self.origin.get(db.name).get("snapshot")
         if not snaps:
-            return not mark  # never pushed (a first session that crashed early): it is all there is
-        return mark == snaps[0].name
+            return not mark and not at_least_ns  # never pushed (a first session that crashed early)
+        return mark == snaps[0].name and snaps[0].time_ns >= at_least_ns
 
     def _start_write(self, access: Access, take_over: bool) -> None:
         previous = None
         with self.lease.lock:
             holder = self.lease.read()
             if access == "write" and holder is not None and holder.is_live() and holder.on_this_machine():
-                # A short command next to a live session on this machine: share its local copy.
+                # A short command next to a live session on this machine: share its local copy; its
+                # pushes are made in that session's name (and checked against its lease).
                 self.session.notes.append(f"sharing the local copy of {holder.describe()}")
+                self.tag = holder.session
+                for db in self.dbs:
+                    db.known = frozenset(s.name for s in db.chain.list())
             else:
                 previous = self.lease.acquire(take_over=take_over)
                 if take_over and previous is not None and previous.is_live():
                     self.log(f"taking over the state from {previous.describe()} (--take-over)")
                 self.exclusive = True
-                for db in self.dbs:
-                    db.chain.clean_temp()
-                    self._prepare(db)
+                self.tag = self.lease.me.session
+                predecessor = self.lease.predecessor
+                try:
+                    for db in self.dbs:
+                        db.chain.clean_temp()
+                        required = predecessor.snapshots.get(db.name) if predecessor else None
+                        self._prepare(db, required, take_over=take_over)
+                except BaseException:
+                    self.lease.release()  # nothing was pushed: hand the lease back as it was found
+                    raise
+                # Name the starting point at once: a crash before the first push still tells the
+                # next session which snapshot to wait for.
+                self.lease.renew(self.newest_snapshots())
             self._open_queue(previous if self.exclusive else None)
 
-    def _prepare(self, db: MirroredDb) -> None:
-        """Make db.local the state to continue from (called while holding the lease)."""
-        if self._local_is_current(db):
-            return
-        snap = db.chain.restore(db.local, self.log)
-        if snap is not None:
-            db.restored = snap
-            self.origin.set(db.name, snap)
-            return
+    def newest_snapshots(self) -> dict[str, str]:
+        """The snapshot each local file last matched (pushed by any process of this session, or
+        restored): what the lease names."""
+        marks = self.origin.read()
+        return {db.name: marks[db.name]["snapshot"] for db in self.dbs if (marks.get(db.name) or {}).get("snapshot")}
+
+    def _prepare(self, db: MirroredDb, required: str | None, *, take_over: bool = False) -> None:
+        """Make db.local the state to continue from (called while holding the lease).
+
+        `required` is the snapshot the last session's lease names: restore it or a newer one. Drive
+        can show a file written on another machine a minute late, so wait for it (up to sync_wait_s)
+        rather than restore an older snapshot, whose next push would bury the newer one."""
+        need = db.chain.parse(required) if required else None
+        at_least = need.time_ns if need is not None else 0
+        deadline = time.monotonic() + self.sync_wait_s
+        warned: set[str] = set()
+
+        def warn_once(line: str) -> None:
+            if line not in warned:
+                warned.add(line)
+                self.log(line)
+
+        while True:
+            if self._local_is_current(db, at_least):
+                break
+            snap = db.chain.restore(db.local, warn_once, at_least_ns=at_least)
+            if snap is not None:
+                db.restored = snap
+                self.origin.set(db.name, snap)
+                break
+            if need is None:
+                self._prepare_without_snapshot(db)
+                break
+            if time.monotonic() >= deadline:
+                present = any(s.name == need.name for s in db.chain.list())
+                if not (present or take_over):
+                    raise SnapshotNotSynced(
+                        f"the last session's lease names {db.name} snapshot {need.name}, which has not reached "
+                        f"{db.chain.dir} after {self.sync_wait_s:g}s",
+                        hint="Google Drive has not synced it to this machine yet: run the command again in a minute. "
+                        "Starting from an older snapshot would bury the newer one; if that snapshot is gone for "
+                        "good, --take-over starts from the newest intact one",
+                    )
+                # A damaged file holds no state to lose (a slow upload would have healed by now); it is
+                # kept on the mount, and the newest intact snapshot is used.
+                self.log(
+                    f"warning: {db.name} snapshot {need.name[:40]}..., named by the last session's lease, "
+                    + ("still fails its sha256 check" if present else "never arrived (--take-over)")
+                    + f" after {self.sync_wait_s:g}s; continuing from the newest intact snapshot"
+                )
+                need, at_least = None, 0
+                continue
+            warn_once(
+                f"waiting for {db.name} snapshot {need.name[:40]}... (named by the last session's lease) to reach "
+                f"{db.chain.dir} intact; Drive can take a minute"
+            )
+            time.sleep(min(1.0, self.sync_wait_s / 10))
+        mark = db.chain.parse(self.origin.get(db.name).get("snapshot") or "")
+        db.base_ns = mark.time_ns if mark is not None else -1
+        db.known = frozenset(s.name for s in db.chain.list())
+
+    def _prepare_without_snapshot(self, db: MirroredDb) -> None:
+        """No snapshot is required and none is usable: start from what there is, or refuse."""
         if db.chain.list():
             # Every snapshot failed its checksum. Starting empty would bury them under new ones.
             if db.local.exists():
@@ -547,17 +702,31 @@ class MirroredState:
 
     def push(self, *, force: bool = False) -> list[Snapshot]:
         """Snapshot every mirrored database that changed since its last snapshot (MLflow's store
-        only if its min_interval_s has passed, unless force)."""
+        only if its min_interval_s has passed, unless force).
+
+        Raises StateLocked when the lease no longer names this session, or SnapshotConflict when
+        another session pushed a snapshot: then nothing is written."""
         if self.lost:
             return []
         pushed = []
         with self._push_lock:
+            checked = False
             for db in self.dbs:
                 if not db.local.exists() or db.local == db.remote:
                     continue
                 if not force and time.monotonic() - db.last_push < db.min_interval_s:
                     continue
-                snap = db.chain.push(db.local, self.local_dir, unless_sha=self.origin.get(db.name).get("sha256"))
+                if not checked:  # one read of the lease file per push, not per database
+                    self.lease.check(self.tag)
+                    checked = True
+                snap = db.chain.push(
+                    db.local,
+                    self.local_dir,
+                    unless_sha=self.origin.get(db.name).get("sha256"),
+                    session=self.tag,
+                    known=db.known,
+                    superseded_ns=db.base_ns,
+                )
                 db.last_push = time.monotonic()
                 if snap is not None:
                     self.origin.set(db.name, snap)
@@ -568,7 +737,12 @@ class MirroredState:
         self.snapshotter = Snapshotter(self, every_s=self.snapshot_every_s, min_gap_s=self.min_gap_s)
         self.snapshotter.start()
 
+    def renew_lease(self) -> None:
+        self.lease.renew(self.newest_snapshots())
+
     def mark_lost(self, exc: StateLocked) -> None:
+        if self.lost:
+            return
         self.lost = True
         self.log(f"error: {exc.message}; {exc.hint}")
         if self.on_lost is not None:
@@ -580,9 +754,12 @@ class MirroredState:
         try:
             if self.snapshotter is not None:
                 self.snapshotter.stop()
-            if self.access != "read" and not self.lost:
+            if self.started and self.access != "read" and not self.lost:
                 try:
                     self.push(force=True)
+                except StateLocked as exc:
+                    self.lost = True  # not on_lost: the command is ending anyway
+                    self.log(f"error: {exc.message}; {exc.hint}")
                 except (OSError, sqlite3.Error) as exc:
                     self.log(
                         f"error: the final snapshot to {self.queue.chain.dir} failed: {exc}. The live copy is "
@@ -590,7 +767,7 @@ class MirroredState:
                     )
                     return  # keep the lease: the state on the mount is behind this machine's copy
             if self.exclusive and not self.lost:
-                self.lease.release()
+                self.lease.release(self.newest_snapshots())
         finally:
             for tmp in self._temp:
                 for suffix in ("", "-wal", "-shm"):
@@ -710,7 +887,7 @@ class Snapshotter(threading.Thread):
                 now = time.monotonic()
                 if self.state.exclusive and now >= next_renew:
                     try:
-                        lease.renew()
+                        self.state.renew_lease()
                         next_renew = now + lease.renew_every_s
                     except StateLocked as exc:
                         self.state.mark_lost(exc)
@@ -728,6 +905,9 @@ class Snapshotter(threading.Thread):
                     self.state.push()
                     self.pushes += 1
                     warned = False
+                except StateLocked as exc:
+                    self.state.mark_lost(exc)
+                    return
                 except (OSError, sqlite3.Error) as exc:
                     self.failures += 1
                     if not warned:
@@ -780,12 +960,16 @@ def open_state(
     snapshot_every_s: float | None = None,
     min_gap_s: float | None = None,
     on_lost: Callable[[], None] | None = None,
+    wait: bool = False,
+    fail_fast: str = "--no-wait fails at once",
 ) -> Iterator[StateSession]:
     """The settings a command should use, with mirrored mode set up and torn down around it.
 
     access: "read" (status: never takes the lease), "write" (enqueue, retry, cancel: take it or
     share a live session on this machine, push one snapshot at the end), or "work" (take it, push
     snapshots from a background thread, push a final one and release it at the end).
+    wait: when another live session holds the lease, wait for it to run out (printing a countdown
+    through `log`; `fail_fast` says how not to wait) instead of refusing with StateLocked.
     """
     verdict = plan(settings, mirror)
     if verdict is None:
@@ -801,9 +985,11 @@ def open_state(
         snapshot_every_s=snapshot_every_s,
         min_gap_s=min_gap_s if min_gap_s is not None else _env_seconds("SWEEPER_SNAPSHOT_MIN_GAP_S", DEFAULT_MIN_GAP_S),
         on_lost=on_lost,
+        sync_wait_s=_env_seconds("SWEEPER_SNAPSHOT_SYNC_WAIT_S", DEFAULT_SYNC_WAIT_S),
     )
     try:
-        session = state.start(access, command, take_over=take_over)
+        waiter = LeaseWait(log, fail_fast=fail_fast) if wait else None
+        session = state.start(access, command, take_over=take_over, wait=waiter)
         if access == "work":
             log(
                 f"mirrored mode: {verdict.reason}; live database {state.queue.local}, "

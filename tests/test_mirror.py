@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from sweeper.errors import UsageError
 from sweeper.mirror import SnapshotChain, open_state
 from sweeper.recovery import record_result
 
-from .conftest import run_cli, start_worker, stop_process, wait_for
+from .conftest import cli_env, run_cli, start_worker, stop_process, wait_for
 
 GRID_A = """\
 sweep: mirror
@@ -117,10 +119,12 @@ def test_corrupted_newest_snapshot_is_skipped_with_a_warning(tmp_path):
     assert "warning" in stderr and newest.name in stderr and "previous" in stderr
     assert previous.name[:30] in status["mirror"]["notes"][0]
 
-    # A writing session on a new machine continues from the previous snapshot as well.
-    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"))
+    # A writing session on a new machine waits for the snapshot the lease names to heal (as a slow
+    # upload would), then continues from the previous one, and keeps the damaged file.
+    done = _cli(tmp_path, "vm3", "enqueue", _grid(tmp_path, GRID_B, "b.yaml"), SWEEPER_SNAPSHOT_SYNC_WAIT_S="1")
     assert done.returncode == 0 and "added 2 new job(s)" in done.stdout, done.stderr
-    assert newest.name in done.stderr
+    assert newest.name in done.stderr and "waiting for queue snapshot" in done.stderr
+    assert "still fails its sha256 check" in done.stderr and newest.exists()
 
 
 def test_no_intact_snapshot_refuses_to_start_from_an_empty_queue(tmp_path):
@@ -327,11 +331,6 @@ def test_mirrored_status_and_enqueue_import_neither_torch_nor_mlflow(tmp_path):
 
 
 def run_cli_python(code: str, *args: str, tmp_path: Path):
-    import subprocess
-    import sys
-
-    from .conftest import cli_env
-
     env = cli_env(SWEEPER_MIRROR_DIR=str(tmp_path / "vm1"))
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -349,10 +348,12 @@ def test_colab_notebook_is_a_valid_notebook_with_every_step():
             # Python once the IPython shell lines (! and %) are left out.
             compile("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("!", "%"))), "cell", "exec")
             code.append(text)
-    steps = ["drive.mount(", "%pip install", "sweeper enqueue", "sweeper work", "sweeper status"]
+    steps = ["drive.mount(", "%pip install", "!sweeper work --wait", "!sweeper status", "mlflow"]
     positions = [next(i for i, text in enumerate(code) if step in text) for step in steps]
     assert positions == sorted(positions), "the steps are out of order"
     assert "/content/drive/MyDrive/sweeps/" in "".join(code)
+    # Nothing to edit before "Run all": no placeholder, no worker settings that beat the defaults.
+    assert "<owner>" not in "".join(code) and "--workers" not in "".join(code)
 
 
 def test_mlflow_store_is_pushed_at_most_every_interval_but_always_at_exit(tmp_path, monkeypatch):
@@ -401,3 +402,117 @@ def test_local_copy_directory_planted_by_someone_else_is_refused(tmp_path):
     local.chmod(0o777)  # as if another user had created it, open to all
     done = _cli(tmp_path, "vm1", "status")
     assert done.returncode == 2 and "not a private directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def _writer(tmp_path: Path, vm: str):
+    """A mirrored "enqueue" session on machine `vm`, opened by hand so that a test can act mid-way."""
+    from sweeper.mirror import MirroredState, plan
+
+    os.environ["SWEEPER_MIRROR_DIR"] = str(tmp_path / vm)
+    try:
+        settings = resolve_settings(state=tmp_path / "state", tracking=False)
+        state = MirroredState(settings, plan(settings, "on"), log=lambda _: None)
+        session = state.start("write", "enqueue")
+    finally:
+        del os.environ["SWEEPER_MIRROR_DIR"]
+    return state, Path(session.settings.db_url.split(":///", 1)[1])
+
+
+def _touch_queue(path: Path, value: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT OR REPLACE INTO sweeper_meta (key, value) VALUES ('touched', ?)", (value,))
+    conn.commit()
+    conn.close()
+
+
+def test_push_is_refused_once_the_lease_names_another_session(tmp_path):
+    from sweeper.errors import StateLocked
+
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    state, local = _writer(tmp_path, "vm1")
+    lease_file = tmp_path / "state" / "queue.lease"
+    thief = {**json.loads(lease_file.read_text()), "session": "0badc0de", "host": "other-vm", "boot_id": "x"}
+    lease_file.write_text(json.dumps(thief))
+    before = _snapshots(tmp_path / "state")
+    _touch_queue(local, "after the takeover")
+    with pytest.raises(StateLocked, match="no longer names session"):
+        state.push()
+    state.close()  # the final push is refused as well, and the lease is not released over the thief's
+    assert _snapshots(tmp_path / "state") == before
+    assert json.loads(lease_file.read_text())["session"] == "0badc0de"
+
+
+def test_push_never_buries_or_deletes_a_snapshot_another_session_wrote(tmp_path):
+    """A snapshot this session did not write appears after it took the lease (split brain on an
+    eventually consistent mount, or a clock behind): refuse to push, delete nothing."""
+    import shutil
+
+    from sweeper.mirror import SnapshotConflict
+
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_B, "b.yaml")).returncode == 0
+    state, local = _writer(tmp_path, "vm1")
+    newest, oldest = _snapshots(tmp_path / "state")
+    # Another session's snapshot, older by name than everything here (its machine's clock is behind).
+    ns, digest = oldest.name.split(".")[1:3]
+    foreign = oldest.with_name(f"queue.{int(ns) - 1000:020d}.{digest}.0badc0de.db")
+    shutil.copy(oldest, foreign)
+    _touch_queue(local, "split brain")
+    with pytest.raises(SnapshotConflict, match="session 0badc0de"):
+        state.push()
+    assert sorted(_snapshots(tmp_path / "state")) == sorted([newest, oldest, foreign])
+    state.close()
+    assert sorted(_snapshots(tmp_path / "state")) == sorted([newest, oldest, foreign])
+
+
+def test_own_and_superseded_snapshots_are_pruned_to_two(tmp_path):
+    grid = _grid(tmp_path, GRID_A)
+    assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
+    state, local = _writer(tmp_path, "vm2")  # a new machine restores the only snapshot
+    for i in range(3):
+        _touch_queue(local, str(i))
+        state.push()
+    state.close()
+    snaps = SnapshotChain(tmp_path / "state" / "queue.db").list()
+    assert len(snaps) == 2 and {s.session for s in snaps} == {state.lease.me.session}
+
+
+def test_new_vm_waits_for_the_final_snapshot_the_released_lease_names(tmp_path):
+    """Drive shows the older snapshot first: the new VM must not restore it (and bury the newer
+    one under its own push); it waits until the named one arrives."""
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
+    assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_B, "b.yaml")).returncode == 0
+    state_dir = tmp_path / "state"
+    lease = json.loads((state_dir / "queue.lease").read_text())
+    newest, _older = _snapshots(state_dir)
+    assert lease["released"] and lease["snapshots"]["queue"] == newest.name
+    syncing = tmp_path / "not-synced-yet"
+    syncing.mkdir()
+    os.replace(newest, syncing / newest.name)
+
+    # It never arrives within the wait: refused with exit 4, nothing pushed, the lease still names it.
+    done = _cli(tmp_path, "vm2", "enqueue", _grid(tmp_path, GRID_A), SWEEPER_SNAPSHOT_SYNC_WAIT_S="1")
+    assert done.returncode == 4, done.stderr
+    assert "has not reached" in done.stderr and newest.name in done.stderr and "Traceback" not in done.stderr
+    assert _snapshots(state_dir) == [_older]
+    assert json.loads((state_dir / "queue.lease").read_text())["snapshots"]["queue"] == newest.name
+
+    # It arrives while the new VM waits: that is what it continues from (5 jobs, not 3).
+    log = tmp_path / "vm3.log"
+    args = ["enqueue", _grid(tmp_path, GRID_A), "--state", str(state_dir), "--mirror", "on"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper.cli", *args],
+            env=cli_env(SWEEPER_MIRROR_DIR=str(tmp_path / "vm3"), SWEEPER_SNAPSHOT_SYNC_WAIT_S="300"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "waiting for queue snapshot" in log.read_text() or proc.poll() is not None, 120)
+        assert proc.poll() is None, log.read_text()
+        os.replace(syncing / newest.name, newest)  # Drive catches up
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        stop_process(proc)
+    assert "0 new job(s), 3 unchanged" in log.read_text()
+    assert _jobs(_status(tmp_path, "vm4")[0]) == 5

@@ -15,7 +15,7 @@ import pytest
 from sweeper.errors import StateLocked
 from sweeper.statelease import StateLease, boot_id
 
-from .conftest import run_cli
+from .conftest import cli_env, run_cli, stop_process, wait_for
 
 
 def _lease(tmp_path: Path, command: str = "work", **kw) -> StateLease:
@@ -123,16 +123,110 @@ def test_cli_refuses_second_session_and_takes_over_after_expiry(tmp_path):
     env = {"SWEEPER_MIRROR_DIR": str(tmp_path / "vm1")}
     done = run_cli("enqueue", str(grid), "--state", str(state), "--mirror", "on", **env)
     assert done.returncode == 0, done.stderr
-    _foreign_holder(state / "queue.lease", expires_in=2.0)
+    _foreign_holder(state / "queue.lease", expires_in=15.0)  # outlasts the start of `work` on a loaded machine
+    expires_at = json.loads((state / "queue.lease").read_text())["expires_at"]
 
     refused = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
+    assert time.time() < expires_at, "the machine was too slow for this test to mean anything"
     assert refused.returncode == 4, refused.stderr
     assert "colab-vm-7" in refused.stderr and "pid 4242" in refused.stderr and "until" in refused.stderr
     assert "PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
 
-    time.sleep(2.1)
+    time.sleep(max(0.0, expires_at - time.time()) + 0.1)
     ran = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
     assert ran.returncode == 0, ran.stderr
     assert "queue is empty" in ran.stderr
     lease = json.loads((state / "queue.lease").read_text())
     assert lease["released"] is True and lease["host"] != "colab-vm-7"
+
+
+def test_acquire_reads_its_write_back_and_backs_off_when_another_session_wrote_last(tmp_path):
+    """Two machines that both saw the lease free both write it; the one whose write was replaced
+    must not go on (before the read-back, both did: split brain)."""
+    other = _lease(tmp_path, settle_s=0.0)
+    mine = _lease(tmp_path, settle_s=0.0, after_write=lambda: other._write(other.me))
+    with pytest.raises(StateLocked, match="at the same moment") as info:
+        mine.acquire()
+    assert not mine.held and other.me.session in str(info.value)
+    assert json.loads(mine.path.read_text())["session"] == other.me.session  # the later write stands
+
+
+def test_check_refuses_a_session_whose_lease_was_taken_or_released(tmp_path):
+    first, second = _lease(tmp_path, settle_s=0.0), _lease(tmp_path, settle_s=0.0)
+    first.acquire()
+    first.check()
+    second.acquire(take_over=True)
+    with pytest.raises(StateLocked, match=f"no longer names session {first.me.session}"):
+        first.check()
+    second.release()
+    with pytest.raises(StateLocked):
+        second.check()
+
+
+def test_released_lease_names_the_final_snapshots_and_a_new_holder_inherits_them(tmp_path):
+    first = _lease(tmp_path, settle_s=0.0)
+    first.acquire()
+    first.renew({"queue": "queue.1.a.db"})
+    first.release({"queue": "queue.2.b.db", "mlflow": "mlflow.2.c.db"})
+    assert json.loads(first.path.read_text())["snapshots"] == {"queue": "queue.2.b.db", "mlflow": "mlflow.2.c.db"}
+    second = _lease(tmp_path, settle_s=0.0)
+    assert second.acquire() is None
+    assert second.predecessor is not None and second.predecessor.snapshots["queue"] == "queue.2.b.db"
+    # Until it names its own, the new holder's lease still names them: giving up early loses nothing.
+    second.release()
+    assert json.loads(second.path.read_text())["snapshots"]["queue"] == "queue.2.b.db"
+
+
+def test_countdown_prints_one_line_per_interval_off_a_terminal(tmp_path):
+    from sweeper.statelease import Holder, LeaseWait
+
+    lines: list[str] = []
+    wait = LeaseWait(lines.append, every_s=0.3, tty=False)
+    holder = Holder("feedbeef", "colab-vm-7", "b", 42, "work", time.time(), time.time() + 0.9)
+    while time.time() < holder.expires_at:
+        wait.pause(holder, what="continues")
+    wait.done("taken")
+    assert 2 <= len(lines) <= 5, lines  # not one per poll
+    assert "session feedbeef" in lines[0] and "runs out in" in lines[0] and "--no-wait" in lines[0]
+    assert lines[-1] == "taken"
+
+
+def test_short_commands_wait_for_a_live_lease_of_another_machine_unless_no_wait(tmp_path):
+    """`enqueue` (also retry and cancel) waits out the lease of a vanished VM with a countdown,
+    then takes over; --no-wait keeps the old exit 4."""
+    state = tmp_path / "state"
+    grid = tmp_path / "g.yaml"
+    grid.write_text("sweep: lease\nstages:\n  s:\n    kind: noop\n    grid:\n      value: [1, 2]\n")
+    env = {"SWEEPER_MIRROR_DIR": str(tmp_path / "vm1")}
+    assert run_cli("enqueue", str(grid), "--state", str(state), "--mirror", "on", **env).returncode == 0
+    _foreign_holder(state / "queue.lease", expires_in=30.0)
+    for args in (["enqueue", str(grid)], ["retry", "--failed"], ["cancel", "--stage", "s"]):
+        refused = run_cli(*args, "--no-wait", "--state", str(state), "--mirror", "on", **env)
+        assert refused.returncode == 4 and "colab-vm-7" in refused.stderr, refused.stderr
+        assert "waiting" not in refused.stderr and refused.stderr.count("error:") == 1, refused.stderr
+
+    # The lease runs out only once the command is seen waiting (a loaded machine may take seconds to
+    # start it): then the "old VM" lease is made to expire 1 s later.
+    _foreign_holder(state / "queue.lease", expires_in=600.0)
+    log = tmp_path / "enqueue.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper.cli", "enqueue", str(grid), "--state", str(state), "--mirror", "on"],
+            env=cli_env(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "waiting for the state lease" in log.read_text() or proc.poll() is not None, 120)
+        assert proc.poll() is None, log.read_text()
+        _foreign_holder(state / "queue.lease", expires_in=1.0)
+        expires_at = json.loads((state / "queue.lease").read_text())["expires_at"]
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        stop_process(proc)
+    assert time.time() >= expires_at  # it did not take a live lease
+    text = log.read_text()
+    assert "waiting for the state lease of session feedbeef" in text and "runs out in" in text
+    assert "0 new job(s), 2 unchanged" in text and "Traceback" not in text
+    lease = json.loads((state / "queue.lease").read_text())
+    assert lease["released"] is True and lease["session"] != "feedbeef" and lease["snapshots"]["queue"]
