@@ -66,12 +66,17 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_loss, train_acc = float("nan"), float("nan")
     time = summary(state)
     images = state["epoch"] * len(data.train) + min(state["batch"] * p.batch_size, len(data.train))
+    target_step = time["target_step"]
     result: dict[str, Any] = {
         "test_accuracy": test_acc,
         "test_loss": test_loss,
         "train_accuracy": train_acc,
         "train_loss": train_loss,
         "time_to_target_s": time["time_to_target_s"],
+        # The same moment in images seen: deterministic, so speed rankings do not depend on machine load.
+        "images_to_target": None
+        if target_step is None
+        else images_seen(target_step, state["batches_per_epoch"], len(data.train), p.batch_size),
         "reached": time["reached"],
         "target_step": time["target_step"],
         "epochs": time["epochs"],
@@ -127,3 +132,9 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     for name, path in files.items():
         ctx.log_artifact(path, name)
     return result
+
+
+def images_seen(steps: int, batches_per_epoch: int, n_train: int, batch_size: int) -> int:
+    """Training images processed in the first `steps` batches (each epoch's last batch may be short)."""
+    epochs, batches = divmod(steps, batches_per_epoch)
+    return epochs * n_train + min(batches * batch_size, n_train)

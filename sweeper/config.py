@@ -9,13 +9,24 @@ from pathlib import Path
 
 DEFAULT_STATE = "./state"
 
-# scheme://user:password@host -> scheme://user:***@host
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+# scheme://user:password@host -> scheme://user:***@host. The password runs to the *last* '@' of
+# the URL (drivers accept an unescaped '@' in it: p@ss@host), so it is every non-space character
+# up to there; where something after the URL holds an '@' too this hides a little more, never less.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<tail>@)")
+# ...?password=secret&sslmode=require, and libpq's key=value form: password=secret host=db
+_PASSWORD_PARAM = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9_])(?:ssl)?(?:password|passwd|pwd)\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^&\s'\",;)]+)",
+    re.IGNORECASE,
+)
 
 
 def mask_password(text: str) -> str:
-    """Hide the password of every URL in `text`. Used on every line we print or log."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Hide every password in `text`: in a URL's user part, or given as password=... (query or DSN).
+
+    Used on every line we print or log, and on errors before they are stored in the queue.
+    """
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", text)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 from .checkpoints import ArtifactStore, CheckpointStore
 from .errors import LeaseLost
 from .queue import ClaimedJob, Queue
+from .statepaths import under
 from .tracking import NullTracker, Tracker
 
 __all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
@@ -100,7 +101,7 @@ class JobContext:
 
     def work_dir(self) -> Path:
         """A scratch directory for this job's files (kept across attempts on this machine)."""
-        path = self.state_dir / "work" / self.sweep / self.job_id
+        path = under(self.state_dir, "work", self.sweep, self.job_id)  # names from the queue: checked
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import handoff
+from .config import mask_password
 from .db import (
     ACTIVE,
     TERMINAL,
@@ -655,6 +656,7 @@ class Queue:
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> str:
         """Count a failure. Returns the new status: 'pending' (retry after backoff) or 'failed'."""
+        error = mask_password(error)  # a traceback may quote a connection URL; the queue may be shared
 
         def txn() -> str:
             with self.db.write() as conn:
@@ -895,21 +897,31 @@ class Queue:
     # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
 
     def record_checkpoint(
-        self, lease: Lease, *, sha256: str, size: int, location: str | None, blob: bytes | None, keep: int = 2
+        self,
+        lease: Lease,
+        *,
+        sha256: str,
+        size: int,
+        location: str | None,
+        blob: bytes | None,
+        keep: int = 2,
+        at_least: int = 1,
     ) -> tuple[int, list[str]]:
-        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
+        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
+
+        seq is one more than the job's newest, and at least `at_least` (the store names files
+        by seq, and may have seen newer files than the database knows: see checkpoints.py).
+        """
 
         def txn() -> tuple[int, list[str]]:
             with self.db.write() as conn:
                 self._fenced(conn, lease)
-                seq = (
-                    conn.execute(
-                        sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
-                            checkpoints.c.job_id == lease.job_id
-                        )
-                    ).scalar_one()
-                    + 1
-                )
+                newest = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
+                        checkpoints.c.job_id == lease.job_id
+                    )
+                ).scalar_one()
+                seq = max(newest + 1, at_least)
                 conn.execute(
                     checkpoints.insert().values(
                         job_id=lease.job_id,

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .config import mask_password
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound, error_summary
@@ -167,11 +168,11 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         params_resolved=r.resolved_params,
         provenance=r.provenance or {},
         result=r.result,
-        error=r.error,
+        error=mask_password(r.error) if r.error else r.error,  # rows written before errors were masked
         error_summary=error_summary(r.error),
     )
     detail.params = param_rows(detail.params_written, detail.params_resolved, detail.provenance)
-    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail) for e in ev]
+    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail and mask_password(e.detail)) for e in ev]
     detail.attempts = attempts_from_events(detail.events, r.status)
     detail.checkpoints = [
         StoredFile(f"seq {c.seq}", c.sha256, c.size, *_where(c.location, state_dir), c.created_at, c.attempt)

@@ -29,7 +29,7 @@ from .checkpoints import ArtifactStore, CheckpointStore
 from .config import Settings, mask_password
 from .context import Interrupted, JobContext, JobFailed
 from .db import OutagePolicy, open_database
-from .errors import DatabaseUnavailable, LeaseLost, SweeperError, error_summary
+from .errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
 from .progress import make_view
 from .queue import ClaimedJob, Queue
 from .recovery import record_result, recorded_result
@@ -371,7 +371,7 @@ class Worker:
             raise
         except JobFailed as exc:
             return None, exc.message, exc.retry
-        except registry.KindError as exc:
+        except (registry.KindError, UnsafePath) as exc:  # neither gets better on a retry
             return None, str(exc), False
         except Exception:
             if self.heartbeat.db_down is not None:
