@@ -1,7 +1,8 @@
 """The work loop: claim a job, run it under a heartbeat, record how it ended, repeat.
 
 One worker process runs one job at a time. `--workers N` starts N such processes and supervises
-them. Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
+them; without it workerplan.py picks (one per core with one thread, or one per GPU), and the
+running job's progress goes to the worker's own output (progress.py). Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
 (it checkpoints and the job is released without counting a failure); a second one exits at once.
 """
 
@@ -29,16 +30,20 @@ from .config import Settings, mask_password
 from .context import Interrupted, JobContext, JobFailed
 from .db import OutagePolicy, open_database
 from .errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
+from .progress import make_view
 from .queue import ClaimedJob, Queue
 from .recovery import record_result, recorded_result
 from .tracking import RunInfo, make_tracker
+from .workerplan import WorkerPlan, available_cpus, plan_here
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
     settings: Settings
-    workers: int = 1
+    workers: int | None = 1  # None: one per core (or per GPU), see workerplan.py
     threads_per_worker: int | None = None
+    jobs_per_gpu: int | None = None  # workers sharing each GPU when workers is None
+    gpu: str | None = None  # this worker's CUDA_VISIBLE_DEVICES, set by the plan
     stages: tuple[str, ...] = ()
     sweep: str | None = None
     max_jobs: int | None = None
@@ -49,6 +54,8 @@ class WorkerOptions:
     store: str = "auto"  # files | db | auto (db on PostgreSQL, files on SQLite)
     db_outage_s: float = 120.0
     data_dir: str | None = None
+    show_progress: bool = True
+    progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
     extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
     scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
@@ -58,20 +65,13 @@ class WorkerOptions:
     def threads(self) -> int:
         if self.threads_per_worker:
             return max(1, self.threads_per_worker)
-        return max(1, available_cpus() // max(1, self.workers))
+        return max(1, available_cpus() // max(1, self.workers or 1))
 
     @property
     def store_mode(self) -> str:
         if self.store != "auto":
             return self.store
         return "files" if self.settings.is_sqlite else "db"
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def configure_threads(threads: int) -> None:
@@ -179,6 +179,7 @@ class Worker:
         self._parent = os.getppid()
         self._print = console_log or _stderr_line
         self.jobs_run = 0
+        self.view: Any = None
         self.heartbeat: Heartbeat | None = None
 
     # -- logging -----------------------------------------------------------------------------
@@ -312,6 +313,8 @@ class Worker:
         started = time.monotonic()
         resumed = f", resuming after {job.interruptions} interruption(s)" if job.interruptions else ""
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
+        if self.view is not None:
+            ctx.on_progress = self.view.updater(job)
         self.heartbeat.attach(ctx)
         run_status = "FAILED"
         # The run is shared by every attempt of the job. Each ending below first checks that this
@@ -355,6 +358,8 @@ class Worker:
         finally:
             self.heartbeat.detach()
             self._ctx = None
+            if self.view is not None:
+                self.view.remove(job)
             if run_status not in ("LOST", "CLOSED"):
                 self._end_run(tracker, job, run_status)
 
@@ -464,7 +469,10 @@ def _short(result: Any) -> str:
 
 
 def _stderr_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # One write of the whole line: print() writes the text and its newline separately, and
+    # several worker processes sharing a pipe then run their lines together.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,21 +481,48 @@ def _stderr_line(line: str) -> None:
 
 def _child_main(opts: WorkerOptions, index: int) -> None:
     os.setpgrp()  # the terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
-    sys.exit(Worker(opts, index=index).run())
+    pin_gpu(opts.gpu)
+    worker = Worker(opts, index=index)
+    if opts.gpu is not None:
+        worker.log(f"pinned to GPU {opts.gpu} (CUDA_VISIBLE_DEVICES)")
+    if opts.show_progress:  # several processes share the terminal: plain lines, each with its prefix
+        worker.view = make_view(worker.log, bar=False, every_s=opts.progress_every_s)
+    sys.exit(worker.run())
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Before torch is imported: this process sees only its GPU, as cuda:0."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def run_workers(opts: WorkerOptions) -> int:
-    """Run `opts.workers` worker processes (in this process when it is one). Returns an exit code."""
-    if opts.workers <= 1:
-        return Worker(opts).run()
-    return _supervise(opts)
+    """Run the planned worker processes (in this process when it is one). Returns an exit code.
+
+    The plan (workerplan.py) is the first line printed: how many workers, threads, which GPUs.
+    """
+    plan = plan_here(opts.workers, opts.threads_per_worker, opts.jobs_per_gpu)
+    _stderr_line(plan.describe())
+    opts = replace(opts, workers=plan.workers, threads_per_worker=plan.threads)
+    if plan.workers <= 1:
+        opts = replace(opts, gpu=plan.gpu_of(0))
+        pin_gpu(opts.gpu)
+        worker = Worker(opts)
+        if opts.show_progress:
+            worker.view = make_view(worker.log, bar=True, every_s=opts.progress_every_s)
+        try:
+            return worker.run()
+        finally:
+            if worker.view is not None:
+                worker.view.close()
+    return _supervise(opts, plan)
 
 
-def _supervise(opts: WorkerOptions) -> int:
+def _supervise(opts: WorkerOptions, plan: WorkerPlan) -> int:
     mp = multiprocessing.get_context("spawn")
-    child_opts = replace(opts, workers=opts.workers, threads_per_worker=opts.threads)
     procs = [
-        mp.Process(target=_child_main, args=(child_opts, i), name=f"sweeper-worker-{i}") for i in range(opts.workers)
+        mp.Process(target=_child_main, args=(replace(opts, gpu=plan.gpu_of(i)), i), name=f"sweeper-worker-{i}")
+        for i in range(plan.workers)
     ]
     stopping = threading.Event()
 

@@ -25,7 +25,7 @@ from tests.chaos.kinds import crafted_pickle
 
 from .conftest import run_cli, start_worker, stop_process, wait_for
 
-WORK = ("--threads-per-worker", "1", "--retry-backoff", "0")
+WORK = ("--workers", "1", "--threads-per-worker", "1", "--retry-backoff", "0")  # one worker: short leases below
 
 
 def _jobs(db: Path) -> dict[str, dict]:
