@@ -3,7 +3,8 @@
 `sweeper report` calls `sections(view)` with a read-only view of the sweep (see docs/reports.md "Report
 plug-ins"): `view.jobs(stage)`, `view.stages`, `view.artifact(job_id, name)` (a sha256-verified
 local copy), `view.read_json`, `view.read_csv` and `view.figure_path(name)`. It returns sections
-as plain dicts, so this module needs nothing from sweeper at all.
+as plain dicts, so it needs no sweeper types: from sweeper it uses only `sweeper.plots.pyplot` to
+draw its figures.
 
 Sections, each from what the jobs left behind:
   * loss curves of the diagnostics stage      (history.json of each train job there)

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import mappings
 from .db import STATUSES, Database, jobs, stages, sweeps
 from .errors import CheckpointError, UsageError
 from .handoff import REF_KEYS
@@ -36,6 +37,11 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, Mapping) and any(k in value for k in REF_KEYS)
 
 
+def is_handoff(value: Any) -> bool:
+    """A hand-off, resolved or not: one value in a table, never a group of columns."""
+    return is_outcome(value) or is_reference(value)
+
+
 def flatten(value: Mapping[str, Any], prefix: str = "", *, records: bool = False) -> dict[str, Scalar]:
     """Nested params or results -> {"conv1.channels": 8, ...}, one scalar per dotted key.
 
@@ -44,14 +50,11 @@ def flatten(value: Mapping[str, Any], prefix: str = "", *, records: bool = False
     triplets) is left out unless `records` is true, when it becomes JSON too.
     """
     out: dict[str, Scalar] = {}
-    for key, v in value.items():
-        path = f"{prefix}{key}"
+    for path, v in mappings.flatten(value, prefix, whole=is_handoff).items():
         if is_outcome(v):
             out[path] = str(v["job"])
         elif is_reference(v):  # not resolved yet (a blocked job): keep it whole
             out[path] = json.dumps(v, separators=(",", ":"), sort_keys=True)
-        elif isinstance(v, Mapping):
-            out.update(flatten(v, path + ".", records=records))
         elif isinstance(v, list):
             if v and all(is_outcome(x) for x in v):
                 out[path] = ",".join(str(x["job"]) for x in v)

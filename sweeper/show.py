@@ -16,10 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import mappings
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound, error_summary
-from .results import flatten, is_outcome, is_reference
+from .results import flatten, is_handoff, is_outcome, is_reference
 
 JSON_SCHEMA = "sweeper.job/1"
 # Events that end an attempt, and what they mean for it.
@@ -210,13 +211,7 @@ def param_rows(written: dict[str, Any], resolved: dict[str, Any] | None, provena
 
 def _flat(params: dict[str, Any]) -> dict[str, Any]:
     # A hand-off reference as written ({best_of: ...}) stays one value instead of three keys.
-    out: dict[str, Any] = {}
-    for key, v in params.items():
-        if isinstance(v, dict) and not is_outcome(v) and not is_reference(v):
-            out.update({f"{key}.{k}": x for k, x in _flat(v).items()})
-        else:
-            out[key] = v
-    return out
+    return mappings.flatten(params, whole=is_handoff)
 
 
 def attempts_from_events(evs: list[EventRow], status: str) -> list[Attempt]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .mappings import flatten
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -78,19 +80,24 @@ class NullTracker:
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """{'conv1': {'channels': 8}} -> {'conv1.channels': '8'}; long values are cut to MLflow's limit."""
+    """{'conv1': {'channels': 8}} -> {'conv1.channels': '8'}; long values are cut to MLflow's limit.
+
+    The walk is mappings.flatten's; MLflow params are text, so each value becomes a string here,
+    and a resolved hand-off becomes `stage:job`, the run it came from.
+    """
     out: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and "job" in value and "stage" in value:
+    for name, value in flatten(params, prefix, whole=_is_handoff).items():
+        if isinstance(value, Mapping):
             out[name] = f"{value['stage']}:{value['job']}"  # a resolved hand-off: name its source
-        elif isinstance(value, Mapping):
-            out.update(flatten_params(value, name + "."))
         elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "job" in v for v in value):
             out[name] = ",".join(f"{v['stage']}:{v['job']}" for v in value)
         else:
             out[name] = str(value)[:6000]
     return out
+
+
+def _is_handoff(value: Mapping[str, Any]) -> bool:
+    return "job" in value and "stage" in value
 
 
 def _int(text: str | None) -> int:
