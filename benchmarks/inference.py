@@ -1,6 +1,6 @@
 """Inference over the Fashion-MNIST test set: nn modules against matmul-only re-implementations.
 
-    python benchmarks/inference.py [--images 10000] [--batch-size 32] [--threads 1] [--rounds 3]
+    python benchmarks/inference.py [--images 10000] [--batch-size 32] [--threads 1] [--rounds 3] [--arch 5x5]
 
 Writes benchmarks/results/inference.json. For each architecture (random weights: time does not
 depend on their values) one pass over the test set in batches of 32 is timed for:
@@ -8,13 +8,20 @@ depend on their values) one pass over the test set in batches of 32 is timed for
     nn           nn.Conv2d / nn.Linear under torch.inference_mode: the baseline
     seed_unfold  the seed report's re-implementation: F.unfold (im2col, NCHW), matmul, bias add,
                  reshape, per layer (they measured 2.99 s against 1.62 s: 1.85x)
-    im2col       jobs/matmul.py, strategy im2col: CNHW layout, one strided patch view, one GEMM
+    previous     jobs/matmul.py before blocking: "auto" as it was (im2col on the whole batch, or
+                 shifted for 3×3 on >= 4 channels): the "before" of BENCHMARKS.md
+    im2col       jobs/matmul.py, strategy im2col: CNHW layout, one strided patch view per block of
+                 images sized to stay in L2 (BLOCK_BYTES), one GEMM per block
+    rows         jobs/matmul.py, strategy rows: patches over (channel, kernel row) per block of
+                 images, k GEMMs over the kernel's column shifts (a k times smaller patch matrix)
     shifted      jobs/matmul.py, strategy shifted: k·k GEMMs on shifted views, no patch copy
-    auto         jobs/matmul.py as the benchmark job uses it (shifted for 3×3 on >= 4 channels)
+    auto         jobs/matmul.py as the benchmark job uses it (shifted for 3×3 on >= 4 channels,
+                 blocked im2col otherwise)
 
 Every variant is first checked allclose to nn on all the images. Timing uses
 torch.utils.benchmark at a fixed thread count; rounds are interleaved (nn, seed_unfold, ...,
-nn, ...) so that load from other processes on a shared machine hits every variant alike. Each
+nn, ..., in a fresh random order each round) so that load from other processes on a shared
+machine hits every variant alike. Each
 measurement is one warm-up pass and one timed pass. Reported: median and IQR per variant, and
 each variant's median over nn's median (the ratio is what to compare across machines).
 """
@@ -25,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -38,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jobs.data import load_dataset  # noqa: E402
-from jobs.matmul import MatmulCNN  # noqa: E402
+from jobs.matmul import ConvGemm, MatmulCNN  # noqa: E402
 from jobs.model import CNN, Arch, Conv, build  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "inference.json"
@@ -48,6 +56,7 @@ ARCHS = {
     "report's step-2 model 8/8/100": Arch(Conv(8, 3), Conv(8, 3), 100),
     "report's selected pruned 1/2/98": Arch(Conv(1, 3), Conv(2, 3), 98),
 }
+UNBLOCKED = 1 << 62  # block_bytes: the whole batch in one patch matrix, as before blocking
 
 
 class SeedUnfold:
@@ -82,10 +91,24 @@ def variants(model: CNN) -> dict:
     return {
         "nn": nn_forward,
         "seed_unfold": SeedUnfold(model),
+        "previous": previous(model),
         "im2col": MatmulCNN(model, "im2col"),
+        "rows": MatmulCNN(model, "rows"),
         "shifted": MatmulCNN(model, "shifted"),
         "auto": MatmulCNN(model, "auto"),
     }
+
+
+def previous(model: CNN) -> MatmulCNN:
+    """The matmul version before blocking: im2col on the whole batch, or shifted for 3×3 on >= 4 channels."""
+    mm = MatmulCNN(model, "im2col", block_bytes=UNBLOCKED)
+    arch = model.arch
+    for name in ("conv1", "conv2"):
+        conv = getattr(model, name)
+        _, c, k, _ = conv.weight.shape
+        if k <= 3 and c >= 4:
+            setattr(mm, name, ConvGemm(conv.weight, conv.bias, arch.padding, arch.pool, "shifted"))
+    return mm
 
 
 def model_for(arch: Arch) -> CNN:
@@ -105,6 +128,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per variant")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--seed", type=int, default=0, help="for the order of variants within each round")
+    ap.add_argument("--arch", action="append", help="only the architectures whose label contains this (repeatable)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -114,7 +139,10 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.time()
     results = {}
+    order = random.Random(args.seed)
     for label, arch in ARCHS.items():
+        if args.arch and not any(a in label for a in args.arch):
+            continue
         model = model_for(arch)
         fns = variants(model)
         with torch.inference_mode():
@@ -141,7 +169,8 @@ def main() -> None:
         }
         measured: dict[str, list] = {name: [] for name in fns}
         for r in range(args.rounds):
-            for name, timer in timers.items():
+            for name in order.sample(list(timers), len(timers)):
+                timer = timers[name]
                 measured[name].append(timer.blocked_autorange(min_run_time=1e-3))
             print(f"{label}: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         per = {}

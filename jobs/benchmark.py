@@ -13,10 +13,14 @@ Then the Pareto front of test accuracy against FLOPs, and the selected model: th
 among models with test accuracy above min_test_accuracy. The selected model (or every model,
 with time_all) is timed over the test set at inference_batch_size, nn modules against matmul,
 with torch.utils.benchmark at a fixed thread count: rounds interleaved (nn, matmul, nn, ...) so
-that load from other processes hits both alike; median and IQR reported. With CUDA the GPU path
-is timed too (torch.utils.benchmark synchronizes CUDA around each timed run).
+that load from other processes hits both alike; median and IQR reported. With `original` (a
+hand-off to the Step 1 network, e.g. `{result_of: baseline}`), that network runs with nn modules
+as a third variant in the same rounds: `timing.original_nn_median_s`, the assignment's "matmul
+model against the original network". With CUDA the GPU path is timed too
+(torch.utils.benchmark synchronizes CUDA around each timed run).
 
-Outputs: the result (also `benchmark.json`), MLflow metrics, `pareto.png`.
+Outputs: the result (schema: jobs/benchmark_result.py; also `benchmark.json`), MLflow metrics,
+`pareto.png`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sweeper.context import JobContext, JobFailed
 from sweeper.plots import pyplot
 
 from . import magnitude, upstream
+from .benchmark_result import BenchmarkResult, ModelRecord, OriginalModel, Timing
 from .data import Dataset, load_dataset
 from .flops import model_cost
 from .matmul import MatmulCNN
@@ -42,6 +47,7 @@ from .training import evaluate
 
 STATE_VERSION = 1
 EXAMPLE = "{all_of: [prune_conv1, prune_conv2, prune_fc1]}"
+ORIGINAL_EXAMPLE = "{result_of: baseline}"
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
@@ -54,6 +60,15 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             f"benchmark takes the outputs of train or prune stages, e.g. models: {EXAMPLE}",
             retry=False,
         )
+    original_ref = None
+    if p.original is not None:
+        original_ref = upstream.single(p.original, "original", ORIGINAL_EXAMPLE)
+        if "model.pt" not in (original_ref.get("artifacts") or {}):
+            raise JobFailed(
+                f"param 'original' refers to job {original_ref['job']} (stage {original_ref['stage']}), which "
+                f"recorded no model.pt; it should name the Step 1 train stage, e.g. original: {ORIGINAL_EXAMPLE}",
+                retry=False,
+            )
     up = upstream.training(refs[0])
     data = load_dataset(
         upstream.pick(p.dataset, up["dataset"]),
@@ -64,6 +79,9 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         test_subset=upstream.pick(p.test_subset, up["test_subset"]),
     )
     state = ctx.restore() or {"version": STATE_VERSION, "records": [], "timing": None}
+    if original_ref is not None and state.get("original") is None:
+        state["original"] = measure_original(ctx, p, original_ref, data)
+        ctx.checkpoint(state)
 
     # -- every model: size, FLOPs, accuracy, matmul check ---------------------------------------
     done = {r["sha256"] for r in state["records"]}
@@ -100,7 +118,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     if state["timing"] is None:
         timed = records if p.time_all else [selected or max(records, key=lambda r: r["test_accuracy"])]
         ctx.progress(len(candidates) / (len(candidates) + 1), f"timing {', '.join(r['name'] for r in timed)}")
-        timing = time_models(ctx, p, timed, data)
+        timing = time_models(ctx, p, timed, data, state.get("original"))
         if timing is None:
             ctx.checkpoint(state)
             return ctx.interrupted()
@@ -113,7 +131,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     timing = state["timing"]
 
     # -- outputs --------------------------------------------------------------------------------
-    result = build_result(p, records, front, selected, timing)
+    result = build_result(p, records, front, selected, timing, state.get("original"))
     out = ctx.work_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -197,6 +215,24 @@ def measure(ctx: JobContext, p: BenchmarkParams, cand: dict[str, Any], data: Dat
     }
 
 
+def measure_original(ctx: JobContext, p: BenchmarkParams, ref: dict[str, Any], data: Dataset) -> dict[str, Any]:
+    """The Step 1 network: its size and accuracy here (it is timed later, beside the selected model)."""
+    model = load_model(ctx.fetch_artifact(ref, "model.pt")).eval()
+    _, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    return {
+        "name": ref["stage"],
+        "job": ref["job"],
+        "stage": ref["stage"],
+        "file": "model.pt",
+        "sha256": ref["artifacts"]["model.pt"]["sha256"],
+        "architecture": model.arch.describe(),
+        "arch": model.arch.to_dict(),
+        "flops": model_cost(model.arch, count_activation=p.count_activation).flops,
+        "params": count_params(model),
+        "test_accuracy": acc,
+    }
+
+
 @torch.inference_mode()
 def matmul_difference(model: CNN, x: torch.Tensor, batch_size: int) -> float:
     """The largest |logit difference| between nn modules and matmul over all of x."""
@@ -237,18 +273,28 @@ def select(records: list[dict[str, Any]], min_accuracy: float) -> dict[str, Any]
 
 
 def time_models(
-    ctx: JobContext, p: BenchmarkParams, timed: list[dict[str, Any]], data: Dataset
+    ctx: JobContext,
+    p: BenchmarkParams,
+    timed: list[dict[str, Any]],
+    data: Dataset,
+    original: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """nn vs matmul per timed model, on CPU (and CUDA when present). None when asked to stop."""
+    """nn vs matmul per timed model, on CPU (and CUDA when present). None when asked to stop.
+
+    The original (Step 1) network, when given, is timed with nn modules in the same rounds as the
+    first timed model (the selected one), so its time and theirs see the same machine load.
+    """
+    original_model = load_model(ctx.fetch_artifact(_ref_of(original), original["file"])).eval() if original else None
     per_model = {}
-    for r in timed:
+    for i, r in enumerate(timed):
         model = load_model(ctx.fetch_artifact(_ref_of(r), r["file"])).eval()
-        cpu = time_pair(ctx, p, model, data.test.x, torch.device("cpu"), r["name"])
+        beside = original_model if i == 0 else None
+        cpu = time_pair(ctx, p, model, data.test.x, torch.device("cpu"), r["name"], beside)
         if cpu is None:
             return None
         entry = {"cpu": cpu}
         if p.gpu and torch.cuda.is_available():
-            gpu = time_pair(ctx, p, model, data.test.x, torch.device("cuda"), r["name"])
+            gpu = time_pair(ctx, p, model, data.test.x, torch.device("cuda"), r["name"], beside)
             if gpu is None:
                 return None
             entry["cuda"] = gpu
@@ -268,6 +314,13 @@ def time_models(
         "matmul_over_nn": cpu["matmul_over_nn"],
         "matmul_strategies": cpu["matmul_strategies"],
     }
+    if "original_nn" in cpu:
+        summary.update(
+            original_model=original["name"],
+            original_nn_median_s=cpu["original_nn"]["median_s"],
+            original_nn_iqr_s=cpu["original_nn"]["iqr_s"],
+            matmul_over_original_nn=cpu["matmul"]["median_s"] / cpu["original_nn"]["median_s"],
+        )
     gpu_entry = per_model[first].get("cuda")
     if gpu_entry is not None:
         summary.update(
@@ -276,6 +329,8 @@ def time_models(
             cuda_matmul_over_nn=gpu_entry["matmul_over_nn"],
             cuda_device=torch.cuda.get_device_name(0),
         )
+        if "original_nn" in gpu_entry:
+            summary["cuda_original_nn_median_s"] = gpu_entry["original_nn"]["median_s"]
     else:
         summary["cuda"] = (
             "skipped: CUDA is not available on this worker" if not torch.cuda.is_available() else "skipped: gpu: false"
@@ -291,10 +346,19 @@ def _ref_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_pair(
-    ctx: JobContext, p: BenchmarkParams, model: CNN, x: torch.Tensor, device: torch.device, name: str
+    ctx: JobContext,
+    p: BenchmarkParams,
+    model: CNN,
+    x: torch.Tensor,
+    device: torch.device,
+    name: str,
+    original: CNN | None = None,
 ) -> dict[str, Any] | None:
-    """Median and IQR of one pass over x in batches, nn modules vs matmul, rounds interleaved."""
+    """Median and IQR of one pass over x in batches, nn modules vs matmul (and the original network
+    with nn modules, when given), rounds interleaved."""
     model = model.to(device)
+    if original is not None:
+        original = original.to(device)
     mm = MatmulCNN(model).to(device)
     batches = [b.to(device) for b in x.split(p.inference_batch_size)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -310,6 +374,16 @@ def time_pair(
             mm(b)
         sync()
 
+    def original_pass() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                original(b)
+        sync()
+
+    variants = [("nn", nn_pass), ("matmul", matmul_pass)]
+    if original is not None:
+        variants.append(("original_nn", original_pass))
+
     timers = {
         variant: tbench.Timer(
             stmt="run()",
@@ -319,9 +393,9 @@ def time_pair(
             sub_label=name,
             description=f"{variant} ({device.type})",
         )
-        for variant, fn in (("nn", nn_pass), ("matmul", matmul_pass))
+        for variant, fn in variants
     }
-    runs: dict[str, list[tbench.Measurement]] = {"nn": [], "matmul": []}
+    runs: dict[str, list[tbench.Measurement]] = {variant: [] for variant in timers}
     for i in range(p.timing_rounds):
         if ctx.should_stop():
             return None
@@ -344,6 +418,8 @@ def time_pair(
         }
     out["matmul_over_nn"] = out["matmul"]["median_s"] / out["nn"]["median_s"]
     model.to("cpu")
+    if original is not None:
+        original.to("cpu")
     return out
 
 
@@ -356,47 +432,37 @@ def build_result(
     front: list[str],
     selected: dict[str, Any] | None,
     timing: dict[str, Any],
+    original: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    keys = (
-        "name",
-        "job",
-        "stage",
-        "step",
-        "architecture",
-        "arch",
-        "flops",
-        "macs",
-        "params",
-        "nonzero_params",
-        "effective_macs",
-        "size_bytes",
-        "test_accuracy",
-        "pareto",
-        "matmul_max_abs_diff",
-        "layers",
-    )
+    fields = set(ModelRecord.model_fields)
     sel = None
     if selected is not None:
-        sel = {k: selected[k] for k in keys if k not in ("layers", "pareto")}
-    return {
-        "models": [{k: r[k] for k in keys} for r in records],
-        "pareto_front": front,
-        "min_test_accuracy": p.min_test_accuracy,
-        "selected": sel,
-        "selection": (
+        sel = ModelRecord(**{k: v for k, v in selected.items() if k in fields and k not in ("layers", "pareto")})
+    result = BenchmarkResult(
+        models=[ModelRecord(**{k: v for k, v in r.items() if k in fields}) for r in records],
+        pareto_front=front,
+        min_test_accuracy=p.min_test_accuracy,
+        selected=sel,
+        selection=(
             f"fewest FLOPs among models with test accuracy > {p.min_test_accuracy}"
             if sel
             else f"no model has test accuracy above {p.min_test_accuracy}"
         ),
-        "flops_convention": (
+        flops_convention=(
             "per image; conv (2·n·k²−1+a)·f·H'·W', dense m·(2n−1+a); "
             + ("a = 2: bias add and ReLU" if p.count_activation else "a = 1: the bias add (= 2 × MACs)")
         ),
-        "matmul_allclose": all(r["matmul_allclose"] for r in records),
-        "timing": timing["summary"],
-        "timing_detail": timing["models"],
-        "test_images": timing["summary"]["images"],
-    }
+        matmul_allclose=all(r["matmul_allclose"] for r in records),
+        timing=Timing(**timing["summary"]),
+        timing_detail=timing["models"],
+        test_images=timing["summary"]["images"],
+        original=(
+            OriginalModel(**{k: v for k, v in original.items() if k in OriginalModel.model_fields})
+            if original
+            else None
+        ),
+    )
+    return result.to_dict()
 
 
 def plot_pareto(

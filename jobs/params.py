@@ -46,6 +46,7 @@ class NoopParams(StrictParams):
 
 
 Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when the worker sees a GPU (jobs/device.py)
 
 
 class ConvParams(StrictParams):
@@ -79,6 +80,7 @@ class TrainParams(StrictParams):
     log_every: int = Field(100, ge=1)  # batches between step metrics
     eval_batch_size: int = Field(500, ge=1)  # 1000 adds ~100 MB to a worker's peak memory
     eval_train: bool = True  # final train_accuracy/train_loss from a full pass (False: last epoch's running figures)
+    device: Device = "auto"  # cuda without a GPU fails the job without retries
 
 
 PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]
@@ -91,8 +93,13 @@ class PruneParams(StrictParams):
     method: Literal["structured", "magnitude"] = "structured"
     # structured: conv1 | conv2 | fc1; magnitude: one of conv1, conv2, fc1, fc2, or all (the default)
     layer: PruneLayer | None = Field(None, validate_default=True)
-    max_step_drop: float = Field(0.01, ge=0)  # accept a step while (accuracy before - after fine-tuning) <= this
-    max_steps: int | None = Field(None, ge=1)  # stop after this many steps even if the drop allows more
+    max_step_drop: float = Field(0.01, ge=0)  # accept a step while its pruning drop (see jobs/prune.py) <= this
+    # accept a step only while the cumulative drop from the unpruned model (through upstream prune jobs) <= this
+    max_total_drop: float | None = Field(None, ge=0)
+    # structured: fine-tune an unpruned copy of the input with the same extra epochs beside every step,
+    # so that a step's drop measures pruning, not the extra training (costs one more fine-tune per step)
+    control: bool = True
+    max_steps: int | None = Field(None, ge=1)  # stop after this many steps even if the drops allow more
     amounts: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # magnitude
     finetune_epochs: int | None = Field(None, ge=0)  # default 5 (structured), 0 (magnitude)
     finetune_lr: float | None = Field(None, gt=0)
@@ -107,6 +114,7 @@ class PruneParams(StrictParams):
     checkpoint_every_s: float = Field(30.0, gt=0)  # seconds of fine-tuning compute between checkpoints
     log_every: int = Field(100, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    device: Device = "auto"  # evaluation and fine-tuning; the pruning itself is cheap and stays on the CPU
 
     @field_validator("layer")
     @classmethod
@@ -133,6 +141,9 @@ class BenchmarkParams(StrictParams):
     """`kind: benchmark` (see docs/jobs.md, "kind: benchmark")."""
 
     models: Any = None  # a hand-off: {all_of: [prune_conv1, prune_conv2, prune_fc1]} (or best_of / result_of)
+    # a hand-off to the Step 1 network, e.g. {result_of: baseline}: timed with nn modules in the same
+    # interleaved rounds as the selected model (the result's timing.original_nn_median_s)
+    original: Any = None
     min_test_accuracy: float = Field(0.87, ge=0, le=1)  # the selected model: lowest FLOPs with accuracy above this
     count_activation: bool = False  # FLOPs: a = 1 (bias) by default; True adds 1 per ReLU output
     inference_batch_size: int = Field(32, ge=1)

@@ -4,14 +4,29 @@
         of its weights plus its squared bias) by surgery (jobs/surgery.py: a smaller network),
         measures test accuracy after the removal, fine-tunes `finetune_epochs` with a fresh SGD
         optimizer and measures again. The triplet (before, after pruning, after fine-tuning) is
-        the step's record. Pruning drop = accuracy before the step − accuracy after its
-        fine-tuning (the seed report's definition, per step). A step is accepted while its drop
-        <= max_step_drop; the first step over it is kept on file but rejected, and pruning stops.
-        It also stops when one unit is left (or after max_steps).
+        the step's record. fc2 is the output layer (its 10 units are the classes): not pruned.
+
+        The drop has to measure pruning, not more training: an input stopped at a train-accuracy
+        target still gains from 5 more epochs, which showed up as negative drops. So beside every
+        step an unpruned *control*, a copy of the input, is fine-tuned with the same epochs, seed
+        and optimizer settings (`control: true`, the default; one more fine-tune per step):
+
+            raw_drop     = accuracy before the step − after its fine-tuning (the seed's definition)
+            control_gain = the control's accuracy after this step's epochs − before them
+            drop         = raw_drop + control_gain   (what pruning cost in this step)
+            total_drop   = upstream total_drop + control accuracy − accuracy after fine-tuning
+                           (the cumulative drop from the unpruned model; prune jobs chained with
+                           {result_of: ...} carry it on, so conv1 → conv2 → fc1 add up)
+
+        A step is accepted while drop <= max_step_drop (the assignment's 1%) and, when set,
+        total_drop <= max_total_drop (so that many small steps cannot slide accuracy down
+        unnoticed). The first step over either is kept on file but rejected, and pruning of the
+        layer stops there. It also stops when one unit is left (or after max_steps, if given).
+        Without a control (control: false, or finetune_epochs 0), drop = raw_drop.
     magnitude: for each of `amounts`, zero that fraction of the smallest weights of `layer` (or
         of every layer) of the *input* model (seed 004), optionally fine-tune with the zeros held
         at zero, and measure. Drop = input accuracy − accuracy after (fine-tuning). Every amount
-        runs.
+        runs. Drop = raw_drop; total_drop adds the upstream's, and max_total_drop applies too.
 
 The stage's result (`model.pt`) is the last accepted model: for structured, the model after the
 last accepted step (the input when the first step is rejected); for magnitude, the largest amount
@@ -35,13 +50,15 @@ from sweeper.context import JobContext, JobFailed
 
 from . import magnitude, surgery, upstream
 from .data import Dataset, load_dataset
+from .device import cpu_state, on_device, pick_device
 from .flops import model_cost
 from .model import CNN, Arch, count_params, load_model, save_model
 from .params import PruneParams, parse
 from .training import LoopConfig, evaluate, fit, make_optimizer
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the unpruned control and the cumulative drop
 EXAMPLE = "{best_of: train_search, metric: test_accuracy, mode: max}"
+OUTPUT_LAYER = "fc2 is the output layer: its 10 units are the 10 classes, so it is not pruned"
 
 
 def settings(p: PruneParams, ref: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +87,9 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             retry=False,
         )
     s = settings(p, ref)
+    # Models are built and cut on the CPU (cheap); they move to `device` to be measured and
+    # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/device.py).
+    device = pick_device(p.device)
     data = load_dataset(
         s["dataset"],
         data_dir=p.data_dir or ctx.options.get("data_dir"),
@@ -77,6 +97,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_subset=s["train_subset"],
         test_subset=s["test_subset"],
     )
+    data = on_device(data, device)
     state = ctx.restore()
     if state is None:
         state = start(ctx, p, ref, data)
@@ -89,9 +110,10 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         if state["pending"] is None:
             plan_next_step(ctx, p, state, data)
         else:
-            interrupted = finetune(ctx, p, s, state, data)
-            if interrupted is not None:
-                return interrupted
+            for which in ("finetune", "control_finetune"):
+                interrupted = finetune(ctx, p, s, state, data, which)
+                if interrupted is not None:
+                    return interrupted
             record_step(ctx, p, state, data)
         if ctx.should_stop() and not state["done"]:
             return ctx.interrupted()  # the state was just checkpointed
@@ -106,7 +128,7 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     path = ctx.fetch_artifact(ref, "model.pt")
     model = load_model(path)
     info = ctx.log_artifact(path, "step-0.pt")
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     ctx.log(f"job {ctx.job_id}: input {ref['stage']}:{ref['job']} {model.arch.describe()}: test accuracy {acc:.4f}")
     cost = model_cost(model.arch)
     input_record = {
@@ -129,13 +151,18 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
         "layer": p.layer,
         "input": input_record,
         # magnitude prunes the input at every amount; structured only needs the current model
-        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()}
+        "input_model": {"arch": model.arch.to_dict(), "state_dict": cpu_state(model)}
         if p.method == "magnitude"
         else None,
-        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": model.state_dict(), "accuracy": acc},
+        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": cpu_state(model), "accuracy": acc},
+        # the unpruned control: the input, fine-tuned beside every step with the same epochs and seed
+        "control": {"state_dict": cpu_state(model), "accuracy": acc} if uses_control(p) else None,
+        # the cumulative drop the input already carries from upstream prune jobs (0 for a trained model)
+        "upstream_total_drop": float((ref.get("metrics") or {}).get("total_drop") or 0.0),
         "steps": [],
         "pending": None,
         "finetune": None,
+        "control_finetune": None,
         "done": False,
         "stop_reason": None,
     }
@@ -145,17 +172,23 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
 
 def note_resume(ctx: JobContext, state: dict[str, Any]) -> None:
     """Say (in the log, and in the result's `resumes`) where this attempt picks the work up."""
-    pending, ft = state["pending"], state["finetune"]
+    pending, ft, control = state["pending"], state["finetune"], state.get("control_finetune")
     where: dict[str, Any] = {"attempt": ctx.attempt, "steps_done": len(state["steps"])}
     if pending is None:
         where["phase"] = "between steps"
     elif ft is None:
         where.update(phase="before fine-tuning", step=pending["step"])
+    elif control is not None:
+        where.update(phase="control fine-tuning", step=pending["step"], epoch=control["epoch"], batch=control["batch"])
     else:
         where.update(phase="fine-tuning", step=pending["step"], epoch=ft["epoch"], batch=ft["batch"])
     state.setdefault("resumes", []).append(where)
     detail = f" epoch {where['epoch'] + 1} batch {where['batch']}" if "epoch" in where else ""
     ctx.log(f"job {ctx.job_id}: resuming {where['phase']} of step {where.get('step', len(state['steps']) + 1)}{detail}")
+
+
+def uses_control(p: PruneParams) -> bool:
+    return p.method == "structured" and p.control and p.finetune_epochs != 0
 
 
 def unit_count(p: PruneParams, arch: Arch) -> int | None:
@@ -204,14 +237,14 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
         pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
         before = state["input"]["test_accuracy"]
         pending = {"step": k, "amount": amount, "masks": masks}
-    _, after = evaluate(pruned, data.test.x, data.test.y, p.eval_batch_size)
+    _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     pending.update(
         arch=pruned.arch.to_dict(),
-        state_dict=pruned.state_dict(),
+        state_dict=cpu_state(pruned),
         accuracy_before=before,
         accuracy_after_prune=after,
     )
-    state["pending"], state["finetune"] = pending, None
+    state["pending"], state["finetune"], state["control_finetune"] = pending, None, None
     ctx.log(
         f"job {ctx.job_id}: step {k}: {describe(p, pending)}: accuracy {before:.4f} -> {after:.4f} (before fine-tuning)"
     )
@@ -229,12 +262,22 @@ def describe(p: PruneParams, pending: dict[str, Any]) -> str:
     return f"{p.layer} weights {pending['amount']:.0%} zeroed"
 
 
-def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str, Any], data: Dataset) -> Any:
-    """Fine-tune the pending step's model (resuming mid-way from the checkpoint). None when finished."""
+def finetune(
+    ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str, Any], data: Dataset, which: str = "finetune"
+) -> Any:
+    """Fine-tune the pending step's model, or (which="control_finetune") the unpruned control, with
+    the same epochs, seed and settings, resuming mid-way from the checkpoint. None when finished."""
     pending = state["pending"]
     if s["epochs"] == 0:
         return None
-    model = model_of(pending["arch"], pending["state_dict"])
+    control = which == "control_finetune"
+    if control:
+        if state["control"] is None:
+            return None
+        model = model_of(state["input"]["arch"], state["control"]["state_dict"])
+    else:
+        model = model_of(pending["arch"], pending["state_dict"])
+    model = model.to(data.train.x.device)
     optimizer = make_optimizer(model, s["lr"], s["momentum"], s["weight_decay"])  # fresh, every step
     k = pending["step"]
     cfg = LoopConfig(
@@ -245,19 +288,24 @@ def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str
         log_every=p.log_every,
         eval_batch_size=p.eval_batch_size,
         target_train_acc=None,
-        metric_prefix=f"finetune/step{k}/",  # fit() counts its steps from 1 again on every call
+        # fit() counts its steps from 1 again on every call
+        metric_prefix=f"control/step{k}/" if control else f"finetune/step{k}/",
     )
-    masks = pending["masks"]
+    masks = None if control else pending["masks"]
+    if masks:
+        masks = {name: m.to(data.train.x.device) for name, m in masks.items()}
 
     def keep_zeros(m: Any) -> None:
         magnitude.apply_masks(m, masks)
 
     def save(train_state: dict[str, Any]) -> None:
-        state["finetune"] = train_state
+        state[which] = train_state
         ctx.checkpoint(state)
 
+    what = "the unpruned control" if control else describe(p, pending)
+
     def progress(fraction: float, message: str) -> None:
-        ctx.progress(fraction, f"step {k} ({describe(p, pending)}): {message}")
+        ctx.progress(fraction, f"step {k} ({what}): {message}")
 
     result = fit(
         ctx,
@@ -266,14 +314,14 @@ def finetune(ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str
         data.train,
         data.test,
         cfg,
-        state=state["finetune"],
+        state=state[which],
         save=save,
         after_step=keep_zeros if masks else None,
         progress=progress,
     )
     if not isinstance(result, dict):
         return result
-    state["finetune"] = result
+    state[which] = result
     return None
 
 
@@ -285,9 +333,16 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
     ft = state["finetune"]
     if ft is not None:
         model.load_state_dict(ft["model"])
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
-    drop = pending["accuracy_before"] - acc
-    accepted = drop <= p.max_step_drop + 1e-9  # accuracies are counts / n: 0.8575 - 0.8475 is not exactly 0.01
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
+    control_before, control_after = control_accuracies(p, state, data)
+    raw_drop = pending["accuracy_before"] - acc
+    control_gain = control_after - control_before
+    drop = raw_drop + control_gain
+    total_drop = state["upstream_total_drop"] + control_after - acc
+    eps = 1e-9  # accuracies are counts / n: 0.8575 - 0.8475 is not exactly 0.01
+    over_step = drop > p.max_step_drop + eps
+    over_total = p.max_total_drop is not None and total_drop > p.max_total_drop + eps
+    accepted = not over_step and not over_total
     path = save_model(step_dir(ctx, k) / "model.pt", model)
     info = ctx.log_artifact(path, f"step-{k}.pt")
     cost = model_cost(model.arch)
@@ -300,12 +355,17 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         "accuracy_after_prune": pending["accuracy_after_prune"],
         "accuracy_after_finetune": acc,
         "test_loss": loss,
+        "raw_drop": raw_drop,
+        "control_accuracy": control_after,
+        "control_gain": control_gain,
         "pruning_drop": drop,
+        "total_drop": total_drop,
         "accepted": accepted,
         "flops": cost.flops,
         "macs": cost.macs,
         "params": count_params(model),
         "finetune_s": ft["train_s"] if ft is not None else 0.0,
+        "control_finetune_s": state["control_finetune"]["train_s"] if state["control_finetune"] is not None else 0.0,
         "model": f"step-{k}.pt",
         "sha256": info["sha256"],
     }
@@ -320,21 +380,43 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         )
     ctx.log_metrics(step_metrics(record, acc), step=k)
     state["steps"].append(record)
-    verdict = "accepted" if accepted else f"rejected (drop > {p.max_step_drop:g})"
+    reasons = []
+    if over_step:
+        reasons.append(f"step {k}'s pruning drop {drop:.4f} > max_step_drop {p.max_step_drop:g}")
+    if over_total:
+        reasons.append(f"step {k}'s cumulative drop {total_drop:.4f} > max_total_drop {p.max_total_drop:g}")
+    verdict = "accepted" if accepted else "rejected: " + "; ".join(reasons)
     ctx.log(
         f"job {ctx.job_id}: step {k}: {record['architecture']}: "
         f"{record['accuracy_before']:.4f} / {record['accuracy_after_prune']:.4f} / {acc:.4f}, "
-        f"drop {drop:+.4f}: {verdict}"
+        f"control {control_after:.4f}, drop {drop:+.4f} (raw {raw_drop:+.4f}), total {total_drop:+.4f}: {verdict}"
     )
     if accepted:
-        state["current"] = {"step": k, "arch": record["arch"], "state_dict": model.state_dict(), "accuracy": acc}
+        state["current"] = {
+            "step": k,
+            "arch": record["arch"],
+            "state_dict": cpu_state(model),
+            "accuracy": acc,
+            "total_drop": total_drop,
+        }
+    if state["control"] is not None and state["control_finetune"] is not None:
+        # the control moves on whatever the verdict: it stays as trained as the pruned chain
+        state["control"] = {"state_dict": state["control_finetune"]["model"], "accuracy": control_after}
     if p.method == "structured" and not accepted:
-        state["done"], state["stop_reason"] = (
-            True,
-            f"step {k}'s pruning drop {drop:.4f} > max_step_drop {p.max_step_drop:g}",
-        )
-    state["pending"], state["finetune"] = None, None
+        state["done"], state["stop_reason"] = True, "; ".join(reasons)
+    state["pending"], state["finetune"], state["control_finetune"] = None, None, None
     ctx.checkpoint(state)
+
+
+def control_accuracies(p: PruneParams, state: dict[str, Any], data: Dataset) -> tuple[float, float]:
+    """The control's test accuracy before and after this step's epochs (both the input's without a control)."""
+    control = state["control"]
+    if control is None or state["control_finetune"] is None:
+        base = state["input"]["test_accuracy"]  # no control: drops are against the unpruned input as it is
+        return base, base
+    model = model_of(state["input"]["arch"], state["control_finetune"]["model"]).to(data.test.x.device)
+    _, after = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    return control["accuracy"], after
 
 
 def step_metrics(record: dict[str, Any], accuracy: float) -> dict[str, float]:
@@ -347,7 +429,8 @@ def step_metrics(record: dict[str, Any], accuracy: float) -> dict[str, float]:
         "conv2_channels": arch["conv2"]["channels"],
         "dense": arch["dense"],
     }
-    for key in ("accuracy_before", "accuracy_after_prune", "accuracy_after_finetune", "pruning_drop", "amount"):
+    keys = ("accuracy_before", "accuracy_after_prune", "accuracy_after_finetune", "pruning_drop", "amount")
+    for key in (*keys, "raw_drop", "total_drop", "control_accuracy"):
         if key in record:
             metrics[key] = record[key]
     if "accepted" in record:
@@ -415,6 +498,13 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
         "steps_tried": len(steps),
         "steps_accepted": len(accepted),
         "stop_reason": state["stop_reason"],
+        "max_step_drop": p.max_step_drop,
+        "max_total_drop": p.max_total_drop,
+        "control": state["control"] is not None,  # drops measured against an unpruned, equally fine-tuned control
+        # the cumulative drop from the unpruned model of the result, through upstream prune jobs
+        "total_drop": current.get("total_drop", state["upstream_total_drop"]),
+        "upstream_total_drop": state["upstream_total_drop"],
+        "output_layer": OUTPUT_LAYER,
         "input_test_accuracy": state["input"]["test_accuracy"],
         "input_job": ref["job"],
         "input_stage": ref["stage"],
@@ -425,7 +515,10 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
                 "before": r["accuracy_before"],
                 "after_prune": r["accuracy_after_prune"],
                 "after_finetune": r["accuracy_after_finetune"],
+                "control": r["control_accuracy"],
+                "raw_drop": r["raw_drop"],
                 "drop": r["pruning_drop"],
+                "total_drop": r["total_drop"],
                 "accepted": r["accepted"],
             }
             for r in steps
@@ -434,6 +527,7 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
         "model_sha256": info["sha256"],
         "training": s,
         "finetune_s": sum(r["finetune_s"] for r in steps),
+        "control_finetune_s": sum(r["control_finetune_s"] for r in steps),
         "resumes": state.get("resumes", []),
     }
     ctx.log(
@@ -451,7 +545,10 @@ CSV_COLUMNS = (
     "accuracy_before",
     "accuracy_after_prune",
     "accuracy_after_finetune",
+    "control_accuracy",
+    "raw_drop",
     "pruning_drop",
+    "total_drop",
     "accepted",
     "flops",
     "params",

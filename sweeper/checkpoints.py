@@ -3,9 +3,17 @@
 A checkpoint is a dict of plain tensors and primitives, serialized with torch.save and loaded
 with torch.load(weights_only=True), so a crafted pickle cannot run code. Its sha256 goes into the
 database with it; restore verifies the bytes and falls back to the previous checkpoint when the
-newest is torn or missing. File names carry the full sha256 too
-(`<time_ns>.<sha256>.ckpt`), so a directory scan can verify a file without the database (used
-when recovering a mirrored state directory).
+newest is torn, missing or cannot be decoded. File names carry the sequence number and the full
+sha256 (`seq-<seq>.<sha256>.ckpt`), so a directory scan can order and verify a file without the
+database (used when recovering a mirrored state directory).
+
+Checkpoints are ordered by `seq`, never by a clock: the machines that write one job's checkpoints
+in turn need not agree on the time. A new checkpoint's seq is one more than every seq the job has
+in the database or in its directory, so a file written after the last database snapshot (mirrored
+mode) still sorts after everything the database knows.
+
+Every path built from a queue row (sweep, job id, artifact name, stored location) is checked by
+statepaths.py first: a row cannot make a worker write, read or delete outside the state directory.
 
 Files are written atomically (files.py): temp file in the same directory, fsync, rename, fsync of
 the directory. A crash leaves either the old file or the new one, never half of one.
@@ -15,16 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import files
-from .errors import CheckpointError, LeaseLost
+from .errors import CheckpointError, LeaseLost, UnsafePath
 from .files import sha256_file
 from .queue import Lease, Queue
+from .statepaths import check_name, check_sha256, inside, stored, under
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -80,6 +88,10 @@ def encode(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+class RefusedCheckpoint(CheckpointError):
+    """Bytes that would need more than tensors and plain values to load: possibly malicious."""
+
+
 def decode(data: bytes, what: str) -> dict[str, Any]:
     """Load bytes written by `encode`, refusing anything but tensors and plain containers."""
     import pickle
@@ -89,8 +101,15 @@ def decode(data: bytes, what: str) -> dict[str, Any]:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "unsupported content"
-        raise CheckpointError(
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch names the class a pickle wanted to import ("unsupported GLOBAL posix.system"):
+        # that is code, refused. Anything else it could not unpickle is just not a checkpoint.
+        wants_code = [ln for ln in lines if "GLOBAL" in ln]
+        if not wants_code:
+            reason = next((ln for ln in lines if "Unsupported" in ln), lines[-1] if lines else "unreadable")
+            raise CheckpointError(f"{what} is not a readable checkpoint ({reason[:200]})") from None
+        reason = wants_code[0]
+        raise RefusedCheckpoint(
             f"{what} refused: it holds objects other than tensors and plain values ({reason[:200]})",
             hint="checkpoints are loaded with weights_only=True; a file that needs more may be malicious",
         ) from None
@@ -125,7 +144,14 @@ class CheckpointStore:
         self.warn = warn or (lambda msg: None)
 
     def job_dir(self, sweep: str, job_id: str) -> Path:
-        return self.root / "checkpoints" / sweep / job_id
+        """The job's checkpoint directory. Raises UnsafePath for names that would lead outside."""
+        return under(self.root, "checkpoints", sweep, job_id)
+
+    def _next_seq(self, sweep: str, job_id: str) -> int:
+        known = [int(rec.name) for rec in self.queue.list_checkpoints(job_id)]
+        if self.mode == "files":
+            known += [seq for _, _, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)) if seq is not None]
+        return max(known, default=0) + 1
 
     def save(self, lease: Lease, sweep: str, state: dict[str, Any]) -> int:
         """Serialize, store and record a checkpoint. Raises LeaseLost if the job was taken over."""
@@ -134,15 +160,18 @@ class CheckpointStore:
         location: str | None = None
         blob: bytes | None = None
         path: Path | None = None
+        # Only the lease holder records checkpoints of a job (fenced), so the seq read here is the
+        # one the database assigns, unless the lease is lost, when the record is refused anyway.
+        next_seq = self._next_seq(sweep, lease.job_id)
         if self.mode == "files":
-            path = self.job_dir(sweep, lease.job_id) / f"{time.time_ns():020d}.{digest}{SUFFIX}"
+            path = self.job_dir(sweep, lease.job_id) / f"seq-{next_seq:09d}.{digest}{SUFFIX}"
             atomic_write(path, data)
-            location = str(path.relative_to(self.root))
+            location = str(path.relative_to(self.root).as_posix())
         else:
             blob = data
         try:
             seq, pruned = self.queue.record_checkpoint(
-                lease, sha256=digest, size=len(data), location=location, blob=blob, keep=self.keep
+                lease, sha256=digest, size=len(data), location=location, blob=blob, keep=self.keep, at_least=next_seq
             )
         except LeaseLost:
             if path is not None:
@@ -153,49 +182,81 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
             raise
         for old in pruned:
-            (self.root / old).unlink(missing_ok=True)
+            try:
+                stored(self.root, old, "checkpoints", lease.job_id, sweep).unlink(missing_ok=True)
+            except UnsafePath as exc:
+                self.warn(f"not deleting an old checkpoint: {exc.message}")
         return seq
 
     def restore(self, sweep: str, job_id: str, *, scan: bool = False) -> RestoredCheckpoint | None:
-        """The newest checkpoint whose bytes match its sha256, or None.
+        """The newest checkpoint (by seq) whose bytes match their sha256 and decode, or None.
+
+        A checkpoint that is missing, torn, undecodable or stored at an unsafe location is skipped
+        with a warning, and the previous one is tried. Only when none is left and one was refused
+        as possibly malicious does this raise (RefusedCheckpoint): a job must not quietly start
+        over when someone tampered with its checkpoints.
 
         With scan=True, files in the job's checkpoint directory that the database does not know
-        (written after the last database snapshot was taken) are considered too; the newest valid
-        one wins.
+        (written after the last database snapshot was taken) are considered too.
         """
-        candidates: list[tuple[int, str, str, Callable[[], bytes | None], int | None]] = []
+        candidates: list[_Candidate] = []
         for rec in self.queue.list_checkpoints(job_id):
+            seq = int(rec.name)
             if rec.location:
-                path = self.root / rec.location
-                candidates.append((_time_of(path), rec.sha256, "database", _reader(path), int(rec.name)))
+                try:
+                    path = stored(self.root, rec.location, "checkpoints", job_id, sweep)
+                except UnsafePath as exc:
+                    self.warn(f"skipping checkpoint seq {seq}: {exc.message}")
+                    continue
+                read = _reader(path)
             else:
-                candidates.append(
-                    (
-                        int(rec.created_at * 1e9),
-                        rec.sha256,
-                        "database",
-                        lambda rid=rec.id: self.queue.read_blob("checkpoints", rid),
-                        int(rec.name),
-                    )
-                )
+                read = lambda rid=rec.id: self.queue.read_blob("checkpoints", rid)  # noqa: E731
+            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
         if scan:
-            known = {c[1] for c in candidates}
-            for path, digest in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
-                if digest not in known:
-                    candidates.append((_time_of(path), digest, "directory scan", _reader(path), None))
-        candidates.sort(key=lambda c: c[0], reverse=True)
-        for _, digest, source, read, seq in candidates:
-            data = read()
+            known = {c.sha256 for c in candidates}
+            for path, digest, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
+                if digest in known:
+                    continue
+                try:
+                    inside(self.root, path, f"checkpoint file {path.name} of job {job_id}")
+                except UnsafePath as exc:
+                    self.warn(f"skipping a checkpoint file: {exc.message}")
+                    continue
+                # A file named before seqs were (<time_ns>.<sha256>.ckpt) sorts after every
+                # numbered one; among themselves such files keep their old order.
+                order = (seq, 0, 0) if seq is not None else (-1, 0, _legacy_time(path))
+                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), seq))
+        candidates.sort(key=lambda c: c.order, reverse=True)
+        refused: RefusedCheckpoint | None = None
+        for c in candidates:
+            what = f"checkpoint {c.sha256[:12]} of job {job_id}"
+            data = c.read()
             if data is None:
-                self.warn(f"checkpoint {digest[:12]} of job {job_id} is missing; trying the previous one")
+                self.warn(f"{what} is missing; trying the previous one")
                 continue
-            if sha256_bytes(data) != digest:
-                self.warn(
-                    f"checkpoint {digest[:12]} of job {job_id} fails its sha256 (torn write?); trying the previous one"
-                )
+            if sha256_bytes(data) != c.sha256:
+                self.warn(f"{what} fails its sha256 (torn write?); trying the previous one")
                 continue
-            return RestoredCheckpoint(decode(data, f"checkpoint {digest[:12]} of job {job_id}"), digest, seq, source)
+            try:
+                state = decode(data, what)
+            except CheckpointError as exc:
+                self.warn(f"{exc.message}; trying the previous one")
+                if isinstance(exc, RefusedCheckpoint):
+                    refused = refused or exc
+                continue
+            return RestoredCheckpoint(state, c.sha256, c.seq, c.source)
+        if refused is not None:
+            raise refused
         return None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    order: tuple[int, int, int]  # (seq, recorded in the database, legacy file time): larger is newer
+    sha256: str
+    source: str
+    read: Callable[[], bytes | None]
+    seq: int | None
 
 
 def _reader(path: Path) -> Callable[[], bytes | None]:
@@ -208,24 +269,32 @@ def _reader(path: Path) -> Callable[[], bytes | None]:
     return read
 
 
-def _time_of(path: Path) -> int:
-    """Checkpoint files are named <time_ns>.<sha256>.ckpt."""
+def _legacy_time(path: Path) -> int:
     try:
         return int(path.name.split(".", 1)[0])
     except ValueError:
         return 0
 
 
-def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str]]:
-    """(path, sha256 from the name) for every checkpoint file in `directory`, newest first."""
+def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
+    """(path, sha256, seq) from the names of the checkpoint files in `directory`, newest first.
+
+    seq is None for a file named by an older version (`<time_ns>.<sha256>.ckpt`).
+    """
     if not directory.is_dir():
         return []
     found = []
     for path in directory.iterdir():
         parts = path.name.split(".")
-        if len(parts) == 3 and path.name.endswith(SUFFIX) and len(parts[1]) == 64:
-            found.append((path, parts[1]))
-    return sorted(found, key=lambda p: _time_of(p[0]), reverse=True)
+        if len(parts) != 3 or not path.name.endswith(SUFFIX) or len(parts[1]) != 64:
+            continue
+        head = parts[0]
+        # At most 9 digits: a seq goes into a 32-bit INTEGER column on PostgreSQL.
+        if head.startswith("seq-") and head[4:].isdigit() and len(head) <= 4 + 9:
+            found.append((path, parts[1], int(head[4:])))
+        elif head.isdigit():
+            found.append((path, parts[1], None))
+    return sorted(found, key=lambda p: (p[2] if p[2] is not None else -1, _legacy_time(p[0])), reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +311,7 @@ class ArtifactStore:
 
     def put(self, lease: Lease, sweep: str, src: Path, name: str) -> dict[str, Any]:
         src = Path(src)
+        check_name(name, f"artifact name of job {lease.job_id}")
         try:
             data = src.read_bytes()
         except OSError as exc:
@@ -255,9 +325,9 @@ class ArtifactStore:
             # a zombie (a worker frozen past its lease that wakes up) is refused by the record
             # before its file could replace the one that the attempt which took the job over
             # recorded.
-            dest = self.root / "artifacts" / sweep / lease.job_id / name
+            dest = under(self.root, "artifacts", sweep, lease.job_id, name)
             staged = stage(dest, data)
-            location = str(dest.relative_to(self.root))
+            location = dest.relative_to(self.root).as_posix()
         else:
             blob = data
         try:
@@ -278,14 +348,16 @@ class ArtifactStore:
         if info and info.get("sha256") and info["sha256"] != rec.sha256:
             raise CheckpointError(f"artifact '{name}' of job {job_id} changed since the hand-off was resolved")
         if rec.location:
-            path = self.root / rec.location
+            path = stored(self.root, rec.location, "artifacts", job_id)
             if not path.exists():
                 raise CheckpointError(
                     f"artifact '{name}' of job {job_id} is a file at {path}, which this machine does not have",
                     hint="with several machines, store artifacts in the database: sweeper work --store db",
                 )
         else:
-            path = self.root / "cache" / "artifacts" / rec.sha256 / name
+            digest = check_sha256(rec.sha256, f"artifact '{name}' of job {job_id}")
+            cache = self.root / "cache" / "artifacts" / digest / check_name(name, f"artifact name of job {job_id}")
+            path = inside(self.root, cache, f"the cached copy of artifact '{name}' of job {job_id}")
             if not path.exists() or sha256_file(path) != rec.sha256:
                 data = self.queue.read_blob("artifacts", rec.id)
                 if data is None:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +78,25 @@ NoWaitOpt = Annotated[
         "waiting for it to run out.",
     ),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"sweeper {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report."""
+
 
 # Commands that only read the queue: in mirrored mode they never take the state lease.
 READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
@@ -231,6 +251,9 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
         f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
         f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]"
     )
+    if diff.new:
+        per_stage = Counter(j.stage for j in diff.new)  # in file order: Counter keeps first-seen order
+        out.print("new jobs by stage: " + ", ".join(f"{stage} {n}" for stage, n in per_stage.items()))
     if diff.reprioritized:
         verb = "would change" if diff.dry_run else "changed"
         out.print(f"{verb} the priority of {len(diff.reprioritized)} job(s) not started yet")
@@ -262,16 +285,42 @@ def work(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to run here.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            show_default=False,
+            help="Worker processes to run here (default: one per core, or one per GPU; see --jobs-per-gpu).",
+        ),
+    ] = None,
     threads_per_worker: Annotated[
         int | None,
         typer.Option(
             "--threads-per-worker",
             min=1,
             show_default=False,
-            help="Torch threads per worker process. [default: cores // workers]",
+            help="Torch threads per worker process (default: 1 on CPU; cores // workers with --workers or GPUs).",
         ),
     ] = None,
+    jobs_per_gpu: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs-per-gpu",
+            min=1,
+            show_default=False,
+            help="Workers sharing each GPU, for small jobs (default: 1; ignored with --workers).",
+        ),
+    ] = None,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            min=1.0,
+            help="Seconds between a job's progress lines in a notebook or log (a terminal gets a live bar).",
+        ),
+    ] = 15.0,
     stage: Annotated[
         list[str] | None, typer.Option("--stage", help="Only claim jobs of this stage (repeatable).")
     ] = None,
@@ -309,7 +358,7 @@ def work(
             "--mlflow-uri",
             envvar="MLFLOW_TRACKING_URI",
             show_default=False,
-            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]",
+            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
         ),
     ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
@@ -364,6 +413,8 @@ def work(
         settings=settings,
         workers=workers,
         threads_per_worker=threads_per_worker,
+        jobs_per_gpu=jobs_per_gpu,
+        progress_every_s=progress_every,
         stages=tuple(stage or ()),
         sweep=sweep,
         max_jobs=max_jobs,
@@ -384,13 +435,15 @@ def work(
 def status(
     sweep: SweepOpt = None,
     by: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--by",
+            show_default=False,
             help="Rank the leaderboard by this result metric; append :max or :min to set the direction "
-            "(default: min for times, losses and sizes, else max).",
+            "(default: min for times, losses and sizes, else max). A metric no finished job reports is an "
+            "error. [default: test_accuracy]",
         ),
-    ] = "test_accuracy",
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Leaderboard rows (0 hides it).")] = 5,
     failures: Annotated[int, typer.Option("--failures", min=0, help="Recent failures to list.")] = 5,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl-C.")] = False,
@@ -414,7 +467,7 @@ def status(
 
     if watch and as_json:
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
-    metric = parse_metric(by)
+    metric = parse_metric(by or "test_accuracy")
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
@@ -422,6 +475,10 @@ def status(
             from .results import require_sweep
 
             require_sweep(database, sweep)
+        if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
+            from .dashboard import check_metric
+
+            check_metric(database, metric, sweep, option="--by")
         read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
         if watch:
             watch_status(read, out, interval=interval)
@@ -523,11 +580,21 @@ def report(
         str | None, typer.Option("--sweep", help="The sweep to report on (default: the only sweep in the queue).")
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min].")
-    ] = "test_accuracy",
+        str | None,
+        typer.Option(
+            "--metric",
+            show_default=False,
+            help="Primary metric: tables sorted by it, top-k, Pareto y axis. NAME[:max|min]. [default: test_accuracy]",
+        ),
+    ] = None,
     second: Annotated[
-        str, typer.Option("--second", help="Secondary metric: a second sorted table, Pareto x axis. NAME[:max|min].")
-    ] = "time_to_target_s",
+        str | None,
+        typer.Option(
+            "--second",
+            show_default=False,
+            help="Secondary metric: a second sorted table, Pareto x axis. NAME[:max|min]. [default: time_to_target_s]",
+        ),
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the top-k tables.")] = 3,
     plugin: Annotated[
         list[str] | None,
@@ -548,8 +615,8 @@ def report(
     from .results import SweepView, only_sweep
 
     opts = ReportOptions(
-        primary=parse_metric(metric, option="--metric"),
-        secondary=parse_metric(second, option="--second"),
+        primary=parse_metric(metric or "test_accuracy", option="--metric"),
+        secondary=parse_metric(second or "time_to_target_s", option="--second"),
         top=top,
         plugins=[] if no_plugins else plugin,
         plots=not no_plots,
@@ -557,7 +624,14 @@ def report(
     settings = _settings(state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        view = SweepView(database, settings.state_dir, sweep or only_sweep(database), out_dir)
+        name = sweep or only_sweep(database)
+        from .dashboard import check_metric
+
+        # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
+        for given, option, parsed in ((metric, "--metric", opts.primary), (second, "--second", opts.secondary)):
+            if given is not None:
+                check_metric(database, parsed, name, option=option)
+        view = SweepView(database, settings.state_dir, name, out_dir)
         result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
     finally:
         database.dispose()
@@ -588,10 +662,18 @@ def retry(
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
 
     _selection(job_ids, failed, stage, sweep, "retry")
-    picked = _change_jobs(
-        state, db, job_ids, lambda queue, ids: queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
-    )
+    wanted = ("failed",) if failed else ("failed", "cancelled")
+    notes: list[str] = []
+
+    def change(queue: Any, ids: list[str]) -> list[str]:
+        _check_selection(queue.db, stage, sweep)
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+        notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
+        return picked
+
+    picked = _change_jobs(state, db, job_ids, change)
     out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+    _print_untouched(notes, f"retry takes {' or '.join(wanted)} jobs")
 
 
 @app.command()
@@ -610,8 +692,42 @@ def cancel(
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
 
     _selection(job_ids, False, stage, sweep, "cancel")
-    picked = _change_jobs(state, db, job_ids, lambda queue, ids: queue.cancel(ids, stage=stage, sweep=sweep))
+    from .db import ACTIVE
+
+    notes: list[str] = []
+
+    def change(queue: Any, ids: list[str]) -> list[str]:
+        _check_selection(queue.db, stage, sweep)
+        picked = queue.cancel(ids, stage=stage, sweep=sweep)
+        notes.extend(_why_untouched(queue.db, ids, picked, ACTIVE, stage, sweep))
+        return picked
+
+    picked = _change_jobs(state, db, job_ids, change)
     out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
+    _print_untouched(notes, "cancel takes jobs that have not finished")
+
+
+def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
+    """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
+    from .results import require_stage, require_sweep
+
+    if sweep:
+        require_sweep(database, sweep)
+    if stage:
+        require_stage(database, stage, sweep)
+
+
+def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:
+    from .results import why_untouched
+
+    return why_untouched(database, ids, picked, wanted, stage, sweep)
+
+
+def _print_untouched(notes: list[str], rule: str) -> None:
+    for note in notes[:20]:
+        out.print(f"  {note}: nothing to do ({rule})", markup=False)
+    if len(notes) > 20:
+        out.print(f"  ... and {len(notes) - 20} more", markup=False)
 
 
 def _change_jobs(state: Path | None, db: str | None, job_ids: list[str] | None, change: Any) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 from .checkpoints import ArtifactStore, CheckpointStore
 from .errors import LeaseLost
 from .queue import ClaimedJob, Queue
+from .statepaths import under
 from .tracking import NullTracker, Tracker
 
 __all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
@@ -74,6 +75,7 @@ class JobContext:
     scan_checkpoints: bool = False  # also look for checkpoints the database does not know (mirrored mode)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lease_lost: threading.Event = field(default_factory=threading.Event)
+    _stop_reason: str = "stop requested (signal)"
     _progress: Progress = field(default_factory=Progress)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _checkpoints_written: int = 0
@@ -102,7 +104,7 @@ class JobContext:
 
     def work_dir(self) -> Path:
         """A scratch directory for this job's files (kept across attempts on this machine)."""
-        path = self.state_dir / "work" / self.sweep / self.job_id
+        path = under(self.state_dir, "work", self.sweep, self.job_id)  # names from the queue: checked
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -146,12 +148,14 @@ class JobContext:
         return self._stop.is_set() or self._lease_lost.is_set()
 
     def stop_reason(self) -> str:
-        return "lease lost" if self._lease_lost.is_set() else "stop requested (signal)"
+        return "lease lost" if self._lease_lost.is_set() else self._stop_reason
 
     def interrupted(self) -> Interrupted:
         return Interrupted(self.stop_reason())
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str | None = None) -> None:
+        if reason is not None and not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
 
     def mark_lease_lost(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 
 from .db import ACTIVE, STATUSES, Database, db_now, jobs, stages, sweeps, workers
 from .errors import error_summary
-from .ranking import Metric, metric_value
+from .ranking import Metric, metric_value, rank_metrics, unknown_metric
 from .spec import StageSpec
 
 JSON_SCHEMA = "sweeper.status/1"
@@ -335,8 +336,26 @@ def _read_leaderboard(conn: sa.Connection, dialect: str, by: Metric, top: int, c
         newest = conn.execute(
             sa.select(jobs.c.result).where(jobs.c.status == "done", *cond).order_by(jobs.c.finished_at.desc()).limit(1)
         ).scalar_one_or_none()
-        board.available = sorted(_numbers(newest))
+        board.available = rank_metrics(by.name, dict.fromkeys(_numbers(newest), 1))
     return board
+
+
+def check_metric(db: Database, metric: Metric, sweep: str | None = None, *, option: str = "--by") -> None:
+    """A UsageError unless some finished job (of `sweep`) reports `metric`.
+
+    Before any job has finished with numbers there is nothing to check against, so any name
+    passes. The full read of results happens only when the metric is missing.
+    """
+    cond = [jobs.c.status == "done", *([jobs.c.sweep == sweep] if sweep else [])]
+    value = metric_value(jobs.c.result, metric.name, db.dialect)
+    counts: Counter[str] = Counter()
+    with db.read() as conn:
+        if conn.execute(sa.select(jobs.c.id).where(*cond, value.is_not(None)).limit(1)).first() is not None:
+            return
+        for (result,) in conn.execute(sa.select(jobs.c.result).where(*cond)):
+            counts.update(_numbers(result).keys())
+    if counts:
+        raise unknown_metric(metric, counts, option=option, scope=f" of sweep '{sweep}'" if sweep else "")
 
 
 def _numbers(result: Any) -> dict[str, float]:

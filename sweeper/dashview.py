@@ -5,7 +5,6 @@ database or imports torch or mlflow.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -252,8 +251,8 @@ def _leaders(board: Leaderboard) -> Any:
     if not board.rows:
         hint = f"no finished job reports {board.metric} yet"
         if board.available:
-            pick = next((m for m in board.available if re.search("acc|score|loss|value", m)), board.available[0])
-            hint += f"; results have {', '.join(board.available[:8])} (try --by {pick})"
+            # ranked by similarity to the metric asked for (ranking.rank_metrics)
+            hint += f"; results have {', '.join(board.available[:8])} (try --by {board.available[0]})"
         return titled(title, Text(hint, style="dim"))
     t = plain_table(
         ("#", {"justify": "right", "no_wrap": True}),

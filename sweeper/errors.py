@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .config import mask_password
+
 # "ValueError: ...", "sqlalchemy.exc.OperationalError: ...", "RuntimeError: MLflow: ..."
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failed|Lost|Warning)\b.*")
 _NOISE = ("(Background on this error", "^", "~")
@@ -13,10 +15,12 @@ def error_summary(text: str | None, limit: int = 300) -> str:
     """The one line of an error worth showing: the exception line of a traceback, else the first.
 
     For a traceback that is the last line naming an exception, skipping decoration such as
-    SQLAlchemy's "(Background on this error at: ...)" and the "^^^^" markers under code.
+    SQLAlchemy's "(Background on this error at: ...)" and the "^^^^" markers under code. Passwords
+    in it are masked: status, the CSV, the report and worker logs all show errors through here.
     """
     if not text:
         return ""
+    text = mask_password(text)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return ""
@@ -102,3 +106,7 @@ class StateLocked(SweeperError):
 
 class CheckpointError(SweeperError):
     """A checkpoint or artifact could not be written, read or verified."""
+
+
+class UnsafePath(CheckpointError):
+    """A name or stored location from the queue that would lead outside the state directory."""

@@ -12,6 +12,10 @@ been taken over, the old token matches nothing and the write is refused with Lea
 SQLite and PostgreSQL run the same statements. The only difference is how a write transaction
 begins (see db.py): on SQLite, BEGIN IMMEDIATE serializes writers, so the FOR UPDATE SKIP LOCKED
 clause (which SQLAlchemy leaves out on SQLite) is not needed there.
+
+Settling (a stage's blocked jobs become pending once every upstream job is terminal) reads the
+states that *other* transactions write, so on PostgreSQL it is serialized per sweep by the settle
+lock (see `_lock_sweeps`); claims never take it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import handoff
+from .config import mask_password
 from .db import (
     ACTIVE,
     TERMINAL,
@@ -220,15 +225,50 @@ _LIST_CHECKPOINTS = (
 
 _SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindparam("p_sweep"))
 
+# The settle lock: a transaction-scoped advisory lock per sweep (the two-int key space, apart from
+# db.py's schema lock). Why not `SELECT ... FROM sweeps FOR UPDATE`: the first enqueue of a sweep
+# has no row to lock yet (two of them raced into an IntegrityError), and a row lock on `sweeps`
+# would also queue behind the FOR KEY SHARE locks that every INSERT into `jobs` takes through the
+# foreign key. Why not SERIALIZABLE: every status change would need a retry loop, and claims
+# (the hot path) would abort on serialization failures. A hash collision between two sweep names
+# only makes them wait for each other.
+_SETTLE_LOCK_CLASS = 727312
+_LOCK_SWEEP = sa.text(f"SELECT pg_advisory_xact_lock({_SETTLE_LOCK_CLASS}, hashtext(:p_sweep))")
+
+# Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
+# `max_failures: 20` waited about 15 days.
+MAX_RETRY_BACKOFF_S = 600.0
+
+
+def _no_hook(point: str) -> None:
+    """The default race hook: nothing."""
+
 
 class Queue:
     """The job queue on one database. Safe to share between threads of one process."""
 
-    def __init__(self, db: Database, *, retry_backoff_s: float = 5.0, reap_every_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retry_backoff_s: float = 5.0,
+        reap_every_s: float = 1.0,
+        max_retry_backoff_s: float = MAX_RETRY_BACKOFF_S,
+        _settle_lock: bool = True,
+    ) -> None:
         self.db = db
         self.retry_backoff_s = retry_backoff_s
+        self.max_retry_backoff_s = max_retry_backoff_s
         self.reap_every_s = reap_every_s
         self._last_reap = 0.0
+        self._last_heal = 0.0
+        # False only in benchmarks/claim_scaling.py and the race suite, to measure and show what the
+        # settle lock costs and prevents. Never turn it off elsewhere.
+        self._settle_lock = _settle_lock
+        # Test hook for tests/races/: called with a point name between a transaction's read and
+        # its write ("enqueue-read", "settle-read", "cancel-read", "retry-read", "reap-read", "complete-wrote",
+        # "fail-read"), so that a test can run a competing transaction exactly there.
+        self.race_hook: Callable[[str], None] = _no_hook
         self._stage_cache: dict[str, tuple[float | None, dict[str, StageSpec]]] = {}
         # Called after every committed write with what it was (mirrored mode snapshots on it).
         self.after_write: Callable[[str], None] | None = None
@@ -273,7 +313,11 @@ class Queue:
 
         def txn() -> EnqueueDiff:
             with self.db.write() as conn:
+                # Before the diff: a second enqueue of the same grid waits here, then sees the
+                # first one's jobs as unchanged instead of inserting them again.
+                self._lock_sweeps(conn, [spec.name])
                 diff = self._diff(conn, spec)
+                self.race_hook("enqueue-read")
                 self._upsert_sweep(conn, spec)
                 now = _now()
                 if diff.new:
@@ -366,7 +410,13 @@ class Queue:
                     params["p_stages"] = list(stages_filter)
                 if sweep:
                     params["p_sweep"] = sweep
-                row = conn.execute(_claim_statement(bool(stages_filter), bool(sweep)), params).first()
+                statement = _claim_statement(bool(stages_filter), bool(sweep))
+                row = conn.execute(statement, params).first()
+                if row is None and time.monotonic() - self._last_heal >= self.reap_every_s:
+                    # Nothing to claim: the moment to look for a stage stuck blocked (see _heal).
+                    self._last_heal = time.monotonic()
+                    if self._heal(conn):
+                        row = conn.execute(statement, params).first()
                 if row is None:
                     return None
                 conn.execute(
@@ -401,11 +451,17 @@ class Queue:
 
         def txn() -> int:
             with self.db.write() as conn:
-                return self._reap_expired(conn)
+                reaped = self._reap_expired(conn)
+                self._heal(conn)
+                return reaped
 
         return self._write(txn, "reap expired leases")  # type: ignore[return-value]
 
     def _reap_expired(self, conn: Connection) -> int:
+        # A plain read (no row locks yet): a lease past its interruption limit ends the job, which
+        # can unblock a stage, so its sweep's settle lock must be taken before any row lock (the
+        # lock order everywhere is settle lock, then rows). The guarded UPDATE below re-checks
+        # token and expiry on the row as it is then, so a lease renewed meanwhile is left alone.
         rows = conn.execute(
             sa.select(
                 jobs.c.id,
@@ -419,8 +475,11 @@ class Queue:
             )
             .where(jobs.c.status == "running", jobs.c.lease_expires_at < db_now())
             .limit(200)
-            .with_for_update(skip_locked=True)
         ).all()
+        if not rows:
+            return 0
+        self.race_hook("reap-read")
+        self._lock_sweeps(conn, [r.sweep for r in rows if r.interruptions + 1 > r.max_interruptions])
         finished_stages: dict[str, set[str]] = {}
         for r in rows:
             exhausted = r.interruptions + 1 > r.max_interruptions
@@ -436,7 +495,14 @@ class Queue:
                 values["error"] = f"interrupted {r.interruptions + 1} times (limit {r.max_interruptions})"
                 values["finished_at"] = db_now()
             done = conn.execute(
-                jobs.update().where(jobs.c.id == r.id, jobs.c.lease_token == r.lease_token).values(**values)
+                jobs.update()
+                .where(
+                    jobs.c.id == r.id,
+                    jobs.c.lease_token == r.lease_token,
+                    jobs.c.status == "running",
+                    jobs.c.lease_expires_at < db_now(),
+                )
+                .values(**values)
             ).rowcount
             if not done:
                 continue
@@ -455,6 +521,52 @@ class Queue:
         for sweep_name, names in finished_stages.items():
             self._settle(conn, sweep_name, names)
         return len(rows)
+
+    def _lock_sweeps(self, conn: Connection, names: Iterable[str]) -> None:
+        """Take the settle lock of each sweep (PostgreSQL), in name order so two never deadlock.
+
+        Every transaction that moves a job to a terminal state, or otherwise can unblock a stage,
+        takes it before it reads other jobs' states to settle, and holds it to its commit. Without
+        it, two workers completing the last two upstream jobs each saw the other's job still
+        running at READ COMMITTED, and neither unblocked the stage (write skew). Claims never take
+        it; `complete` takes it only at the end of a stage (see `_settle`). On SQLite, BEGIN
+        IMMEDIATE already serializes every writer.
+
+        Lock order: the admin commands, enqueue, fail/release and the reaper take it before any
+        row lock. `complete` has written its own row when it asks for it; the one cycle that
+        leaves, a cancel or reaper holding the lock and waiting for that very running row, is
+        rare, and PostgreSQL breaks it within deadlock_timeout: the retried transaction then finds
+        the job's new state.
+        """
+        if conn.dialect.name != "postgresql" or not self._settle_lock:
+            return
+        for name in sorted(set(names)):
+            conn.execute(_LOCK_SWEEP, {"p_sweep": name})
+
+    def _heal(self, conn: Connection) -> int:
+        """Settle stages left blocked although all their upstream jobs are terminal. Returns how many.
+
+        Such a stage cannot come from this version (see `_lock_sweeps`), but an older one or a
+        manual edit could leave one, and then `sweeper work --wait` polled forever. Cheap: one
+        read of the blocked (sweep, stage) pairs, and one for each pair's still active upstream.
+        """
+        pairs = conn.execute(sa.select(jobs.c.sweep, jobs.c.stage).where(jobs.c.status == "blocked").distinct()).all()
+        healed = 0
+        for sweep_name, stage_name in pairs:
+            spec = self._stage_specs(conn, sweep_name).get(stage_name)
+            if spec is None or not spec.needs:
+                continue
+            active = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.sweep == sweep_name, jobs.c.stage.in_(spec.needs), jobs.c.status.in_(ACTIVE))
+                .limit(1)
+            ).first()
+            if active is not None:
+                continue
+            self._lock_sweeps(conn, [sweep_name])
+            self._settle(conn, sweep_name, set(spec.needs))
+            healed += 1
+        return healed
 
     def _fenced(self, conn: Connection, lease: Lease, **values: Any) -> sa.Row:
         """Update the job only while `lease` still owns it; otherwise raise LeaseLost."""
@@ -517,10 +629,17 @@ class Queue:
 
         self.db.retrying(txn, "verify a lease")
 
-    def set_tracking_run(self, lease: Lease, run_id: str) -> None:
+    def set_tracking_run(self, lease: Lease, run_id: str, uri: str | None = None) -> None:
+        """Record the job's tracking run; `uri` (masked by the caller) goes into a `tracking` event."""
+
         def txn() -> None:
             with self.db.write() as conn:
                 self._fenced(conn, lease, tracking_run_id=run_id)
+                if uri is not None:
+                    detail = json.dumps({"uri": uri, "run_id": run_id})
+                    self._event(
+                        conn, lease.job_id, "tracking", worker=lease.worker_id, attempt=lease.attempt, detail=detail
+                    )
 
         self._write(txn, "record the tracking run")
 
@@ -528,27 +647,32 @@ class Queue:
         def txn() -> None:
             with self.db.write() as conn:
                 row = conn.execute(
-                    _COMPLETE, {"p_job": lease.job_id, "p_token": lease.token, "p_result": result}
+                    _COMPLETE,
+                    {"p_job": lease.job_id, "p_token": lease.token, "p_result": result},
                 ).first()
                 if row is None:
                     raise LeaseLost(f"job {lease.job_id}: this worker's lease is gone; its result is not recorded")
                 self._event(
                     conn, lease.job_id, "done", worker=lease.worker_id, attempt=lease.attempt, detail=_summary(result)
                 )
-                self._settle(conn, row.sweep, {row.stage})
+                self.race_hook("complete-wrote")
+                # Not locked yet: the settle takes the lock only near the end of a stage (see there).
+                self._settle(conn, row.sweep, {row.stage}, locked=False)
 
         self._write(txn, "complete a job")
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> str:
         """Count a failure. Returns the new status: 'pending' (retry after backoff) or 'failed'."""
+        error = mask_password(error)  # a traceback may quote a connection URL; the queue may be shared
 
         def txn() -> str:
             with self.db.write() as conn:
-                row = self._owned(conn, lease, jobs.c.failures, jobs.c.max_failures)
+                row = self._owned(conn, lease, jobs.c.sweep, jobs.c.failures, jobs.c.max_failures)
+                self.race_hook("fail-read")
                 failures = row.failures + 1
                 summary = error_summary(error)
                 if retry and failures < row.max_failures:
-                    delay = self.retry_backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+                    delay = self.retry_delay(failures)
                     detail = f"failure {failures}/{row.max_failures}, retry in {delay:.1f}s: {summary}"
                     return self._end_attempt(
                         conn,
@@ -561,20 +685,27 @@ class Queue:
                         not_before=db_now() + delay,
                     )
                 why = "not retryable" if not retry else f"failure {failures}/{row.max_failures}"
+                self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
                 return self._end_attempt(
                     conn, lease, "failed", "failed", f"{why}: {summary}", failures=failures, error=error
                 )
 
         return self._write(txn, "record a failure")  # type: ignore[return-value]
 
+    def retry_delay(self, failures: int) -> float:
+        """Seconds before a job may run again after its `failures`-th failure: doubling, capped, jittered."""
+        base = self.retry_backoff_s * 2 ** min(failures - 1, 60)  # min(): 2**1000000 overflows a float
+        return min(base * random.uniform(0.5, 1.5), self.max_retry_backoff_s)
+
     def release(self, lease: Lease, reason: str) -> str:
         """Give the job back without counting a failure (SIGTERM, Ctrl-C). Counts an interruption."""
 
         def txn() -> str:
             with self.db.write() as conn:
-                row = self._owned(conn, lease, jobs.c.interruptions, jobs.c.max_interruptions)
+                row = self._owned(conn, lease, jobs.c.sweep, jobs.c.interruptions, jobs.c.max_interruptions)
                 interruptions = row.interruptions + 1
                 if interruptions > row.max_interruptions:
+                    self._lock_sweeps(conn, [row.sweep])  # the job ends: its dependents may settle
                     error = f"interrupted {interruptions} times (limit {row.max_interruptions}); last: {reason}"
                     return self._end_attempt(
                         conn, lease, "failed", "released", reason, interruptions=interruptions, error=error
@@ -644,19 +775,50 @@ class Queue:
         self._stage_cache[sweep] = (version, specs)
         return specs
 
-    def _settle(self, conn: Connection, sweep: str, changed: set[str]) -> None:
+    def _settle(self, conn: Connection, sweep: str, changed: set[str], *, locked: bool = True) -> None:
+        """Unblock (or fail) the blocked jobs of stages that need `changed`, once all upstream is terminal.
+
+        `locked=False` (complete, the hot path): the caller wrote its own job's row but does not
+        hold the settle lock. While some upstream job is active and *not* being written by another
+        transaction, there is nothing to settle, and sharing that job's row lock to our commit
+        proves it: its own status change waits for our commit and its settle then sees our job
+        finished. Only when every active upstream job is in flight (the end of a stage, where the
+        write skew was) is the settle lock taken. So most completes never take it.
+        """
         specs = self._stage_specs(conn, sweep)
         for dep in specs.values():
             if not (set(dep.needs) & changed) and dep.name not in changed:
                 continue
             if not dep.needs:
                 continue
+            if not locked and conn.dialect.name == "postgresql" and self._settle_lock:
+                quiet_active = conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
+                    .limit(1)
+                    .with_for_update(read=True, skip_locked=True)
+                ).first()
+                if quiet_active is not None:
+                    self.race_hook("settle-read")
+                    continue
+                self._lock_sweeps(conn, [sweep])
+                locked = True
             blocked = conn.execute(
                 sa.select(jobs.c.id, jobs.c.params)
                 .where(jobs.c.sweep == sweep, jobs.c.stage == dep.name, jobs.c.status == "blocked")
                 .order_by(jobs.c.position)
             ).all()
             if not blocked:
+                continue
+            # Cheap first: while any upstream job is still active (the common case on every complete
+            # but the last), there is nothing to settle and no need to read every upstream row.
+            still_active = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
+                .limit(1)
+            ).first()
+            if still_active is not None:
+                self.race_hook("settle-read")
                 continue
             up = conn.execute(
                 sa.select(
@@ -669,6 +831,7 @@ class Queue:
                     jobs.c.position,
                 ).where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
             ).all()
+            self.race_hook("settle-read")
             if any(r.status in ACTIVE for r in up):
                 continue
             outcomes = self._outcomes(conn, up)
@@ -704,7 +867,7 @@ class Queue:
     def _block_failed(self, conn: Connection, job_id: str, reason: str) -> None:
         conn.execute(
             jobs.update()
-            .where(jobs.c.id == job_id)
+            .where(jobs.c.id == job_id, jobs.c.status == "blocked")
             .values(status="failed", error=reason, finished_at=db_now(), updated_at=db_now())
         )
         self._event(conn, job_id, "failed", detail=reason)
@@ -741,21 +904,31 @@ class Queue:
     # Checkpoints and artifacts (the bytes live in files or in `blob`; see checkpoints.py)
 
     def record_checkpoint(
-        self, lease: Lease, *, sha256: str, size: int, location: str | None, blob: bytes | None, keep: int = 2
+        self,
+        lease: Lease,
+        *,
+        sha256: str,
+        size: int,
+        location: str | None,
+        blob: bytes | None,
+        keep: int = 2,
+        at_least: int = 1,
     ) -> tuple[int, list[str]]:
-        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files)."""
+        """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
+
+        seq is one more than the job's newest, and at least `at_least` (the store names files
+        by seq, and may have seen newer files than the database knows: see checkpoints.py).
+        """
 
         def txn() -> tuple[int, list[str]]:
             with self.db.write() as conn:
                 self._fenced(conn, lease)
-                seq = (
-                    conn.execute(
-                        sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
-                            checkpoints.c.job_id == lease.job_id
-                        )
-                    ).scalar_one()
-                    + 1
-                )
+                newest = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0)).where(
+                        checkpoints.c.job_id == lease.job_id
+                    )
+                ).scalar_one()
+                seq = max(newest + 1, at_least)
                 conn.execute(
                     checkpoints.insert().values(
                         job_id=lease.job_id,
@@ -941,7 +1114,12 @@ class Queue:
         if len(prefix) < 4:
             raise UsageError(f"job id '{prefix}' is too short", hint="give at least 4 characters of the id")
         with self.db.read() as conn:
-            ids = conn.execute(sa.select(jobs.c.id).where(jobs.c.id.like(f"{prefix}%")).limit(3)).scalars().all()
+            # startswith(autoescape): `_` and `%` in what the user typed are characters, not wildcards.
+            ids = (
+                conn.execute(sa.select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).limit(3))
+                .scalars()
+                .all()
+            )
         if not ids:
             raise JobNotFound(f"no job with id '{prefix}'", hint="`sweeper status` lists job ids")
         if len(ids) > 1:
@@ -958,7 +1136,17 @@ class Queue:
             cond.append(jobs.c.stage == stage)
         if sweep:
             cond.append(jobs.c.sweep == sweep)
-        return list(conn.execute(sa.select(jobs.c.id).where(*cond).order_by(jobs.c.position)).scalars())
+        # Lock the sweeps first, then read which jobs match: the read below then sees every status
+        # change committed before this transaction held the lock.
+        locked: set[str] = set()
+        if conn.dialect.name == "postgresql" and self._settle_lock:
+            locked = set(conn.execute(sa.select(jobs.c.sweep).where(*cond).distinct()).scalars())
+            self._lock_sweeps(conn, locked)
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.sweep).where(*cond).order_by(jobs.c.position)).all()
+        if locked:
+            # A job of another sweep that matched only after the first read (rare): lock it too.
+            self._lock_sweeps(conn, {r.sweep for r in rows} - locked)
+        return [r.id for r in rows]
 
     def retry(
         self,
@@ -974,16 +1162,20 @@ class Queue:
         def txn() -> list[str]:
             with self.db.write() as conn:
                 picked = self._select_ids(conn, ids, statuses, stage, sweep)
+                self.race_hook("retry-read")
                 touched: dict[str, set[str]] = {}
+                retried: list[str] = []
                 for job_id in picked:
                     row = conn.execute(
                         sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.resolved_params).where(jobs.c.id == job_id)
                     ).one()
                     # A dependent job whose hand-off never resolved waits for its upstream again.
                     status = "blocked" if row.resolved_params is None else "pending"
-                    conn.execute(
+                    # The status guard: a job that is no longer failed/cancelled (another retry
+                    # made it pending and a worker claimed it) must not be reset under its worker.
+                    changed = conn.execute(
                         jobs.update()
-                        .where(jobs.c.id == job_id)
+                        .where(jobs.c.id == job_id, jobs.c.status.in_(statuses))
                         .values(
                             status=status,
                             failures=0,
@@ -992,13 +1184,16 @@ class Queue:
                             finished_at=None,
                             updated_at=db_now(),
                         )
-                    )
+                    ).rowcount
+                    if not changed:
+                        continue
+                    retried.append(job_id)
                     self._event(conn, job_id, "retried", detail="by user")
                     touched.setdefault(row.sweep, set()).add(row.stage)
                 for sweep_name, names in touched.items():
                     for name in names:
                         self._settle_stage(conn, sweep_name, name)
-                return picked
+                return retried
 
         return self._write(txn, "retry jobs")  # type: ignore[return-value]
 
@@ -1014,11 +1209,16 @@ class Queue:
         def txn() -> list[str]:
             with self.db.write() as conn:
                 picked = self._select_ids(conn, ids, ACTIVE, stage, sweep)
+                self.race_hook("cancel-read")
                 touched: dict[str, set[str]] = {}
+                cancelled: list[str] = []
                 for job_id in picked:
+                    # The status guard: a job that finished since the read keeps its result (its
+                    # dependents may already have used it); PostgreSQL re-checks it on the row as
+                    # committed, after waiting for a running job's `complete`.
                     row = conn.execute(
                         jobs.update()
-                        .where(jobs.c.id == job_id)
+                        .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
                         .values(
                             status="cancelled",
                             lease_token=None,
@@ -1028,12 +1228,15 @@ class Queue:
                             updated_at=db_now(),
                         )
                         .returning(jobs.c.sweep, jobs.c.stage)
-                    ).one()
+                    ).first()
+                    if row is None:
+                        continue
+                    cancelled.append(job_id)
                     self._event(conn, job_id, "cancelled", detail="by user")
                     touched.setdefault(row.sweep, set()).add(row.stage)
                 for sweep_name, names in touched.items():
                     self._settle(conn, sweep_name, names)
-                return picked
+                return cancelled
 
         return self._write(txn, "cancel jobs")  # type: ignore[return-value]
 

@@ -13,7 +13,9 @@ dashboard down.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -24,7 +26,7 @@ from .errors import UsageError
 MODES = ("max", "min")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 # Substrings of metric names where smaller is better.
-_COST_WORDS = ("time", "loss", "error", "latency", "flops", "macs", "params", "size", "bytes", "duration")
+_COST_WORDS = ("time", "loss", "error", "latency", "flops", "macs", "params", "size", "bytes", "duration", "to_target")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,32 @@ def parse_metric(text: str, *, option: str = "--by") -> Metric:
     if mode and mode not in MODES:
         raise UsageError(f"{option} {text!r}: the direction after ':' is max or min, not {mode!r}")
     return Metric(name, mode or default_mode(name))
+
+
+def rank_metrics(name: str, counts: Mapping[str, int]) -> list[str]:
+    """The metrics that exist, the likeliest meant first: most similar to `name`, then most common.
+
+    Similarity is rounded to one decimal so that near ties go to the metric more jobs report:
+    `accuracy` ranks test_accuracy (every training job) above min_test_accuracy (a benchmark's
+    threshold), and a name like nothing at all lists the most common metrics first.
+    """
+
+    def similarity(metric: str) -> float:
+        return round(difflib.SequenceMatcher(None, name.lower(), metric.lower()).ratio(), 1)
+
+    return sorted(counts, key=lambda m: (-similarity(m), -counts[m], m))
+
+
+def unknown_metric(metric: Metric, counts: Mapping[str, int], *, option: str, scope: str) -> UsageError:
+    """The error for a metric that no finished job reports, listing those that exist."""
+    ranked = rank_metrics(metric.name, counts)
+    shown = ", ".join(f"{m} ({counts[m]})" for m in ranked[:10]) + (", ..." if len(ranked) > 10 else "")
+    close = difflib.get_close_matches(metric.name, ranked, n=1, cutoff=0.6)
+    guess = f"did you mean {option} {ranked[0]}? " if close else ""
+    return UsageError(
+        f"{option} {metric.name}: no finished job{scope} reports a metric '{metric.name}'",
+        hint=f"{guess}metrics that finished jobs report (how many): {shown}",
+    )
 
 
 def metric_value(column: sa.Column, name: str, dialect: str) -> ColumnElement:

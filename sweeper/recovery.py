@@ -143,7 +143,9 @@ def _ago(seconds: float) -> str:
 
 
 def _result_path(state_dir: Path, sweep: str, job_id: str) -> Path:
-    return state_dir / "results" / sweep / f"{job_id}.json"
+    from .statepaths import under  # sweep and job id come from the queue: checked
+
+    return under(state_dir, "results", sweep, f"{job_id}.json")
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -172,6 +172,44 @@ def require_sweep(db: Database, name: str) -> None:
         )
 
 
+def require_stage(db: Database, name: str, sweep: str | None = None) -> None:
+    """Raise a UsageError naming the stages there are, unless stage `name` exists (in `sweep`)."""
+    import difflib
+
+    cond = [stages.c.sweep == sweep] if sweep else []
+    with db.read() as conn:
+        names = sorted(set(conn.execute(sa.select(stages.c.name).where(*cond)).scalars()))
+    if name in names:
+        return
+    where = f"sweep '{sweep}'" if sweep else "the queue"
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    listing = f"stages: {', '.join(names)}" if names else "it has no stages yet"
+    raise UsageError(
+        f"no stage named '{name}' in {where}",
+        hint=(f"did you mean '{close[0]}'? " if close else "") + listing,
+    )
+
+
+def why_untouched(
+    db: Database, ids: list[str], picked: list[str], wanted: Iterable[str], stage: str | None, sweep: str | None
+) -> list[str]:
+    """Why retry or cancel left jobs alone: the state of each id not picked, or of the selection."""
+    wanted = tuple(wanted)
+    with db.read() as conn:
+        if ids:
+            query = sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))
+            status = {job_id: s for job_id, s in conn.execute(query)}
+            return [f"job {i} is {status[i]}" for i in ids if i not in picked and i in status]
+        if picked:
+            return []
+        cond = [c for c in (stage and jobs.c.stage == stage, sweep and jobs.c.sweep == sweep) if c is not None]
+        query = sa.select(jobs.c.status, sa.func.count()).where(*cond).group_by(jobs.c.status)
+        counts = {status: n for status, n in conn.execute(query)}
+    scope = " and ".join([*([f"stage '{stage}'"] if stage else []), *([f"sweep '{sweep}'"] if sweep else [])])
+    have = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) or "no jobs"
+    return [f"no {' or '.join(wanted)} job in {scope or 'the queue'} ({have})"]
+
+
 def only_sweep(db: Database) -> str:
     """The name of the one sweep in the queue; a clear error when there are none or several."""
     with db.read() as conn:

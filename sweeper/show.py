@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import mappings
+from .config import mask_password
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound, error_summary
@@ -96,6 +97,7 @@ class JobDetail:
     lease_expires_in_s: float | None
     not_before_in_s: float | None
     tracking_run_id: str | None
+    tracking_uri: str | None  # the MLflow store of that run, password masked (from the `tracking` event)
     params_written: dict[str, Any]
     params_resolved: dict[str, Any] | None
     provenance: dict[str, str]
@@ -164,15 +166,16 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         lease_expires_in_s=(r.lease_expires_at - now) if r.lease_expires_at is not None else None,
         not_before_in_s=(r.not_before - now) if r.not_before is not None and r.not_before > now else None,
         tracking_run_id=r.tracking_run_id,
+        tracking_uri=_tracking_uri(ev, r.tracking_run_id),
         params_written=r.params or {},
         params_resolved=r.resolved_params,
         provenance=r.provenance or {},
         result=r.result,
-        error=r.error,
+        error=mask_password(r.error) if r.error else r.error,  # rows written before errors were masked
         error_summary=error_summary(r.error),
     )
     detail.params = param_rows(detail.params_written, detail.params_resolved, detail.provenance)
-    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail) for e in ev]
+    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail and mask_password(e.detail)) for e in ev]
     detail.attempts = attempts_from_events(detail.events, r.status)
     detail.checkpoints = [
         StoredFile(f"seq {c.seq}", c.sha256, c.size, *_where(c.location, state_dir), c.created_at, c.attempt)
@@ -182,6 +185,20 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         StoredFile(a.name, a.sha256, a.size, *_where(a.location, state_dir), a.created_at) for a in arts
     ]
     return detail
+
+
+def _tracking_uri(evs: Any, run_id: str | None) -> str | None:
+    """The store named by the newest `tracking` event for the job's run (older versions wrote none)."""
+    for e in reversed(evs):
+        if e.type != "tracking" or not e.detail:
+            continue
+        try:
+            found = json.loads(e.detail)
+        except ValueError:
+            continue
+        if found.get("run_id") == run_id:
+            return mask_password(str(found.get("uri") or "")) or None
+    return None
 
 
 def _where(location: str | None, state_dir: Path | None) -> tuple[str, bool | None]:
@@ -300,7 +317,8 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         times += f" · finished {_when(d.finished_at)}{took}"
     head.append(times, style="dim")
     if d.tracking_run_id:
-        head.append(f"\nMLflow run {d.tracking_run_id}", style="dim")
+        where = f" in {d.tracking_uri}" if d.tracking_uri else ""
+        head.append(f"\nMLflow run {d.tracking_run_id}{where}", style="dim")
     parts.append(head)
 
     t = plain_table(

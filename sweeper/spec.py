@@ -8,6 +8,7 @@ and key. Nothing here touches the database.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -38,12 +39,31 @@ STAGE_KEYS = (
     "priority",
     "max_failures",
     "max_interruptions",
+    "repeat",
 )
+# A repeat stage takes its kind and params from the stage it repeats.
+REPEAT_EXCLUDES = ("kind", "params", "grid", "configs", "inherit")
+REPEAT_KEYS = ("stage", "top", "by", "mode", "seeds")
 DEFAULT_MAX_FAILURES = 3
 DEFAULT_MAX_INTERRUPTIONS = 20
 # Far above any real sweep; a grid past it is a mistake (a typo'd axis) that would exhaust memory.
 MAX_JOBS_PER_STAGE = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # as sweeper/ranking.py reads metric names
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """`repeat:` of a stage: the `top` configurations of `stage` by `by`, run again with each seed."""
+
+    stage: str
+    top: int
+    by: str
+    mode: str
+    seeds: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "top": self.top, "by": self.by, "mode": self.mode, "seeds": list(self.seeds)}
 
 
 @dataclass(frozen=True)
@@ -57,12 +77,10 @@ class StageSpec:
     max_failures: int = DEFAULT_MAX_FAILURES
     max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
     description: str = ""
+    repeat: Repeat | None = None
 
     def to_json(self) -> dict[str, Any]:
-        inherit = None
-        if self.inherit is not None:
-            i = self.inherit
-            inherit = {"from": i.from_stage, "keys": list(i.keys), "metric": i.metric, "mode": i.mode}
+        inherit = None if self.inherit is None else self.inherit.to_json()
         return {
             "kind": self.kind,
             "needs": list(self.needs),
@@ -70,11 +88,13 @@ class StageSpec:
             "inherit": inherit,
             "priority": self.priority,
             "description": self.description,
+            "repeat": None if self.repeat is None else self.repeat.to_json(),
         }
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> StageSpec:
         inherit = handoff.parse_inherit(data["inherit"]) if data.get("inherit") else None
+        repeat = data.get("repeat")
         return cls(
             name=name,
             kind=data["kind"],
@@ -83,6 +103,7 @@ class StageSpec:
             inherit=inherit,
             priority=int(data.get("priority") or 0),
             description=data.get("description") or "",
+            repeat=Repeat(**{**repeat, "seeds": tuple(repeat["seeds"])}) if repeat else None,
         )
 
 
@@ -201,7 +222,13 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             raise r.error("a stage must be a mapping with at least 'kind'", "stages", stage_name, stage=stage_name)
         r.check_keys(raw, STAGE_KEYS, "stages", stage_name, stage=stage_name, what="stage")
         raw_by_stage[stage_name] = raw
-        stages[stage_name] = _read_stage(r, stage_name, raw)
+        if "repeat" not in raw:  # a repeat stage is read once the stage it repeats is known
+            stages[stage_name] = _read_stage(r, stage_name, raw)
+    for stage_name, raw in raw_by_stage.items():
+        if "repeat" in raw:
+            repeats = {n for n, raw in raw_by_stage.items() if "repeat" in raw}
+            stages[stage_name] = _read_repeat(r, stage_name, raw, stages, repeats)
+    stages = {stage_name: stages[stage_name] for stage_name in raw_by_stage}  # file order
 
     for stage in stages.values():
         for need in stage.needs:
@@ -221,11 +248,19 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
                 )
     _check_acyclic(r, stages)
 
+    _check_defaults(r, defaults, stages.values())
+
     spec = SweepSpec(name=name, file=file, text=text, description=str(data.get("description") or ""))
     spec.stages = list(stages.values())
     job_counts: dict[str, int] = {}
+    expanded = {
+        s.name: _expand_stage(r, name, s, raw_by_stage[s.name], defaults) for s in spec.stages if s.repeat is None
+    }
     for stage in spec.stages:
-        jobs = _expand_stage(r, name, stage, raw_by_stage[stage.name], defaults)
+        if stage.repeat is not None:
+            expanded[stage.name] = _expand_repeat(r, name, stage, expanded[stage.repeat.stage])
+    for stage in spec.stages:
+        jobs = expanded[stage.name]
         job_counts[stage.name] = len(jobs)
         spec.jobs.extend(jobs)
     _check_refs(r, spec, job_counts)
@@ -258,16 +293,17 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
             inherit = handoff.parse_inherit(raw["inherit"])
         except ValueError as exc:
             raise r.error(str(exc), "stages", name, "inherit", stage=name, key="inherit") from None
-        if inherit.from_stage not in needs_list:
-            raise r.error(
-                f"inherits from '{inherit.from_stage}', which is not in 'needs'",
-                "stages",
-                name,
-                "inherit",
-                stage=name,
-                key="inherit",
-                hint=f"add it: needs: [{', '.join([*needs_list, inherit.from_stage])}]",
-            )
+        for source in inherit.from_stages:
+            if source not in needs_list:
+                raise r.error(
+                    f"inherits from '{source}', which is not in 'needs'",
+                    "stages",
+                    name,
+                    "inherit",
+                    stage=name,
+                    key="inherit",
+                    hint=f"add it: needs: [{', '.join([*needs_list, source])}]",
+                )
 
     def integer(key: str, default: int, minimum: int, maximum: int = 1_000_000) -> int:
         # The bound keeps the value inside the database's INTEGER column (32 bits on PostgreSQL).
@@ -294,6 +330,33 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
         max_interruptions=integer("max_interruptions", DEFAULT_MAX_INTERRUPTIONS, 1),
         description=str(raw.get("description") or ""),
     )
+
+
+def _check_defaults(r: _Reader, defaults: Mapping[str, Any], stages: Iterable[StageSpec]) -> None:
+    """Every key in `defaults` must be a param of some stage's kind.
+
+    A default applies only to the stages whose kind takes it, so a misspelled one (max_epoch for
+    max_epochs) would otherwise vanish without a word and every job would run with the kind's own
+    default. A kind without a param model takes any key.
+    """
+    takes: dict[str, set[str]] = {}  # kind -> its param names
+    for stage in stages:
+        model = registry.load_params_model(stage.kind)
+        if model is None:
+            return  # an untyped kind takes every default
+        takes.setdefault(stage.kind, set(model.model_fields))
+    known = set().union(*takes.values())
+    for key in defaults:
+        if str(key) in known:
+            continue
+        kinds = ("kind " if len(takes) == 1 else "kinds ") + ", ".join(sorted(takes))
+        raise r.error(
+            f"unknown param '{key}' in defaults: no stage's kind takes it (checked {kinds})",
+            "defaults",
+            key,
+            key=str(key),
+            hint=_suggest(str(key), sorted(known)) or f"params these kinds take: {', '.join(sorted(known))}",
+        )
 
 
 def _check_acyclic(r: _Reader, stages: Mapping[str, StageSpec]) -> None:
@@ -597,3 +660,132 @@ def _check_refs(r: _Reader, spec: SweepSpec, job_counts: Mapping[str, int]) -> N
                     f"result_of '{ref.stages[0]}' is ambiguous: that stage has {count} jobs",
                     f"use best_of: {ref.stages[0]} with a metric and mode",
                 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeat stages: the top configurations of another stage, run again with more seeds
+
+
+def _read_repeat(
+    r: _Reader, name: str, raw: Mapping[str, Any], stages: Mapping[str, StageSpec], repeats: set[str]
+) -> StageSpec:
+    """A `repeat:` stage: validated against the stage it repeats, whose kind it takes."""
+    where = ("stages", name, "repeat")
+
+    def bad(message: str, key: str, hint: str | None = None, *path: object) -> SpecError:
+        return r.error(message, *where, *path, stage=name, key=f"repeat.{key}" if key else "repeat", hint=hint)
+
+    for key in REPEAT_EXCLUDES:
+        if key in raw:
+            raise r.error(
+                f"a repeat stage takes its kind and params from the stage it repeats; remove '{key}'",
+                "stages",
+                name,
+                key,
+                stage=name,
+                key=key,
+            )
+    spec = raw["repeat"]
+    if not isinstance(spec, Mapping):
+        raise bad(
+            "'repeat' takes a mapping",
+            "",
+            "for example: repeat: {stage: model_search, top: 5, by: test_accuracy, mode: max, seeds: [1, 2]}",
+        )
+    r.check_keys(spec, REPEAT_KEYS, *where, stage=name, what="repeat")
+    source = spec.get("stage")
+    if source == name:
+        raise bad("a stage cannot repeat itself", "stage", None, "stage")
+    if source in repeats:
+        raise bad(f"'{source}' is itself a repeat stage; repeat the stage it repeats", "stage", None, "stage")
+    if not isinstance(source, str) or source not in stages:
+        raise bad(
+            f"repeat names unknown stage {source!r}",
+            "stage",
+            (_suggest(source, stages) if isinstance(source, str) else None) or f"stages: {', '.join(stages)}",
+            "stage",
+        )
+    by = spec.get("by")
+    if not isinstance(by, str) or not _METRIC.match(by):
+        raise bad(
+            f"repeat 'by' must name a metric of {source}'s results, not {by!r}",
+            "by",
+            "for example: by: test_accuracy",
+            "by",
+        )
+    mode = spec.get("mode", "max")
+    if mode not in handoff.MODES:
+        raise bad(f"repeat 'mode' must be 'max' or 'min', not {mode!r}", "mode", None, "mode")
+    top = spec.get("top")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise bad(f"repeat 'top' must be a positive integer, not {top!r}", "top", None, "top")
+    seeds = spec.get("seeds")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 2**31 - 1 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise bad(
+            f"repeat 'seeds' must be a non-empty list of distinct non-negative integers, not {seeds!r}",
+            "seeds",
+            "for example: seeds: [1, 2]",
+            "seeds",
+        )
+    model = registry.load_params_model(stages[source].kind)
+    if model is not None and handoff.SEED_KEY not in model.model_fields:
+        raise bad(f"kind '{stages[source].kind}' of stage '{source}' takes no 'seed' param to repeat with", "stage")
+
+    needs_raw = raw.get("needs") or []
+    needs_list = [needs_raw] if isinstance(needs_raw, str) else needs_raw
+    if isinstance(needs_list, list):  # otherwise _read_stage reports the malformed 'needs'
+        needs_list = [source, *(n for n in needs_list if n != source)]
+    stage = _read_stage(r, name, {**raw, "kind": stages[source].kind, "needs": needs_list})
+    return dataclasses.replace(stage, repeat=Repeat(source, top, by, mode, tuple(seeds)))
+
+
+def _expand_repeat(r: _Reader, sweep: str, stage: StageSpec, source_jobs: list[JobSpec]) -> list[JobSpec]:
+    """top x seeds blocked jobs; each resolves at settle time to a ranked source job's params, reseeded."""
+    rep = stage.repeat
+    assert rep is not None
+    where = ("stages", stage.name, "repeat")
+    if rep.top > len(source_jobs):
+        raise r.error(
+            f"repeat 'top' is {rep.top}, but stage '{rep.stage}' has {len(source_jobs)} job(s)",
+            *where,
+            "top",
+            stage=stage.name,
+            key="repeat.top",
+        )
+    model = registry.load_params_model(stage.kind)
+    field = model.model_fields.get(handoff.SEED_KEY) if model is not None else None
+    default = field.default if field is not None else None  # the seed a job that sets none runs with
+    used = sorted({j.params.get(handoff.SEED_KEY, default) for j in source_jobs} & set(rep.seeds))
+    if used:
+        raise r.error(
+            f"repeat seed(s) {used} are already seeds of stage '{rep.stage}': a repeat would rerun the same job",
+            *where,
+            "seeds",
+            stage=stage.name,
+            key="repeat.seeds",
+            hint="choose seeds that stage does not use",
+        )
+    jobs = []
+    for rank in range(1, rep.top + 1):
+        rank_of = handoff.RankOf(rep.stage, rep.by, rep.mode, rank)
+        for seed in rep.seeds:
+            params = {handoff.RANK_KEY: rank_of.to_json(), handoff.SEED_KEY: seed}
+            jobs.append(
+                JobSpec(
+                    job_identity(sweep, stage.name, stage.kind, params),
+                    sweep,
+                    stage.name,
+                    stage.kind,
+                    params,
+                    f"{rep.stage}#{rank} seed={seed}",
+                    stage.priority,
+                    stage.max_failures,
+                    stage.max_interruptions,
+                )
+            )
+    return jobs

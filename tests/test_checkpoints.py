@@ -116,3 +116,138 @@ def test_artifacts_are_verified_by_sha256(claimed, state_dir, tmp_path):
     path.write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match="fails its sha256"):
         store.fetch(job.id, "model.bin", info)
+
+
+def _record_raw(queue, job, data: bytes, location: str | None = None) -> None:
+    """What any writer of the queue could record: bytes (or a location) with a matching sha256."""
+    import hashlib
+
+    blob = None if location else data
+    digest = hashlib.sha256(data).hexdigest()
+    queue.record_checkpoint(job.lease, sha256=digest, size=len(data), location=location, blob=blob, keep=10)
+
+
+@pytest.mark.parametrize("mode", ["files", "db"])
+def test_checkpoints_are_ordered_by_seq_not_by_the_writers_clock(claimed, state_dir, mode, monkeypatch):
+    queue, job = claimed
+    store = CheckpointStore(queue, state_dir, mode)
+    store.save(job.lease, "s", {"step": 1})
+    # The job moves to a machine whose clock is an hour behind; its checkpoint is still the newest.
+    import time
+
+    real_time, real_ns = time.time, time.time_ns
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() - 3600 * 10**9)
+    assert store.save(job.lease, "s", {"step": 2}) == 2
+    monkeypatch.undo()
+    got = store.restore("s", job.id)
+    assert (got.state["step"], got.seq) == (2, 2)
+
+
+def test_a_file_the_database_does_not_know_yet_is_newer_and_later_saves_stay_newer(claimed, state_dir):
+    """Mirrored mode: the database snapshot lags the checkpoint files on the mount."""
+    queue, job = claimed
+    store = CheckpointStore(queue, state_dir, "files")
+    store.save(job.lease, "s", {"step": 1})
+    store.save(job.lease, "s", {"step": 2})
+    with queue.db.write() as conn:  # the snapshot was taken before seq 2 was recorded
+        from sweeper.db import checkpoints
+
+        conn.execute(checkpoints.delete().where(checkpoints.c.seq == 2))
+    got = store.restore("s", job.id, scan=True)
+    assert (got.state["step"], got.source) == (2, "directory scan")
+    # The next save sorts after the file the database never knew, not before it.
+    assert store.save(job.lease, "s", {"step": 3}) == 3
+    assert store.restore("s", job.id, scan=True).state["step"] == 3
+
+
+def test_a_checkpoint_that_passes_its_sha256_but_cannot_be_decoded_falls_back(claimed, state_dir):
+    queue, job = claimed
+    warnings: list[str] = []
+    store = CheckpointStore(queue, state_dir, "db", warn=warnings.append)
+    store.save(job.lease, "s", {"step": 1})
+    _record_raw(queue, job, b"not a torch checkpoint at all")  # e.g. written by a buggy or newer writer
+    got = store.restore("s", job.id)
+    assert got.state["step"] == 1 and got.seq == 1
+    assert any("not a readable checkpoint" in w and "trying the previous one" in w for w in warnings)
+
+
+def test_a_refused_checkpoint_falls_back_to_a_good_previous_one(claimed, state_dir):
+    queue, job = claimed
+    warnings: list[str] = []
+    store = CheckpointStore(queue, state_dir, "db", warn=warnings.append)
+    store.save(job.lease, "s", {"step": 1})
+    buf = io.BytesIO()
+    torch.save({"step": 2, "payload": _Evil()}, buf, pickle_module=pickle)
+    _record_raw(queue, job, buf.getvalue())
+    assert store.restore("s", job.id).state["step"] == 1
+    assert any("refused" in w for w in warnings)
+    assert not Path("/tmp/sweeper-pwned").exists()
+
+
+# -- rows that name paths outside the state directory ------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["../../victim.ckpt", "ABSOLUTE", "checkpoints/s/otherjob000/x.ckpt"])
+def test_a_stored_location_outside_the_jobs_directory_is_never_read_or_deleted(claimed, state_dir, where):
+    queue, job = claimed
+    victim = state_dir.parent / "victim.ckpt"
+    from sweeper.checkpoints import encode
+
+    data = encode({"step": 99})
+    victim.write_bytes(data)
+    location = str(victim) if where == "ABSOLUTE" else where
+    if where.startswith("checkpoints/"):  # another job's file inside the state directory
+        victim = state_dir / where
+        victim.parent.mkdir(parents=True)
+        victim.write_bytes(data)
+    _record_raw(queue, job, data, location=location)
+    warnings: list[str] = []
+    store = CheckpointStore(queue, state_dir, "files", keep=1, warn=warnings.append)
+    assert store.restore("s", job.id) is None  # the crafted row is skipped, not loaded
+    store.save(job.lease, "s", {"step": 1})  # prunes the crafted row: its file must survive
+    assert victim.read_bytes() == data
+    assert any("not a file of that job" in w or "absolute" in w for w in warnings), warnings
+
+
+def test_a_symlink_under_the_state_directory_that_leads_out_is_refused(claimed, state_dir, tmp_path):
+    from sweeper.errors import UnsafePath
+
+    queue, job = claimed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (state_dir / "checkpoints" / "s").mkdir(parents=True)
+    (state_dir / "checkpoints" / "s" / job.id).symlink_to(outside)
+    with pytest.raises(UnsafePath, match="outside the state directory"):
+        CheckpointStore(queue, state_dir, "files").save(job.lease, "s", {"step": 1})
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../escape.bin", "/etc/escape.bin", "..", ".hidden", "a\x00b", ""])
+def test_an_artifact_name_that_is_not_a_plain_file_name_is_refused(claimed, state_dir, tmp_path, name):
+    from sweeper.errors import UnsafePath
+
+    queue, job = claimed
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights")
+    for mode in ("files", "db"):
+        with pytest.raises(UnsafePath):
+            ArtifactStore(queue, state_dir, mode).put(job.lease, "s", src, name)
+    assert not (state_dir.parent / "escape.bin").exists() and queue.list_artifacts([job.id]) == []
+
+
+def test_an_artifact_row_pointing_outside_is_not_fetched(claimed, state_dir, tmp_path):
+    from sweeper.errors import UnsafePath
+
+    queue, job = claimed
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not yours")
+    import hashlib
+
+    digest = hashlib.sha256(b"not yours").hexdigest()
+    queue.record_artifact(job.lease, name="model.bin", sha256=digest, size=9, location=str(secret), blob=None)
+    with pytest.raises(UnsafePath, match="absolute"):
+        ArtifactStore(queue, state_dir, "files").fetch(job.id, "model.bin")
+    queue.record_artifact(job.lease, name="m2", sha256="../../x", size=9, location=None, blob=b"not yours")
+    with pytest.raises(UnsafePath, match="malformed sha256"):
+        ArtifactStore(queue, state_dir, "db").fetch(job.id, "m2")

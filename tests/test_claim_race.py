@@ -1,4 +1,5 @@
-"""Eight worker processes race for 500 jobs: every job runs exactly once, nobody sees a lock error."""
+"""Eight worker processes race for 500 jobs: every job runs exactly once, nobody sees a lock error,
+and the stage that needs all 500 starts when the last of them completes (no settle lost to a race)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def test_eight_workers_run_each_of_500_jobs_exactly_once(tmp_path: Path, db_url:
         "sweep: race\nstages:\n  a:\n    kind: noop\n"
         f"    params: {{checkpoint: false, counter_dir: '{counter}'}}\n"
         f"    grid: {{value: {list(range(JOBS))}}}\n"
+        f"  b:\n    kind: noop\n    needs: [a]\n    params: {{checkpoint: false, counter_dir: '{counter}'}}\n"
     )
     args = ["--state", str(tmp_path / "state"), "--db", db_url]
     assert run_cli("enqueue", str(grid), *args).returncode == 0
@@ -38,12 +40,12 @@ def test_eight_workers_run_each_of_500_jobs_exactly_once(tmp_path: Path, db_url:
     assert "database is locked" not in output.lower() and "Traceback" not in output
 
     counts = [len(p.read_text().splitlines()) for p in counter.iterdir()]
-    assert len(counts) == JOBS and set(counts) == {1}
+    assert len(counts) == JOBS + 1 and set(counts) == {1}
     engine = sa.create_engine(db_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("select status, count(*) from jobs group by status")).all() == [("done", JOBS)]
+        assert conn.execute(sa.text("select status, count(*) from jobs group by status")).all() == [("done", JOBS + 1)]
         claims = conn.execute(sa.text("select count(*) from events where type = 'claimed'")).scalar_one()
         busy = conn.execute(sa.text("select count(distinct worker) from events where type = 'claimed'")).scalar_one()
     engine.dispose()
-    assert claims == JOBS
+    assert claims == JOBS + 1
     assert busy > 1  # the workers really raced

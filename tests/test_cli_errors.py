@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import run_cli, run_grid
 
 GRID = "sweep: s\nstages:\n  a: {kind: noop, grid: {value: [1, 2]}}\n"
 
@@ -114,3 +114,87 @@ def test_an_unreachable_database_gives_up_after_the_limit_with_a_clear_message(t
 )
 def test_bad_options_are_usage_errors_with_exit_code_2(state: Path, args: tuple[str, ...], needle: str) -> None:
     check(run_cli(*args, "--state", str(state)) if args[0] != "frobnicate" else run_cli(*args), 2, needle)
+
+
+def test_version_prints_the_version() -> None:
+    from sweeper import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"sweeper {__version__}", proc.stdout + proc.stderr
+
+
+# Training jobs report test_accuracy and train_accuracy; one benchmark job reports a threshold,
+# min_test_accuracy, which is also "like" accuracy but is not what a user means by it.
+METRICS_GRID = """\
+sweep: m
+stages:
+  train:
+    kind: tests.kinds:metrics
+    configs:
+      - {metrics: {test_accuracy: 0.81, train_accuracy: 0.9, time_to_target_s: 12.0}}
+      - {metrics: {test_accuracy: 0.85, train_accuracy: 0.95, time_to_target_s: 9.0}}
+      - {metrics: {test_accuracy: 0.83, train_accuracy: 0.91, time_to_target_s: 11.0}}
+  bench:
+    kind: tests.kinds:metrics
+    params: {metrics: {min_test_accuracy: 0.8, images_per_s: 3000.0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return run_grid(tmp_path_factory.mktemp("metrics"), METRICS_GRID)
+
+
+def test_an_unknown_by_metric_lists_the_metrics_that_exist_likeliest_first(finished: str) -> None:
+    proc = run_cli("status", "--by", "accuracy", "--db", finished)
+    check(proc, 2, "--by accuracy: no finished job reports a metric 'accuracy'", "did you mean --by test_accuracy?")
+    listing = " ".join(proc.stderr.split()).split("(how many):")[1]
+    assert listing.index("test_accuracy (3)") < listing.index("train_accuracy (3)") < listing.index("min_test_accuracy")
+    check(run_cli("status", "--by", "no_such_metric", "--db", finished), 2, "no finished job reports", "test_accuracy")
+    check(run_cli("status", "--by", "test_accuracy", "--db", finished), 0, "0.85")
+    check(run_cli("status", "--db", finished), 0, "0.85")
+
+
+def test_an_unknown_report_metric_is_an_error_not_a_report_without_its_tables(finished: str, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    args = ("--out", str(out), "--no-plots", "--no-plugins", "--db", finished)
+    check(
+        run_cli("report", "--metric", "accuracy", *args), 2, "--metric accuracy", "did you mean --metric test_accuracy?"
+    )
+    check(run_cli("report", "--second", "time_to_target", *args), 2, "did you mean --second time_to_target_s?")
+    assert not out.exists()
+    check(run_cli("report", "--metric", "train_accuracy", *args), 0, "wrote")
+
+
+def test_a_metric_is_not_judged_before_any_job_finished(state: Path) -> None:
+    check(run_cli("status", "--by", "anything_at_all", "--state", str(state)), 0, "anything_at_all")
+
+
+@pytest.mark.parametrize("command", ["cancel", "retry"])
+def test_cancel_or_retry_of_an_unknown_stage_or_sweep_is_a_usage_error(state: Path, command: str) -> None:
+    db = state / "queue.db"
+    before = db.read_bytes()
+    check(
+        run_cli(command, "--stage", "aa", "--state", str(state)),
+        2,
+        "no stage named 'aa' in the queue",
+        "did you mean 'a'?",
+    )
+    check(run_cli(command, "--stage", "a", "--sweep", "nosuch", "--state", str(state)), 2, "no sweep named 'nosuch'")
+    assert db.read_bytes() == before  # nothing changed
+
+
+def test_retrying_or_cancelling_a_done_job_says_why_nothing_happened(finished: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(finished)
+    with engine.connect() as conn:
+        job = conn.execute(sa.text("select id from jobs where stage = 'bench'")).scalar_one()
+    engine.dispose()
+    check(run_cli("retry", job, "--db", finished), 0, "retrying 0 job(s)", f"job {job} is done", "retry takes failed")
+    check(run_cli("cancel", job, "--db", finished), 0, "cancelled 0 job(s)", f"job {job} is done")
+    check(
+        run_cli("retry", "--stage", "train", "--db", finished),
+        0,
+        "no failed or cancelled job in stage 'train' (3 done)",
+    )

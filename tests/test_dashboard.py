@@ -287,3 +287,11 @@ def test_watch_keeps_going_when_a_read_fails(zoo):
     assert calls["n"] == 4
     assert "cannot read the queue: server closed the connection unexpectedly; retrying" in text
     assert "sweep zoo" in text
+
+
+def test_metrics_are_suggested_most_similar_first_then_most_common():
+    from sweeper.ranking import rank_metrics
+
+    counts = {"min_test_accuracy": 2, "test_accuracy": 130, "train_accuracy": 130, "images_per_s": 2, "value": 5}
+    assert rank_metrics("accuracy", counts)[:3] == ["test_accuracy", "train_accuracy", "min_test_accuracy"]
+    assert rank_metrics("zzz", counts)[:3] == ["test_accuracy", "train_accuracy", "value"]  # nothing alike: commonest

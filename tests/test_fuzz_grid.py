@@ -55,6 +55,14 @@ BASE_DOCS: list[dict[str, Any]] = [
         },
     },
     {"sweep": "tiny", "stages": {"only": {"kind": "tests.kinds:echo", "grid": {"x": [1, "two", None, True]}}}},
+    {  # defaults shared by kinds that take different params: each key reaches only its kinds
+        "sweep": "fuzz-defaults",
+        "defaults": {"max_epochs": 1, "lr": 0.05, "steps": 3, "seed": 1, "conv1": {"channels": 8}},
+        "stages": {
+            "t": {"kind": "train", "params": {"dataset": "synthetic"}, "grid": {"dense": [16, 32]}},
+            "n": {"kind": "noop", "needs": ["t"], "grid": {"value": [1, 2]}},
+        },
+    },
 ]
 BASE_TEXTS = [yaml.safe_dump(d, sort_keys=False) for d in BASE_DOCS]
 
@@ -73,6 +81,9 @@ values = st.recursive(
     max_leaves=10,
 )
 STAGE_KEYS = ["kind", "params", "grid", "configs", "needs", "require_all", "inherit", "priority", "max_failures"]
+# Real param names of the kinds above, and near misses of them: what a typo in `defaults:` looks like.
+PARAM_NAMES = ["max_epochs", "lr", "steps", "seed", "momentum", "dense", "conv1", "value", "batch_size", "fail_times"]
+NEAR_MISSES = ["max_epoch", "learning_rate", "stpes", "sed", "momentun", "dens", "conv_1", "values", "batchsize"]
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -99,7 +110,14 @@ def mutated_docs(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(1, 4))):
         paths = _paths(doc)
         path = draw(st.sampled_from(paths))
-        op = draw(st.sampled_from(["delete", "replace", "add", "rename", "wrap", "empty", "stage_key"]))
+        op = draw(st.sampled_from(["delete", "replace", "add", "rename", "wrap", "empty", "stage_key", "default"]))
+        if op == "default" and isinstance(doc, dict):  # a real param, a typo of one, or any key
+            defaults = doc.get("defaults")
+            if not isinstance(defaults, dict):
+                defaults = doc["defaults"] = {}
+            key = draw(st.sampled_from(PARAM_NAMES + NEAR_MISSES) | st.text(max_size=8))
+            defaults[key] = draw(st.sampled_from([1, 0.1, 3]) | values)
+            continue
         if not path:
             if op == "replace":
                 doc = draw(values)
@@ -251,6 +269,10 @@ def test_enqueue_adds_exactly_the_grids_jobs_or_fails_with_one_clear_error_and_c
         spec = parse_spec(text, str(grid))  # what the grid describes
         assert {j.id for j in spec.jobs} <= job_ids(state, spec.name), out
         assert spec.name in out
+        # No default is dropped without a word: each one reaches at least one job.
+        defaults = (yaml.safe_load(text) or {}).get("defaults") or {}
+        for key in defaults:
+            assert any(key in j.params for j in spec.jobs), (key, text)
     else:
         assert code == 2, (code, out, err)
         errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -294,3 +316,20 @@ def test_a_yaml_alias_bomb_is_refused_quickly(state: Path, tmp_path: Path) -> No
         parse_spec(grid.read_text(), str(grid))
     code, _, err = cli("enqueue", str(grid), "--state", str(state))
     assert code == 2 and "alias" in err
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(typo=st.sampled_from(NEAR_MISSES), extra=st.dictionaries(st.sampled_from(PARAM_NAMES), st.integers(1, 3)))
+def test_a_misspelled_default_exits_2_naming_it_and_changes_nothing(
+    typo: str, extra: dict[str, int], state: Path, tmp_path: Path
+) -> None:
+    doc = copy.deepcopy(BASE_DOCS[3])
+    doc["defaults"] = {**extra, typo: 1}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = dump(state)
+    code, out, err = cli("enqueue", str(grid), "--state", str(state))
+    assert code == 2, (code, out, err)
+    assert f"key '{typo}': unknown param '{typo}' in defaults" in err and "checked kinds noop, train" in err, err
+    assert "Traceback" not in out + err
+    assert dump(state) == before

@@ -42,7 +42,7 @@ def with_biases(model):
 @pytest.mark.parametrize(
     "arch", ARCHS, ids=lambda a: a.describe() + (" pad" if a.padding else "") + (" pool" if a.pool else "")
 )
-@pytest.mark.parametrize("strategy", ["im2col", "shifted", "auto"])
+@pytest.mark.parametrize("strategy", ["im2col", "rows", "shifted", "auto"])
 def test_matmul_outputs_are_allclose_to_nn_outputs(arch, strategy):
     model = with_biases(build(arch, "kaiming_uniform", 1))
     x = torch.randn(70, 1, 28, 28)
@@ -53,7 +53,7 @@ def test_matmul_outputs_are_allclose_to_nn_outputs(arch, strategy):
     torch.testing.assert_close(mm(x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["im2col", "shifted"])
+@pytest.mark.parametrize("strategy", ["im2col", "rows", "shifted"])
 def test_matmul_runs_no_convolution_or_linear_op(strategy):
     model = with_biases(build(Arch(Conv(4, 3), Conv(4, 3), 16, padding=1, pool=True), "xavier_uniform", 0))
     mm = MatmulCNN(model, strategy)
@@ -78,3 +78,17 @@ def test_matmul_of_a_pruned_model_matches_on_the_whole_fashion_mnist_test_set(fm
     got = torch.cat([mm(xb) for xb in data.test.x.split(1000)])
     assert got.shape == (10_000, 10)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["im2col", "rows"])
+def test_blocking_over_images_does_not_change_the_outputs(strategy):
+    # one image per block, a few per block (70 = 23 blocks of 3 + a block of 1), and the whole batch at once
+    model = with_biases(build(Arch(Conv(6, 5), Conv(8, 5), 20, padding=1, pool=True), "kaiming_uniform", 2))
+    x = torch.randn(70, 1, 28, 28)
+    with torch.inference_mode():
+        want = model(x)
+    # conv2: 6 channels, 13x13 padded to 15x15, 11x11 out; its patch bytes per image
+    per_image = {"im2col": 6 * 25 * 11 * 11 * 4, "rows": 6 * 5 * 11 * 15 * 4}[strategy]
+    for block_bytes in (1, 3 * per_image, 1 << 40):
+        mm = MatmulCNN(model, strategy, block_bytes=block_bytes)
+        torch.testing.assert_close(mm(x), want, rtol=1e-4, atol=1e-4)

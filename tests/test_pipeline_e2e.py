@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import torch
 from mlflow.tracking import MlflowClient
 
+from jobs.benchmark_result import BenchmarkResult
 from tests.conftest import run_cli
 
 GRID = """
@@ -45,8 +46,12 @@ stages:
       max_step_drop: 0.02
   benchmark:
     kind: benchmark
-    needs: [prune_conv1]
-    params: {models: {all_of: [prune_conv1]}, min_test_accuracy: 0.75, timing_rounds: 2}
+    needs: [model_search, prune_conv1]
+    params:
+      models: {all_of: [prune_conv1]}
+      original: {best_of: model_search, metric: test_accuracy, mode: max}  # stands in for step 1's network
+      min_test_accuracy: 0.75
+      timing_rounds: 2
 """
 ORDER = ("model_search", "train_search", "prune_conv1", "benchmark")
 
@@ -87,7 +92,7 @@ def test_sweep_runs_to_the_benchmark_by_sweeper_work_alone(tmp_path):
         "benchmark": "blocked",
     }
 
-    done = run_cli("work", "--threads-per-worker", "1", cwd=tmp_path)
+    done = run_cli("work", "--threads-per-worker", "1", cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = rows(tmp_path)
     by_stage = {s: [j for j in jobs if j["stage"] == s] for s in ORDER}
@@ -132,6 +137,18 @@ def test_sweep_runs_to_the_benchmark_by_sweeper_work_alone(tmp_path):
     assert bench["timing"]["model"] == expected
     assert bench["timing"]["matmul_median_s"] > 0 and bench["timing"]["nn_median_s"] > 0
     assert bench["timing"]["threads"] == 1 and bench["timing"]["batch_size"] == 32
+    # the original network: measured on the same test set, timed with nn modules in the same rounds
+    assert BenchmarkResult.read(bench).timing.original_nn_median_s == bench["timing"]["original_nn_median_s"]
+    assert bench["original"]["job"] == winner["id"]
+    assert bench["original"]["test_accuracy"] == winner["result"]["test_accuracy"]
+    assert bench["timing"]["original_model"] == "model_search"
+    assert bench["timing"]["original_nn_median_s"] > 0
+    assert (
+        bench["timing"]["matmul_over_original_nn"]
+        == bench["timing"]["matmul_median_s"] / (bench["timing"]["original_nn_median_s"])
+    )
+    detail = bench["timing_detail"][expected]["cpu"]
+    assert detail["original_nn"]["times_s"] and detail["nn"]["times_s"], "timed in the same rounds"
     if not torch.cuda.is_available():
         assert bench["timing"]["cuda"] == "skipped: CUDA is not available on this worker"
     else:

@@ -54,7 +54,8 @@ stages:
     needs: [prune_a]
     params: {{min_test_accuracy: 0.5}}
 """
-WORK = ("--no-tracking", "--threads-per-worker", "1", "--lease-ttl", "2", "--retry-backoff", "0")
+# one worker: with a 2 s lease on a loaded machine, a second worker here could take a live job over
+WORK = ("--workers", "1", "--no-tracking", "--threads-per-worker", "1", "--lease-ttl", "2", "--retry-backoff", "0")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def sweep(tmp_path_factory) -> Path:
     assert run_cli("enqueue", "grid.yaml", cwd=root).returncode == 0
     args = ("work", *WORK, "--stage", "train", "--stage", "prune_a", "--stage", "prune_mag")
     args += ("--stage", "prune_c", "--stage", "prune_nomodel", "--stage", "bench_nomodels")
-    done = run_cli(*args, cwd=root)
+    done = run_cli(*args, cwd=root, timeout=900)  # every structured step fine-tunes twice (the control)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -121,12 +122,17 @@ def test_each_step_is_a_triplet_and_the_result_is_the_last_accepted_model(sweep)
     assert r["input_test_accuracy"] == pytest.approx(train["result"]["test_accuracy"])
     steps = r["triplets"]
     assert steps, "at least one step runs"
-    before = r["input_test_accuracy"]
+    before = control = r["input_test_accuracy"]
+    assert r["control"] is True, "structured pruning with fine-tuning measures drops against a control"
     for i, t in enumerate(steps, start=1):
         assert t["step"] == i
         assert t["before"] == before, "each step starts from the last accepted model's accuracy"
-        assert t["drop"] == pytest.approx(t["before"] - t["after_finetune"])
+        assert t["raw_drop"] == pytest.approx(t["before"] - t["after_finetune"])
+        # the drop is pruning's: the raw drop plus what the same epochs gave the unpruned control
+        assert t["drop"] == pytest.approx(t["raw_drop"] + t["control"] - control)
+        assert t["total_drop"] == pytest.approx(t["control"] - t["after_finetune"]), "the input is unpruned"
         assert t["accepted"] == (t["drop"] <= 1e-9), "max_step_drop 0 (up to float rounding)"
+        control = t["control"]
         assert f"conv 3x3x{5 - i}," in t["architecture"]
         if not t["accepted"]:
             assert i == len(steps), "pruning stops at the first rejected step"
@@ -153,6 +159,7 @@ def test_pruning_stops_at_the_first_step_whose_drop_exceeds_max_step_drop(sweep)
     assert steps[-1]["accepted"] is False and steps[-1]["drop"] > 0.0
     assert all(t["accepted"] for t in steps[:-1])
     assert all(t["after_finetune"] == t["after_prune"] for t in steps), "finetune_epochs: 0 measures once"
+    assert r["control"] is False and all(t["drop"] == t["raw_drop"] for t in steps), "no fine-tuning: no control"
     assert r["result_step"] == len(steps) - 1
     assert "max_step_drop" in r["stop_reason"]
     kept = load_model(artifact(sweep, job, "model.pt"))
@@ -209,7 +216,7 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
         stop_process(worker)
     assert jobs(sweep)["prune_b"]["status"] == "running", "killed -9: nobody released the job"
     # --wait: the killed worker's lease may not have expired yet when this one starts
-    resumed = run_cli("work", *WORK, "--stage", "prune_b", "--wait", "--poll", "0.2", cwd=sweep)
+    resumed = run_cli("work", *WORK, "--stage", "prune_b", "--wait", "--poll", "0.2", cwd=sweep, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     all_jobs = jobs(sweep)
     a, b = all_jobs["prune_a"]["result"], all_jobs["prune_b"]

@@ -25,7 +25,7 @@ from tests.chaos.kinds import crafted_pickle
 
 from .conftest import run_cli, start_worker, stop_process, wait_for
 
-WORK = ("--threads-per-worker", "1", "--retry-backoff", "0")
+WORK = ("--workers", "1", "--threads-per-worker", "1", "--retry-backoff", "0")  # one worker: short leases below
 
 
 def _jobs(db: Path) -> dict[str, dict]:
@@ -177,13 +177,18 @@ def test_database_passwords_never_appear_in_output_logs_status_json_mlflow_or_th
                 assert password not in repr(rows), table
     finally:
         engine.dispose()
-    mlflow = sqlite3.connect(state / "mlflow.db")
+    # the runs went to the MLflow database next to the queue (<db>_mlflow), not to state/mlflow.db
+    assert not (state / "mlruns").exists()
+    mlflow_url = sa.make_url(url).set(database=f"{sa.make_url(url).database}_mlflow")
+    engine = sa.create_engine(mlflow_url, poolclass=sa.pool.NullPool)
     try:
-        tags = mlflow.execute("select key, value from tags").fetchall()
-        params = mlflow.execute("select key, value from params").fetchall()
+        with engine.connect() as conn:
+            tags = conn.execute(sa.text("select key, value from tags")).all()
+            params = conn.execute(sa.text("select key, value from params")).all()
+            exp_tags = conn.execute(sa.text("select key, value from experiment_tags")).all()
     finally:
-        mlflow.close()
-    assert tags and password not in repr(tags) + repr(params)
+        engine.dispose()
+    assert tags and password not in repr(tags) + repr(params) + repr(exp_tags)
 
 
 def test_files_the_tool_creates_under_the_state_directory_are_not_world_writable(
@@ -254,3 +259,96 @@ def test_yaml_tags_that_would_construct_python_objects_are_refused(tag: str, tmp
     assert "tag not allowed" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
     assert (state / "queue.db").read_bytes() == before
+
+
+# A password with '@' in it, and one given as ?password= (both were shown in clear before).
+LEAKS = {
+    "at": ("postgresql://alice:pa@ss@w0rd-xq@db.example:5432/lab", "pa@ss@w0rd-xq"),
+    "query": ("postgresql://alice@db.example/lab?sslmode=require&password=qs-secret-77", "qs-secret-77"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEAKS))
+def test_a_password_in_a_job_error_is_masked_in_the_queue_show_status_csv_and_report(tmp_path: Path, case: str) -> None:
+    url, password = LEAKS[case]
+    state = tmp_path / "state"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("sweep: leak\nstages:\n  a: {kind: 'tests.kinds:leak', max_failures: 1}\n")
+    assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
+    worker = run_cli("work", "--state", str(state), "--no-tracking", *WORK, LEAK_URL=url)
+    assert worker.returncode == 0, worker.stderr
+    job = _jobs(state / "queue.db")["a"]
+    assert job["status"] == "failed" and "could not connect" in job["error"] and "***" in job["error"]
+
+    def shown() -> str:
+        args = ("--state", str(state))
+        procs = [
+            run_cli("show", job["id"], *args),
+            run_cli("show", job["id"], "--json", *args),
+            run_cli("status", *args),
+            run_cli("status", "--json", *args),
+            run_cli("export", "--csv", "-", *args),
+            run_cli("report", "--out", str(tmp_path / "report"), "--no-plots", "--no-plugins", *args),
+        ]
+        assert all(p.returncode == 0 for p in procs), [p.stderr for p in procs]
+        return "\n".join(p.stdout + p.stderr for p in procs) + (tmp_path / "report" / "report.md").read_text()
+
+    # stored masked: nothing in the queue, the worker's output or any display holds the password
+    everything = worker.stdout + worker.stderr + shown()
+    assert "could not connect" in everything and password not in everything
+    conn = sqlite3.connect(state / "queue.db")
+    try:
+        assert password not in repr(conn.execute("select * from jobs").fetchall())
+        assert password not in repr(conn.execute("select * from events").fetchall())
+        # a row written by an older version, unmasked: every display masks it too
+        conn.execute("update jobs set error = ?", (f"Traceback (most recent call last):\nRuntimeError: {url}",))
+        conn.commit()
+    finally:
+        conn.close()
+    everything = shown()
+    assert "RuntimeError: postgresql://alice" in everything and password not in everything
+
+
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("postgresql+psycopg://u:secret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+        ("postgresql://u:p@ss@w@rd@host/db?x=1", "postgresql://u:***@host/db?x=1"),  # '@' in the password
+        ("connect('postgresql://u:s3cr@t@h/db') failed", "connect('postgresql://u:***@h/db') failed"),
+        ("postgresql://u@h/db?password=secret&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db?sslmode=require&PASSWORD=se%40c", "postgresql://u@h/db?sslmode=require&PASSWORD=***"),
+        ("host=db password=secret user=x", "host=db password=*** user=x"),  # libpq key=value
+        ("password='a b c' host=x", "password=*** host=x"),
+        ("sqlite:////tmp/state/queue.db", "sqlite:////tmp/state/queue.db"),
+        ("https://h:8080/x and the passwords table", "https://h:8080/x and the passwords table"),
+    ],
+)
+def test_mask_password_hides_every_form_of_password(text: str, masked: str) -> None:
+    from sweeper.config import mask_password
+
+    assert mask_password(text) == masked
+
+
+def test_a_queue_row_naming_a_path_outside_the_state_directory_cannot_make_a_worker_write_there(
+    tmp_path: Path,
+) -> None:
+    """Anyone who can write the shared queue can rename a sweep; the worker must not follow it out."""
+    state = tmp_path / "state"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("sweep: s\nstages:\n  a: {kind: noop, params: {steps: 3}}\n")
+    assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
+    escape = "../../escaped"
+    conn = sqlite3.connect(state / "queue.db")
+    try:
+        for table, column in (("sweeps", "name"), ("stages", "sweep"), ("jobs", "sweep")):
+            conn.execute(f"update {table} set {column} = ?", (escape,))
+        conn.commit()
+    finally:
+        conn.close()
+    before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(state)}
+    proc = run_cli("work", "--state", str(state), "--no-tracking", *WORK)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    job = _jobs(state / "queue.db")["a"]
+    assert job["status"] == "failed" and job["failures"] == 1  # not retried: it cannot get better
+    assert "sweep name '../../escaped' holds a path separator" in job["error"]
+    assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(state)} == before

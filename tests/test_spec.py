@@ -68,18 +68,47 @@ def test_defaults_reach_only_kinds_that_take_them():
     s = spec(
         """
         sweep: s
-        defaults: {steps: 2, not_a_noop_param: 1}
+        defaults: {steps: 2, max_epochs: 1}
         stages:
           a: {kind: noop}
+          t: {kind: train}
         """
     )
-    assert s.jobs[0].params == {"steps": 2}
+    params = {j.stage: j.params for j in s.jobs}
+    assert params["a"] == {"steps": 2}
+    assert params["t"] == {"max_epochs": 1}
+
+
+def test_a_default_that_no_kind_takes_is_an_error_naming_the_kinds_checked():
+    with pytest.raises(SpecError) as info:
+        spec(
+            """
+            sweep: s
+            defaults: {steps: 2, zqxv: 1}
+            stages:
+              a: {kind: noop}
+              t: {kind: train}
+            """
+        )
+    err = info.value
+    assert (err.line, err.key, err.stage) == (3, "zqxv", None)
+    assert "no stage's kind takes it (checked kinds noop, train)" in str(err)
+
+
+def test_defaults_go_to_every_stage_when_a_kind_has_no_param_model():
+    s = spec("sweep: s\ndefaults: {anything: 1}\nstages:\n  a: {kind: tests.kinds:echo}\n  b: {kind: noop}\n")
+    assert {j.stage: j.params for j in s.jobs} == {"a": {"anything": 1}, "b": {}}
 
 
 BAD_GRIDS = {
     "not YAML": ("sweep: s\nstages: [a, b\n", "not valid YAML"),
     "not a mapping": ("- just\n- a list\n", "expected a mapping"),
     "unknown top key": ("sweep: s\nstagse: {}\n", "unknown top-level key 'stagse'"),
+    "misspelled default": (  # used to be dropped: the jobs then trained 15 epochs at lr 0.001
+        "sweep: s\ndefaults: {max_epoch: 1, lr: 0.1}\nstages:\n  t: {kind: train}\n",
+        "unknown param 'max_epoch' in defaults: no stage's kind takes it (checked kind train)\n"
+        "  hint: did you mean 'max_epochs'?",
+    ),
     "unknown stage key": (
         "sweep: s\nstages:\n  a:\n    kind: noop\n    gird: {steps: [1]}\n",
         "did you mean 'grid'",
@@ -145,7 +174,7 @@ def test_errors_name_file_line_stage_and_key():
     assert "did you mean 'steps'" in str(err)
 
 
-@pytest.mark.parametrize("case", ["cycle", "unknown param", "python tag", "duplicate stage"])
+@pytest.mark.parametrize("case", ["cycle", "unknown param", "python tag", "duplicate stage", "misspelled default"])
 def test_bad_grid_via_cli_exits_2_and_leaves_the_queue_untouched(tmp_path: Path, case: str):
     state = tmp_path / "state"
     good = tmp_path / "good.yaml"

@@ -6,6 +6,10 @@ a job that fails once then succeeds, a poison job, and a dependent stage. When t
 before the run has seen enough faults (or, in a soak, before its time is up), the grid file is
 extended and enqueued again, as a user adds configurations while workers run.
 
+Each enqueue also settles every stage, so new waves would free a dependent stage left blocked by
+a lost settle (issue 10). With `waves=False` the grid is enqueued once and never again: the
+dependent stages must unblock by themselves, or the `--wait` workers never exit and the run fails.
+
 Used by tests/chaos/test_chaos.py (CI) and benchmarks/chaos (soak).
 """
 
@@ -71,6 +75,8 @@ class ChaosConfig:
     train_lrs: tuple[float, ...] = (0.01, 0.05)
     train_seeds: int = 1
     wave_train_seeds: int = 0  # train seeds added per extra wave
+    waves: bool = True  # False: never enqueue again (nothing re-runs the settle behind the workers)
+    dependents: int = 2  # jobs of the `after` stage, which needs all of `noop`
     weights: dict[str, float] | None = None
     cache_dir: Path | None = None  # where the empty MLflow store template is kept between runs
     log: Callable[[str], None] = field(default=lambda line: None, repr=False)
@@ -158,7 +164,7 @@ def grid_text(cfg: ChaosConfig, wave: int, counter: Path) -> str:
             kind: noop
             needs: [noop]
             params: {{steps: 2, step_s: 0.1, counter_dir: "{counter}"}}
-            grid: {{value: [0, 1]}}
+            grid: {{value: {list(range(cfg.dependents))}}}
         """
     )
 
@@ -351,7 +357,10 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
         out = open(log_path, "ab")  # noqa: SIM115  (owned by the process)
         args = ["--state", str(state), "--db", cfg.db_url, "--lease-ttl", str(cfg.lease_ttl_s)]
         args += ["--retry-backoff", "0.5", "--db-outage-limit", "90", "--wait", "--poll", "0.2"]
-        args += ["--threads-per-worker", "1"]
+        args += ["--workers", "1", "--threads-per-worker", "1"]  # the monkey signals this pid: one worker
+        # The MLflow store stays the SQLite file the invariants read (on PostgreSQL the default would
+        # be the <db>_mlflow database next to the queue; tests/test_several_machines.py covers that).
+        args += ["--mlflow-uri", f"sqlite:///{state / 'mlflow.db'}"]
         return subprocess.Popen(
             [sys.executable, "-m", "sweeper.cli", "work", *args],
             env=cli_env(),
@@ -384,7 +393,7 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
                 active = inspector.active()
                 last_check = now
                 want_more = monkey.total() < cfg.min_faults or (cfg.soak_s is not None and now - t0 < cfg.soak_s)
-                if want_more and active <= cfg.workers * 2:
+                if cfg.waves and want_more and active <= cfg.workers * 2:
                     wave += 1
                     enqueue(wave)
                     active = inspector.active()

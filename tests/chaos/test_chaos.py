@@ -54,3 +54,39 @@ def test_sweep_survives_chaos_with_every_job_done_exactly_once(
     assert report.total_faults >= 20, detail
     assert report.faults.get("sigkill") and report.faults.get("sigstop") and report.faults.get("sigterm"), detail
     assert not report.violations, detail
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_dependent_stage_unblocks_by_itself_when_nothing_is_enqueued_again(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, clean_runs: CleanRuns, chaos_cache: Path
+) -> None:
+    """One enqueue, then chaos: no new wave re-runs the settle, so a settle lost to a race (issue 10,
+    write skew on PostgreSQL) would leave `after` blocked and the `--wait` workers polling forever."""
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'run' / 'state' / 'queue.db'}"
+    seed = int(os.environ.get("SWEEPER_CHAOS_SEED", SEEDS[backend] + 100))
+    lines: list[str] = []
+    cfg = ChaosConfig(
+        backend=backend,
+        db_url=url,
+        workdir=tmp_path / "run",
+        seed=seed,
+        cache_dir=chaos_cache,
+        log=lines.append,
+        waves=False,
+        noop_jobs=20,
+        dependents=4,
+        max_faults=16,
+        max_s=480.0,  # one wave of 20 jobs, on a loaded 2-core machine
+    )
+    with pg.restored(url) if backend == "postgres" else contextlib.nullcontext():
+        report = run_chaos(cfg, clean_runs)
+    SUMMARIES.append("(one enqueue, no waves) " + report.summary())
+    (tmp_path / "chaos-report.json").write_text(json.dumps(report.to_json(), indent=2))
+    (tmp_path / "monkey.log").write_text("\n".join(lines))
+    detail = f"{report.summary()}\n(monkey log and worker logs under {tmp_path})"
+    assert report.waves == 1, detail
+    assert report.total_faults >= 8, detail
+    assert not report.violations, detail

@@ -1,0 +1,117 @@
+"""Pruning by the rule, on real Fashion-MNIST (a subset), run by a real `sweeper work`.
+
+A layer stops at the first step whose drop exceeds 1% (not at a step cap), or, with
+max_total_drop, at the first step whose cumulative drop from the unpruned model exceeds it. Drops
+are measured against an unpruned control fine-tuned with the same epochs, so they measure
+pruning rather than the extra training; a chained prune job carries the cumulative drop on.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jobs.model import load_model
+from tests.conftest import FMNIST_DIR, run_cli
+
+GRID = """
+sweep: prune-rule
+defaults: {{data_dir: "{data}", train_subset: 2000, test_subset: 1000, seed: 0, lr: 0.01, momentum: 0.9,
+           batch_size: 32}}
+stages:
+  train:
+    kind: train
+    params: {{conv1: {{channels: 4, kernel: 3}}, conv2: {{channels: 4, kernel: 3}}, dense: 12, max_epochs: 2,
+             target_train_acc: null, eval_train: false, log_every: 20}}
+  by_step:
+    kind: prune
+    needs: [train]
+    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1}}
+  by_total:
+    kind: prune
+    needs: [train]
+    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, max_step_drop: 1.0, max_total_drop: 0.02}}
+  chained:
+    kind: prune
+    needs: [by_total]
+    params: {{model: {{result_of: by_total}}, layer: conv2, finetune_epochs: 1, max_step_drop: 1.0,
+             max_total_drop: 0.02}}
+"""
+WORK = ("--no-tracking", "--threads-per-worker", "1", "--retry-backoff", "0")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"real Fashion-MNIST not found in {FMNIST_DIR}: apt-get install dataset-fashion-mnist")
+    root = tmp_path_factory.mktemp("prune-rule")
+    (root / "grid.yaml").write_text(textwrap.dedent(GRID.format(data=FMNIST_DIR)))
+    assert run_cli("enqueue", "grid.yaml", cwd=root).returncode == 0
+    done = run_cli("work", *WORK, cwd=root, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root
+
+
+def results(root: Path) -> dict[str, dict]:
+    engine = sa.create_engine(f"sqlite:///{root / 'state' / 'queue.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select id, stage, status, result, error from jobs")).mappings().all()
+    engine.dispose()
+    out = {}
+    for r in rows:
+        assert r["status"] == "done", (r["stage"], r["error"])
+        out[r["stage"]] = {"id": r["id"], **json.loads(r["result"])}
+    return out
+
+
+def assert_drops_are_against_the_control(r: dict) -> None:
+    control = r["input_test_accuracy"]
+    for t in r["triplets"]:
+        assert t["raw_drop"] == pytest.approx(t["before"] - t["after_finetune"])
+        assert t["drop"] == pytest.approx(t["raw_drop"] + (t["control"] - control)), "drop = raw + control's gain"
+        assert t["total_drop"] == pytest.approx(r["upstream_total_drop"] + t["control"] - t["after_finetune"])
+        control = t["control"]
+
+
+@pytest.mark.slow
+def test_a_layer_stops_at_the_first_step_that_costs_more_than_one_percent(sweep):
+    r = results(sweep)["by_step"]
+    steps = r["triplets"]
+    assert r["control"] is True and r["max_step_drop"] == 0.01 and r["max_total_drop"] is None
+    assert_drops_are_against_the_control(r)
+    *kept, last = steps
+    assert all(t["accepted"] and t["drop"] <= 0.01 + 1e-9 for t in kept)
+    assert not last["accepted"] and last["drop"] > 0.01, "stopped by the 1% rule"
+    assert "max_step_drop 0.01" in r["stop_reason"] and "one unit left" not in r["stop_reason"]
+    assert r["result_step"] == len(kept)
+    assert r["arch"]["dense"] == 12 - len(kept)
+    assert "fc2 is the output layer" in r["output_layer"]
+
+
+@pytest.mark.slow
+def test_the_cumulative_limit_stops_a_slide_that_no_single_step_would(sweep):
+    r = results(sweep)["by_total"]
+    steps = r["triplets"]
+    assert_drops_are_against_the_control(r)
+    *kept, last = steps
+    assert all(t["accepted"] and t["total_drop"] <= 0.02 + 1e-9 for t in kept)
+    assert not last["accepted"] and last["total_drop"] > 0.02, "stopped by the cumulative limit"
+    assert last["drop"] <= 1.0, "the step rule (max_step_drop 1.0) alone would have accepted it"
+    assert "max_total_drop 0.02" in r["stop_reason"] and "max_step_drop" not in r["stop_reason"]
+    assert r["total_drop"] == (kept[-1]["total_drop"] if kept else 0.0)
+
+
+@pytest.mark.slow
+def test_a_chained_prune_job_carries_the_cumulative_drop_on(sweep):
+    all_results = results(sweep)
+    up, r = all_results["by_total"], all_results["chained"]
+    assert r["upstream_total_drop"] == pytest.approx(up["total_drop"])
+    assert_drops_are_against_the_control(r)
+    for t in r["triplets"]:
+        assert t["accepted"] == (t["total_drop"] <= 0.02 + 1e-9)
+    model = load_model(sweep / "state" / "artifacts" / "prune-rule" / r["id"] / "model.pt")
+    assert model.arch.dense == up["arch"]["dense"], "conv2 pruning leaves fc1's units alone"
