@@ -1,7 +1,8 @@
 """`sweeper status`: what is done, running, blocked and failed, and the leaders so far.
 
 `collect()` reads a StatusSnapshot (plain dataclasses, no rich) in a handful of aggregate
-queries, so it stays fast on a 10,000-job queue; `to_json()` gives the documented `--json` schema
+queries, so it stays fast on a 10,000-job queue; sweeps, stages and their counts come from
+readmodel.py, which the other views share; `to_json()` gives the documented `--json` schema
 (`sweeper.status/1`, see docs/status-json.md). dashview.py draws it. Nothing here
 imports torch or mlflow.
 """
