@@ -147,15 +147,18 @@ def count_params(model: nn.Module) -> int:
 
 
 def save_model(path: Path, model: CNN) -> Path:
-    """torch.save of plain data: {'arch': dict, 'state_dict': tensors}. Loads with weights_only=True."""
-    torch.save({"arch": model.arch.to_dict(), "state_dict": model.state_dict()}, path)
+    """torch.save of plain data: {'arch': dict, 'state_dict': CPU tensors}. Loads with weights_only=True
+    on any machine, whatever device the model trained on."""
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save({"arch": model.arch.to_dict(), "state_dict": state}, path)
     return path
 
 
 def load_model(path: Path) -> CNN:
     """A model written by save_model. weights_only=True: a file holding anything but tensors and
     plain values (a crafted pickle that would run code) is refused without running it, and the job
-    fails at once, since fetching the same file again cannot help."""
+    fails at once, since fetching the same file again cannot help. The model comes back on the CPU
+    (map_location="cpu"); move it with .to(device)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

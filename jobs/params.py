@@ -46,6 +46,7 @@ class NoopParams(StrictParams):
 
 
 Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when the worker sees a GPU (jobs/device.py)
 
 
 class ConvParams(StrictParams):
@@ -79,6 +80,7 @@ class TrainParams(StrictParams):
     log_every: int = Field(100, ge=1)  # batches between step metrics
     eval_batch_size: int = Field(500, ge=1)  # 1000 adds ~100 MB to a worker's peak memory
     eval_train: bool = True  # final train_accuracy/train_loss from a full pass (False: last epoch's running figures)
+    device: Device = "auto"  # cuda without a GPU fails the job without retries
 
 
 PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]
@@ -112,6 +114,7 @@ class PruneParams(StrictParams):
     checkpoint_every_s: float = Field(30.0, gt=0)  # seconds of fine-tuning compute between checkpoints
     log_every: int = Field(100, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    device: Device = "auto"  # evaluation and fine-tuning; the pruning itself is cheap and stays on the CPU
 
     @field_validator("layer")
     @classmethod

@@ -50,6 +50,7 @@ from sweeper.context import JobContext, JobFailed
 
 from . import magnitude, surgery, upstream
 from .data import Dataset, load_dataset
+from .device import cpu_state, on_device, pick_device
 from .flops import model_cost
 from .model import CNN, Arch, count_params, load_model, save_model
 from .params import PruneParams, parse
@@ -86,6 +87,9 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             retry=False,
         )
     s = settings(p, ref)
+    # Models are built and cut on the CPU (cheap); they move to `device` to be measured and
+    # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/device.py).
+    device = pick_device(p.device)
     data = load_dataset(
         s["dataset"],
         data_dir=p.data_dir or ctx.options.get("data_dir"),
@@ -93,6 +97,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_subset=s["train_subset"],
         test_subset=s["test_subset"],
     )
+    data = on_device(data, device)
     state = ctx.restore()
     if state is None:
         state = start(ctx, p, ref, data)
@@ -123,7 +128,7 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     path = ctx.fetch_artifact(ref, "model.pt")
     model = load_model(path)
     info = ctx.log_artifact(path, "step-0.pt")
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     ctx.log(f"job {ctx.job_id}: input {ref['stage']}:{ref['job']} {model.arch.describe()}: test accuracy {acc:.4f}")
     cost = model_cost(model.arch)
     input_record = {
@@ -146,12 +151,12 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
         "layer": p.layer,
         "input": input_record,
         # magnitude prunes the input at every amount; structured only needs the current model
-        "input_model": {"arch": model.arch.to_dict(), "state_dict": model.state_dict()}
+        "input_model": {"arch": model.arch.to_dict(), "state_dict": cpu_state(model)}
         if p.method == "magnitude"
         else None,
-        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": model.state_dict(), "accuracy": acc},
+        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": cpu_state(model), "accuracy": acc},
         # the unpruned control: the input, fine-tuned beside every step with the same epochs and seed
-        "control": {"state_dict": model.state_dict(), "accuracy": acc} if uses_control(p) else None,
+        "control": {"state_dict": cpu_state(model), "accuracy": acc} if uses_control(p) else None,
         # the cumulative drop the input already carries from upstream prune jobs (0 for a trained model)
         "upstream_total_drop": float((ref.get("metrics") or {}).get("total_drop") or 0.0),
         "steps": [],
@@ -232,10 +237,10 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
         pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
         before = state["input"]["test_accuracy"]
         pending = {"step": k, "amount": amount, "masks": masks}
-    _, after = evaluate(pruned, data.test.x, data.test.y, p.eval_batch_size)
+    _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     pending.update(
         arch=pruned.arch.to_dict(),
-        state_dict=pruned.state_dict(),
+        state_dict=cpu_state(pruned),
         accuracy_before=before,
         accuracy_after_prune=after,
     )
@@ -272,6 +277,7 @@ def finetune(
         model = model_of(state["input"]["arch"], state["control"]["state_dict"])
     else:
         model = model_of(pending["arch"], pending["state_dict"])
+    model = model.to(data.train.x.device)
     optimizer = make_optimizer(model, s["lr"], s["momentum"], s["weight_decay"])  # fresh, every step
     k = pending["step"]
     cfg = LoopConfig(
@@ -286,6 +292,8 @@ def finetune(
         metric_prefix=f"control/step{k}/" if control else f"finetune/step{k}/",
     )
     masks = None if control else pending["masks"]
+    if masks:
+        masks = {name: m.to(data.train.x.device) for name, m in masks.items()}
 
     def keep_zeros(m: Any) -> None:
         magnitude.apply_masks(m, masks)
@@ -325,7 +333,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
     ft = state["finetune"]
     if ft is not None:
         model.load_state_dict(ft["model"])
-    loss, acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
+    loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     control_before, control_after = control_accuracies(p, state, data)
     raw_drop = pending["accuracy_before"] - acc
     control_gain = control_after - control_before
@@ -387,7 +395,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         state["current"] = {
             "step": k,
             "arch": record["arch"],
-            "state_dict": model.state_dict(),
+            "state_dict": cpu_state(model),
             "accuracy": acc,
             "total_drop": total_drop,
         }
@@ -406,7 +414,7 @@ def control_accuracies(p: PruneParams, state: dict[str, Any], data: Dataset) -> 
     if control is None or state["control_finetune"] is None:
         base = state["input"]["test_accuracy"]  # no control: drops are against the unpruned input as it is
         return base, base
-    model = model_of(state["input"]["arch"], state["control_finetune"]["model"])
+    model = model_of(state["input"]["arch"], state["control_finetune"]["model"]).to(data.test.x.device)
     _, after = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
     return control["accuracy"], after
 

@@ -12,6 +12,7 @@ from sweeper.context import JobContext
 
 from . import figures, outputs
 from .data import load_dataset
+from .device import describe, on_device, pick_device
 from .model import Arch, build, count_params, save_model
 from .params import TrainParams, parse
 from .training import LoopConfig, evaluate, fit, make_optimizer, predict, summary, window_batches
@@ -21,6 +22,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     p = parse(TrainParams, params, "train")
     arch = Arch.from_params(p.model_dump())
     arch.validate()  # kernel too large for the input etc.: fail now, not after loading data
+    device = pick_device(p.device)  # device: cuda without a GPU fails here, before any work
 
     data = load_dataset(
         p.dataset,
@@ -29,9 +31,13 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_subset=p.train_subset,
         test_subset=p.test_subset,
     )
-    ctx.log(f"job {ctx.job_id}: {data.name} from {data.source}: {len(data.train)} train, {len(data.test)} test")
+    ctx.log(
+        f"job {ctx.job_id}: {data.name} from {data.source}: {len(data.train)} train, {len(data.test)} test; "
+        f"on {describe(device)}"
+    )
+    data = on_device(data, device)
 
-    model = build(arch, p.init, p.seed)
+    model = build(arch, p.init, p.seed).to(device)  # initialized on the CPU: the same weights on any device
     optimizer = make_optimizer(model, p.lr, p.momentum, p.weight_decay)
     cfg = LoopConfig(
         epochs=p.max_epochs,
@@ -82,6 +88,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         "checkpoint_s": time["checkpoint_s"],
         "checkpoints": time["checkpoints"],
         "dataset": data.name,
+        "device": device.type,
     }
     ctx.log_metrics(
         # time_to_target_s was logged at the step it was reached
@@ -92,7 +99,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     # -- artifacts: model.pt is the hand-off to prune/benchmark; the rest is for people and `sweeper report` --
     out = ctx.work_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
-    predicted = predict(model, data.test.x, p.eval_batch_size)
+    predicted = predict(model, data.test.x, p.eval_batch_size).cpu()
     title = f"{ctx.stage}: {arch.describe()}, lr {p.lr}, momentum {p.momentum}, batch {p.batch_size}"
     history = {
         "version": 1,
@@ -112,13 +119,13 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     files = {
         "model.pt": save_model(out / "model.pt", model),
         "history.json": outputs.write_history(out / "history.json", history),
-        "predictions.csv": outputs.write_predictions(out / "predictions.csv", data.test.y, predicted),
+        "predictions.csv": outputs.write_predictions(out / "predictions.csv", data.test.y.cpu(), predicted),
         "curves.png": outputs.plot_curves(
             out / "curves.png", state["history"]["points"], state["history"]["epochs"], title
         ),
         "confusion.png": figures.plot_confusion(
             out / "confusion.png",
-            outputs.confusion(data.test.y, predicted).tolist(),
+            outputs.confusion(data.test.y.cpu(), predicted).tolist(),
             f"{title}\ntest accuracy {test_acc:.4f}",
         ),
     }

@@ -18,7 +18,11 @@ runs after every optimizer step (e.g. re-zero pruned channels) and must be deter
 Determinism: each epoch's order is torch.randperm from a generator seeded with (seed, epoch), so
 a resume knows the order from the epoch number alone and continues at the exact batch. With the
 same seed and thread count, a job killed anywhere and resumed ends bit-identical to an
-uninterrupted one, metrics included.
+uninterrupted one, metrics included (on CUDA: on the same GPU model; see jobs/device.py).
+
+Devices: fit trains where the model and data are (jobs/device.py puts them there); batches are
+gathered on that device. The TrainState holds CPU tensors whatever the device, so it resumes on
+any device.
 
 TrainState keys (all plain tensors and Python values; loads with weights_only=True):
     version                   STATE_VERSION; fit refuses a checkpoint of another version
@@ -53,6 +57,7 @@ from torch import nn
 from sweeper.context import Interrupted, JobContext
 
 from .data import Split
+from .device import CPU, cpu_state
 
 STATE_VERSION = 1
 
@@ -113,7 +118,8 @@ class SGD:
             "lr": self.lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
-            "momentum_buffers": [None if b is None else b.clone() for b in self.momentum_buffers],
+            # on the CPU whatever the device: a checkpoint resumes anywhere (jobs/device.py)
+            "momentum_buffers": [None if b is None else b.to(CPU, copy=True) for b in self.momentum_buffers],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -121,7 +127,9 @@ class SGD:
         if len(buffers) != len(self.params):
             raise ValueError(f"optimizer state has {len(buffers)} buffers for {len(self.params)} parameters")
         self.lr, self.momentum, self.weight_decay = state["lr"], state["momentum"], state["weight_decay"]
-        self.momentum_buffers = [None if b is None else b.clone() for b in buffers]
+        self.momentum_buffers = [
+            None if b is None else b.to(p.device, copy=True) for b, p in zip(buffers, self.params, strict=True)
+        ]
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> SGD:
@@ -246,15 +254,17 @@ def fit(
     window: deque[tuple[int, int]] = deque((int(a), int(b)) for a, b in state["window"])
     window_size = window_batches(cfg, n)
     window_n, window_correct = sum(a for a, _ in window), sum(b for _, b in window)
-    xbuf = torch.empty((bs, *train.x.shape[1:]), dtype=train.x.dtype)  # reused: no per-batch allocation
-    ybuf = torch.empty(bs, dtype=train.y.dtype)
+    # batches are gathered where the data lives (the model's device; see jobs/device.py)
+    xbuf = torch.empty((bs, *train.x.shape[1:]), dtype=train.x.dtype, device=train.x.device)  # reused
+    ybuf = torch.empty(bs, dtype=train.y.dtype, device=train.y.device)
+    on_cpu = train.x.device.type == "cpu"
     last_ckpt_s = state["train_s"]
     last_progress = 0.0
 
     def checkpoint() -> None:
         nonlocal last_ckpt_s
         tick = time.perf_counter()
-        state["model"] = model.state_dict()
+        state["model"] = model.state_dict() if on_cpu else cpu_state(model)
         state["optimizer"] = optimizer.state_dict()
         state["rng"] = rng_state()
         state["window"] = [list(w) for w in window]
@@ -267,6 +277,8 @@ def fit(
     while state["epoch"] < cfg.epochs and not state["stopped_at_target"]:
         epoch = state["epoch"]
         order = epoch_order(n, cfg.seed, epoch)
+        if not on_cpu:
+            order = order.to(train.x.device)
         while state["batch"] < batches:
             if ctx.should_stop():
                 checkpoint()
@@ -325,9 +337,11 @@ def fit(
                 state["log_sums"] = [0.0, 0, 0, 0]
             if state["train_s"] - last_progress >= 0.5 or state["batch"] == batches:
                 last_progress = state["train_s"]
+                images = epoch * n + min(state["batch"] * bs, n)
                 progress(
                     (epoch + state["batch"] / batches) / cfg.epochs,
-                    f"epoch {epoch + 1}/{cfg.epochs} batch {state['batch']}/{batches} loss {loss.item():.3f}",
+                    f"epoch {epoch + 1}/{cfg.epochs} batch {state['batch']}/{batches} loss {loss.item():.3f} "
+                    f"acc {window_correct / max(1, window_n):.3f} {images / max(state['train_s'], 1e-9):.0f} img/s",
                 )
             if state["stopped_at_target"]:
                 break

@@ -285,16 +285,42 @@ def work(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to run here.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            show_default=False,
+            help="Worker processes to run here (default: one per core, or one per GPU; see --jobs-per-gpu).",
+        ),
+    ] = None,
     threads_per_worker: Annotated[
         int | None,
         typer.Option(
             "--threads-per-worker",
             min=1,
             show_default=False,
-            help="Torch threads per worker process. [default: cores // workers]",
+            help="Torch threads per worker process (default: 1 on CPU; cores // workers with --workers or GPUs).",
         ),
     ] = None,
+    jobs_per_gpu: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs-per-gpu",
+            min=1,
+            show_default=False,
+            help="Workers sharing each GPU, for small jobs (default: 1; ignored with --workers).",
+        ),
+    ] = None,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            min=1.0,
+            help="Seconds between a job's progress lines in a notebook or log (a terminal gets a live bar).",
+        ),
+    ] = 15.0,
     stage: Annotated[
         list[str] | None, typer.Option("--stage", help="Only claim jobs of this stage (repeatable).")
     ] = None,
@@ -332,7 +358,7 @@ def work(
             "--mlflow-uri",
             envvar="MLFLOW_TRACKING_URI",
             show_default=False,
-            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db]",
+            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
         ),
     ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
@@ -387,6 +413,8 @@ def work(
         settings=settings,
         workers=workers,
         threads_per_worker=threads_per_worker,
+        jobs_per_gpu=jobs_per_gpu,
+        progress_every_s=progress_every,
         stages=tuple(stage or ()),
         sweep=sweep,
         max_jobs=max_jobs,

@@ -58,8 +58,32 @@ def default_db_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir.resolve() / 'queue.db'}"
 
 
-def default_tracking_uri(state_dir: Path) -> str:
+# The MLflow store of a queue on PostgreSQL: a database of its own on the same server, named after
+# the queue's. Not a schema in the queue's database: MLflow has tables of its own named like ours
+# (`jobs`), and a schema is chosen per connection (search_path), which poolers such as PgBouncer
+# drop; a database is part of the connection itself, so MLflow's tables can never land among
+# the queue's. It is created on first use (needs CREATEDB; otherwise create it once by hand).
+MLFLOW_DB_SUFFIX = "_mlflow"
+
+
+def default_tracking_uri(state_dir: Path, db_url: str | None = None) -> str:
+    """SQLite queue: <state>/mlflow.db. PostgreSQL queue: database <queuedb>_mlflow on the same server,
+    so that every machine working on the sweep logs to one store."""
+    if db_url is not None and is_postgres(db_url):
+        return postgres_tracking_uri(db_url)
     return f"sqlite:///{state_dir.resolve() / 'mlflow.db'}"
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql", "postgres:"))
+
+
+def postgres_tracking_uri(db_url: str) -> str:
+    import sqlalchemy as sa
+
+    url = sa.make_url(normalize_db_url(db_url))
+    name = (url.database or "postgres")[: 63 - len(MLFLOW_DB_SUFFIX)] + MLFLOW_DB_SUFFIX  # 63: PostgreSQL's limit
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def resolve_settings(
@@ -73,7 +97,7 @@ def resolve_settings(
     db_url = db or os.environ.get("SWEEPER_DB") or default_db_url(state_dir)
     uri: str | None = None
     if tracking:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state_dir, db_url)
     return Settings(state_dir=state_dir, db_url=normalize_db_url(db_url), tracking_uri=uri)
 
 

@@ -73,6 +73,7 @@ class JobContext:
     scan_checkpoints: bool = False  # also look for checkpoints the database does not know (mirrored mode)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lease_lost: threading.Event = field(default_factory=threading.Event)
+    _stop_reason: str = "stop requested (signal)"
     _progress: Progress = field(default_factory=Progress)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _checkpoints_written: int = 0
@@ -145,12 +146,14 @@ class JobContext:
         return self._stop.is_set() or self._lease_lost.is_set()
 
     def stop_reason(self) -> str:
-        return "lease lost" if self._lease_lost.is_set() else "stop requested (signal)"
+        return "lease lost" if self._lease_lost.is_set() else self._stop_reason
 
     def interrupted(self) -> Interrupted:
         return Interrupted(self.stop_reason())
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str | None = None) -> None:
+        if reason is not None and not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
 
     def mark_lease_lost(self) -> None:

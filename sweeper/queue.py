@@ -629,10 +629,17 @@ class Queue:
 
         self.db.retrying(txn, "verify a lease")
 
-    def set_tracking_run(self, lease: Lease, run_id: str) -> None:
+    def set_tracking_run(self, lease: Lease, run_id: str, uri: str | None = None) -> None:
+        """Record the job's tracking run; `uri` (masked by the caller) goes into a `tracking` event."""
+
         def txn() -> None:
             with self.db.write() as conn:
                 self._fenced(conn, lease, tracking_run_id=run_id)
+                if uri is not None:
+                    detail = json.dumps({"uri": uri, "run_id": run_id})
+                    self._event(
+                        conn, lease.job_id, "tracking", worker=lease.worker_id, attempt=lease.attempt, detail=detail
+                    )
 
         self._write(txn, "record the tracking run")
 

@@ -97,6 +97,7 @@ class JobDetail:
     lease_expires_in_s: float | None
     not_before_in_s: float | None
     tracking_run_id: str | None
+    tracking_uri: str | None  # the MLflow store of that run, password masked (from the `tracking` event)
     params_written: dict[str, Any]
     params_resolved: dict[str, Any] | None
     provenance: dict[str, str]
@@ -166,6 +167,7 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         lease_expires_in_s=(r.lease_expires_at - now) if r.lease_expires_at is not None else None,
         not_before_in_s=(r.not_before - now) if r.not_before is not None and r.not_before > now else None,
         tracking_run_id=r.tracking_run_id,
+        tracking_uri=_tracking_uri(ev, r.tracking_run_id),
         params_written=params.written,
         params_resolved=params.resolved,
         provenance=params.provenance,
@@ -184,6 +186,20 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         StoredFile(a.name, a.sha256, a.size, *_where(a.location, state_dir), a.created_at) for a in arts
     ]
     return detail
+
+
+def _tracking_uri(evs: Any, run_id: str | None) -> str | None:
+    """The store named by the newest `tracking` event for the job's run (older versions wrote none)."""
+    for e in reversed(evs):
+        if e.type != "tracking" or not e.detail:
+            continue
+        try:
+            found = json.loads(e.detail)
+        except ValueError:
+            continue
+        if found.get("run_id") == run_id:
+            return mask_password(str(found.get("uri") or "")) or None
+    return None
 
 
 def _where(location: str | None, state_dir: Path | None) -> tuple[str, bool | None]:
@@ -308,7 +324,8 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         times += f" · finished {_when(d.finished_at)}{took}"
     head.append(times, style="dim")
     if d.tracking_run_id:
-        head.append(f"\nMLflow run {d.tracking_run_id}", style="dim")
+        where = f" in {d.tracking_uri}" if d.tracking_uri else ""
+        head.append(f"\nMLflow run {d.tracking_run_id}{where}", style="dim")
     parts.append(head)
 
     t = plain_table(

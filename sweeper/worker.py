@@ -1,7 +1,8 @@
 """The work loop: claim a job, run it under a heartbeat, record how it ended, repeat.
 
 One worker process runs one job at a time. `--workers N` starts N such processes and supervises
-them. Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
+them; without it workerplan.py picks (one per core with one thread, or one per GPU), and the
+running job's progress goes to the worker's own output (progress.py). Signals: the first SIGTERM or Ctrl-C asks the running job to stop at its next safe point
 (it checkpoints and the job is released without counting a failure); a second one exits at once.
 """
 
@@ -29,16 +30,20 @@ from .config import Settings, mask_password
 from .context import Interrupted, JobContext, JobFailed
 from .db import OutagePolicy, open_database
 from .errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
+from .progress import make_view
 from .queue import ClaimedJob, Queue
 from .recovery import record_result, recorded_result
 from .tracking import RunInfo, make_tracker
+from .workerplan import WorkerPlan, available_cpus, plan_here
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
     settings: Settings
-    workers: int = 1
+    workers: int | None = 1  # None: one per core (or per GPU), see workerplan.py
     threads_per_worker: int | None = None
+    jobs_per_gpu: int | None = None  # workers sharing each GPU when workers is None
+    gpu: str | None = None  # this worker's CUDA_VISIBLE_DEVICES, set by the plan
     stages: tuple[str, ...] = ()
     sweep: str | None = None
     max_jobs: int | None = None
@@ -50,26 +55,20 @@ class WorkerOptions:
     db_outage_s: float = 120.0
     data_dir: str | None = None
     show_progress: bool = True
+    progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
     extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
 
     @property
     def threads(self) -> int:
         if self.threads_per_worker:
             return max(1, self.threads_per_worker)
-        return max(1, available_cpus() // max(1, self.workers))
+        return max(1, available_cpus() // max(1, self.workers or 1))
 
     @property
     def store_mode(self) -> str:
         if self.store != "auto":
             return self.store
         return "files" if self.settings.is_sqlite else "db"
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def configure_threads(threads: int) -> None:
@@ -98,6 +97,13 @@ class Heartbeat(threading.Thread):
     One thread per worker process for its whole life (starting a thread per job costs more than
     a no-op job). `detach()` returns only once no renewal for the finished job is in flight, so
     the final write (complete, fail, release) never races a renewal with the same token.
+
+    It never exits on an error: a renewal retries a database that does not answer for as long as
+    the outage policy allows. Past that limit it sets `db_down` and asks the running job to stop
+    at its next safe point (checkpoint and release, if the database is back by then); the worker
+    claims nothing more and exits with the outage's code. A heartbeat that died silently would
+    let its worker run the next job unrenewed, and another worker would take it over and run it
+    a second time.
     """
 
     def __init__(self, queue: Queue, worker_id: str, ttl_s: float, log: Callable[[str], None]) -> None:
@@ -141,10 +147,12 @@ class Heartbeat(threading.Thread):
                         ctx.mark_lease_lost()
                     self._ctx = None
                 except DatabaseUnavailable as exc:
+                    if self.db_down is None:
+                        what = f"; stopping job {ctx.job_id} at its next checkpoint" if ctx is not None else ""
+                        self.log(f"heartbeat gave up: {exc}{what}")
                     self.db_down = exc
                     if ctx is not None:
-                        ctx.mark_lease_lost()
-                    return
+                        ctx.request_stop("database unreachable")
                 except Exception as exc:  # keep beating; the next renewal may work
                     self.log(f"heartbeat failed: {exc}")
 
@@ -241,6 +249,8 @@ class Worker:
     def _loop(self, queue: Queue) -> None:
         opts = self.opts
         while not self._stop.is_set():
+            if self.heartbeat is not None and self.heartbeat.db_down is not None:
+                raise self.heartbeat.db_down  # no job without a heartbeat: it would run unleased
             if opts.max_jobs is not None and self.jobs_run >= opts.max_jobs:
                 self.log(f"ran {self.jobs_run} job(s) (--max-jobs); exiting")
                 return
@@ -281,7 +291,7 @@ class Worker:
     def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
         opts = self.opts
         settings = opts.settings
-        tracker = make_tracker(settings.tracking_uri, settings.state_dir)
+        tracker = make_tracker(settings.tracking_uri, settings.state_dir, settings.db_url)
         ctx = JobContext(
             job=job,
             queue=queue,
@@ -304,17 +314,22 @@ class Worker:
             ctx.on_progress = self.view.updater(job)
         self.heartbeat.attach(ctx)
         run_status = "FAILED"
+        # The run is shared by every attempt of the job. Each ending below first checks that this
+        # worker still holds the lease, then closes the run, then records the ending in the queue:
+        # once the queue has it, the job may be another worker's, and so may the run. A zombie (a
+        # worker frozen past its lease) never touches the run: not its status, not its points.
         try:
             result, error, retry = self._call(queue, job, ctx, tracker)
             self.heartbeat.detach()  # from here on no renewal races the final write
-            if self.heartbeat.db_down is not None:
-                raise self.heartbeat.db_down
             if error is not None:
+                queue.verify_lease(job.lease)
+                self._end_run(tracker, job, "FAILED")
+                run_status = "CLOSED"
                 self._record_failure(queue, job, error, retry=retry)
             elif isinstance(result, Interrupted):
                 queue.verify_lease(job.lease)  # a job stopped for a lost lease writes nothing more
-                tracker.flush()
-                run_status = "KILLED"
+                self._end_run(tracker, job, "KILLED")  # KILLED: the next attempt reopens the run
+                run_status = "CLOSED"
                 status = queue.release(job.lease, result.reason)
                 self.log(f"released {job.id} ({result.reason}); it is {status} again")
             else:
@@ -333,7 +348,9 @@ class Worker:
             run_status = "LOST"  # the run now belongs to the attempt that took the job over
             self.log(f"{exc}")
         except DatabaseUnavailable:
-            run_status = "KILLED"
+            # Whether this worker still holds the job is unknown: leave the run as it is (RUNNING);
+            # the next attempt reopens it and writes the points since the last checkpoint again.
+            run_status = "LOST"
             raise
         finally:
             self.heartbeat.detach()
@@ -360,7 +377,8 @@ class Worker:
                 job.tracking_run_id,
             )
             if run_id and run_id != job.tracking_run_id:
-                queue.set_tracking_run(job.lease, run_id)
+                # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
+                queue.set_tracking_run(job.lease, run_id, mask_password(self.opts.settings.tracking_uri or ""))
             recorded = self._recorded_result(job)
             if recorded is not None:
                 return recorded, None, False
@@ -448,7 +466,10 @@ def _short(result: Any) -> str:
 
 
 def _stderr_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # One write of the whole line: print() writes the text and its newline separately, and
+    # several worker processes sharing a pipe then run their lines together.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,23 +478,49 @@ def _stderr_line(line: str) -> None:
 
 def _child_main(opts: WorkerOptions, index: int) -> None:
     os.setpgrp()  # the terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
-    sys.exit(Worker(opts, index=index).run())
+    pin_gpu(opts.gpu)
+    worker = Worker(opts, index=index)
+    if opts.gpu is not None:
+        worker.log(f"pinned to GPU {opts.gpu} (CUDA_VISIBLE_DEVICES)")
+    if opts.show_progress:  # several processes share the terminal: plain lines, each with its prefix
+        worker.view = make_view(worker.log, bar=False, every_s=opts.progress_every_s)
+    sys.exit(worker.run())
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Before torch is imported: this process sees only its GPU, as cuda:0."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def run_workers(opts: WorkerOptions, view: Any = None) -> int:
-    """Run `opts.workers` worker processes (in this process when it is one). Returns an exit code."""
-    if opts.workers <= 1:
+    """Run the planned worker processes (in this process when it is one). Returns an exit code.
+
+    The plan (workerplan.py) is the first line printed: how many workers, threads, which GPUs.
+    """
+    plan = plan_here(opts.workers, opts.threads_per_worker, opts.jobs_per_gpu)
+    _stderr_line(plan.describe())
+    opts = replace(opts, workers=plan.workers, threads_per_worker=plan.threads)
+    if plan.workers <= 1:
+        opts = replace(opts, gpu=plan.gpu_of(0))
+        pin_gpu(opts.gpu)
         worker = Worker(opts)
+        if view is None and opts.show_progress:
+            view = make_view(worker.log, bar=True, every_s=opts.progress_every_s)
         worker.view = view
-        return worker.run()
-    return _supervise(opts)
+        try:
+            return worker.run()
+        finally:
+            if view is not None:
+                view.close()
+    return _supervise(opts, plan)
 
 
-def _supervise(opts: WorkerOptions) -> int:
+def _supervise(opts: WorkerOptions, plan: WorkerPlan) -> int:
     mp = multiprocessing.get_context("spawn")
-    child_opts = replace(opts, workers=opts.workers, threads_per_worker=opts.threads)
     procs = [
-        mp.Process(target=_child_main, args=(child_opts, i), name=f"sweeper-worker-{i}") for i in range(opts.workers)
+        mp.Process(target=_child_main, args=(replace(opts, gpu=plan.gpu_of(i)), i), name=f"sweeper-worker-{i}")
+        for i in range(plan.workers)
     ]
     stopping = threading.Event()
 
@@ -500,5 +547,28 @@ def _supervise(opts: WorkerOptions) -> int:
     for p in procs:
         while p.is_alive():
             p.join(timeout=0.5)
-    codes = [p.exitcode or 0 for p in procs]
-    return max((c for c in codes if c > 0), default=0)
+    return _exit_code(procs)
+
+
+def _exit_code(procs: list[Any]) -> int:
+    """The worst child's exit code. A child killed by a signal (exit code -N: kill -9, the kernel's
+    out-of-memory killer) is named with its signal and counts as 128 + N, as a shell reports it."""
+    worst = 0
+    for i, p in enumerate(procs):
+        code = p.exitcode
+        if code is None or code == 0:
+            continue
+        if code > 0:
+            worst = max(worst, code)
+            continue
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (out of memory? the kernel's OOM killer sends SIGKILL: see `dmesg`)" if -code == signal.SIGKILL else ""
+        _stderr_line(
+            f"worker {i} (pid {p.pid}) died of {name}{why}; its job resumes from its last checkpoint "
+            "when its lease runs out"
+        )
+        worst = max(worst, 128 - code)
+    return worst

@@ -68,6 +68,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # the MLflow store that workers create next to a PostgreSQL queue (config.default_tracking_uri)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_mlflow" WITH (FORCE)'))
         admin.dispose()
 
 
@@ -125,10 +127,15 @@ def run_grid(tmp: Path, grid: str) -> str:
 
 
 def start_worker(*args: str, cwd: Path | None = None, log: Path | None = None, **env: str) -> subprocess.Popen:
-    """Start `sweeper work ARGS...` in the background; the caller kills it by pid."""
+    """Start `sweeper work ARGS...` in the background; the caller kills it by pid.
+
+    One worker process unless ARGS say otherwise: the pid the caller signals is the worker itself,
+    not a supervisor of one worker per core.
+    """
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115  (closed with the process)
+    workers = () if "--workers" in args else ("--workers", "1")
     return subprocess.Popen(
-        [sys.executable, "-m", "sweeper.cli", "work", *args],
+        [sys.executable, "-m", "sweeper.cli", "work", *workers, *args],
         cwd=cwd,
         env=cli_env(**env),
         stdout=out,

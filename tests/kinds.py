@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from sweeper.context import JobContext
@@ -22,3 +24,36 @@ def leak(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
 def metrics(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """Returns `params['metrics']` as its result: a sweep whose metric names a test chooses."""
     return dict(params["metrics"])
+
+
+def _wait_for_file(path: Path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+def zombie_fails(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Logs loss at steps 1-3 (a checkpoint each), then parks at a gate the test opens.
+
+    Attempt 1 (the worker the test freezes into a zombie) buffers a point at step 99, touches
+    <gate>.zombie, waits for <gate>.go and raises. Later attempts (the owner) touch <gate>.owner,
+    wait for <gate>.finish, log steps 4-6 and finish.
+    """
+    gate = str(params["gate"])
+    state = ctx.restore() or {"step": 0}
+    for step in range(state["step"] + 1, 4):
+        ctx.log_metrics({"loss": float(step)}, step)
+        state["step"] = step
+        ctx.checkpoint(state)
+    if ctx.attempt == 1:
+        ctx.log_metrics({"loss": -1.0}, 99)  # buffered; written only if this worker closes the run
+        Path(f"{gate}.zombie").touch()
+        _wait_for_file(Path(f"{gate}.go"))
+        raise RuntimeError("the job raised after its worker lost the lease")
+    Path(f"{gate}.owner").touch()
+    _wait_for_file(Path(f"{gate}.finish"))
+    for step in range(4, 7):
+        ctx.log_metrics({"loss": float(step)}, step)
+    return {"steps": 6, "attempt": ctx.attempt}

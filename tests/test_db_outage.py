@@ -220,3 +220,41 @@ def test_a_worker_started_while_the_database_is_down_waits_for_it(queue_on):
     text = log.read_text()
     assert _lines(log, "database unreachable") == 1 and _lines(log, "database is back") == 1, text
     assert "Traceback" not in text
+
+
+def test_a_heartbeat_that_gives_up_stops_its_job_and_its_worker_claims_nothing_more(queue_on):
+    """Only the heartbeat meets the outage (the job does not touch the database between steps). Once
+    it gives up, the job is stopped, checkpointed and released when the database is back, and the
+    worker exits 3; it never claims another job to run without renewals (which a second worker
+    would take over when the lease ran out, and run a second time)."""
+    q = queue_on(
+        """
+        sweep: beat
+        stages:
+          a: {kind: noop, grid: {value: [1, 2]}, params: {steps: 300, step_s: 0.05, checkpoint: false, counter_dir: COUNTER}}
+        """
+    )
+    worker, log = q.worker("--lease-ttl", "3", "--db-outage-limit", "4")
+    wait_for(lambda: (q.scalar("select max(progress) from jobs") or 0) > 0, what="a renewal with progress")
+    pg.stop(q.url)
+    try:
+        # the heartbeat's renewal gives up after 4 s; bring the database back right then, well within
+        # the 4 s that the worker's next write (a checkpoint, or a claim) may wait for it
+        wait_for(
+            lambda: "gave up" in log.read_text() or "lease lost" in log.read_text(),
+            timeout=60,
+            what="the heartbeat to give up",
+        )
+    finally:
+        pg.ensure_running(q.url)
+    code = worker.wait(timeout=120)
+    text = log.read_text()
+    assert code == 3, text
+    assert "giving up" in text and "Traceback" not in text, text
+    assert _lines(log, "claimed") == 1, text  # no job started without a heartbeat
+    assert "released" in q.events()  # the stopped job was handed back, not left to expire
+
+    nxt, log2 = q.worker("--lease-ttl", "3", "--wait", "--poll", "0.2", name="next")
+    assert nxt.wait(timeout=120) == 0, log2.read_text()
+    assert q.scalar("select count(*) from jobs where status = 'done'") == 2
+    assert sorted(q.counts()) == [1, 1]

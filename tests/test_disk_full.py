@@ -67,7 +67,7 @@ stages:
   long: {kind: noop, params: {steps: 120, step_s: 0.05, checkpoint: true}, max_failures: 2}
   other: {kind: noop, params: {steps: 1, checkpoint: false}}
 """
-WORK = ("--no-tracking", "--retry-backoff", "0", "--threads-per-worker", "1")
+WORK = ("--workers", "1", "--no-tracking", "--retry-backoff", "0", "--threads-per-worker", "1")  # short leases below
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,8 @@ stages:
     needs: [prune_a]
     params: {{min_test_accuracy: 0.5}}
 """
-WORK = ("--no-tracking", "--threads-per-worker", "1", "--lease-ttl", "2", "--retry-backoff", "0")
+# one worker: with a 2 s lease on a loaded machine, a second worker here could take a live job over
+WORK = ("--workers", "1", "--no-tracking", "--threads-per-worker", "1", "--lease-ttl", "2", "--retry-backoff", "0")
 
 
 @pytest.fixture(scope="module")

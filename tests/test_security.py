@@ -25,7 +25,7 @@ from tests.chaos.kinds import crafted_pickle
 
 from .conftest import run_cli, start_worker, stop_process, wait_for
 
-WORK = ("--threads-per-worker", "1", "--retry-backoff", "0")
+WORK = ("--workers", "1", "--threads-per-worker", "1", "--retry-backoff", "0")  # one worker: short leases below
 
 
 def _jobs(db: Path) -> dict[str, dict]:
@@ -177,13 +177,18 @@ def test_database_passwords_never_appear_in_output_logs_status_json_mlflow_or_th
                 assert password not in repr(rows), table
     finally:
         engine.dispose()
-    mlflow = sqlite3.connect(state / "mlflow.db")
+    # the runs went to the MLflow database next to the queue (<db>_mlflow), not to state/mlflow.db
+    assert not (state / "mlruns").exists()
+    mlflow_url = sa.make_url(url).set(database=f"{sa.make_url(url).database}_mlflow")
+    engine = sa.create_engine(mlflow_url, poolclass=sa.pool.NullPool)
     try:
-        tags = mlflow.execute("select key, value from tags").fetchall()
-        params = mlflow.execute("select key, value from params").fetchall()
+        with engine.connect() as conn:
+            tags = conn.execute(sa.text("select key, value from tags")).all()
+            params = conn.execute(sa.text("select key, value from params")).all()
+            exp_tags = conn.execute(sa.text("select key, value from experiment_tags")).all()
     finally:
-        mlflow.close()
-    assert tags and password not in repr(tags) + repr(params)
+        engine.dispose()
+    assert tags and password not in repr(tags) + repr(params) + repr(exp_tags)
 
 
 def test_files_the_tool_creates_under_the_state_directory_are_not_world_writable(

@@ -3,12 +3,19 @@ without duplicate steps, params, tags, artifacts."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
-from sweeper.tracking import MLflowTracker, NullTracker, RunInfo, make_tracker
+from sweeper.config import postgres_tracking_uri, resolve_settings
+from sweeper.tracking import ARTIFACTS_ENV, VIEW_KEY, MLflowTracker, NullTracker, RunInfo, make_tracker
+
+from .conftest import cli_env, stop_process, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +148,113 @@ def test_tracking_switched_off_is_a_null_tracker(tmp_path):
     t = make_tracker(None, tmp_path)
     assert isinstance(t, NullTracker)
     assert t.start(info("job-null"), None) is None
+
+
+def test_experiments_open_on_the_runs_table_with_a_view_that_shows_the_stage(store):
+    run_id = tracker(store).start(info("job-ui", sweep="exp-ui"), None)
+    client = MlflowClient(store[0])
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI overview
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    assert view["selectedColumns"][0] == "tags.`stage`"
+
+
+def test_an_experiment_made_by_an_older_version_gets_the_ui_tags(store):
+    client = MlflowClient(store[0])
+    client.create_experiment("exp-old")
+    run_id = tracker(store).start(info("job-old", sweep="exp-old"), None)
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.name == "exp-old" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_default_store_is_next_to_the_queue(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sqlite = resolve_settings(state=tmp_path / "s")
+    assert sqlite.tracking_uri == f"sqlite:///{(tmp_path / 's').resolve() / 'mlflow.db'}"
+    pg = resolve_settings(state=tmp_path / "s", db="postgres://me:secret@db.example:6543/sweeps")
+    assert pg.tracking_uri == "postgresql+psycopg://me:secret@db.example:6543/sweeps_mlflow"
+    given = resolve_settings(state=tmp_path / "s", db="postgres://h/q", tracking_uri="http://mlflow:5000")
+    assert given.tracking_uri == "http://mlflow:5000"
+    long = resolve_settings(db="postgresql://h/" + "q" * 70).tracking_uri
+    assert long.endswith("_mlflow") and len(long.rsplit("/", 1)[1]) == 63  # PostgreSQL's name limit
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_settings(db="postgres://h/q").tracking_uri == "http://env:5000"
+
+
+@pytest.mark.postgres
+def test_postgres_store_is_created_next_to_the_queue_and_keeps_files_in_the_queue(pg_url, tmp_path, monkeypatch):
+    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    uri = postgres_tracking_uri(pg_url)
+    t = make_tracker(uri, tmp_path, pg_url)
+    assert isinstance(t, MLflowTracker)
+    run_id = t.start(info("job-pg", sweep="exp-pg"), None)  # creates database <queue>_mlflow and its tables
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"png")
+    t.log_artifact(path)  # no place every machine reaches: the file stays in the sweep's own store
+    t.end("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "sweeper show" in run.data.tags["sweeper.files"]
+    assert client.list_artifacts(run_id) == []
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
+    # the queue's own database holds no MLflow table (MLflow has a `jobs` table of its own)
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        assert "experiments" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+
+    shared = tmp_path / "shared-artifacts"
+    monkeypatch.setenv(ARTIFACTS_ENV, shared.as_uri())  # e.g. a path every machine mounts
+    t = make_tracker(uri, tmp_path, pg_url)
+    run_id = t.start(info("job-pg-shared", sweep="exp-pg-shared"), None)
+    t.log_artifact(path)
+    t.end("FINISHED")
+    assert [f.path for f in client.list_artifacts(run_id)] == ["curves.png"]
+    assert list(shared.rglob("curves.png"))
+
+
+RACE = """
+import pathlib, sys, time
+import mlflow.tracking  # imported before the barrier: the race is over the store, not the import
+from sweeper.config import postgres_tracking_uri
+from sweeper.tracking import RunInfo, make_tracker
+
+queue, gate, name = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+pathlib.Path(f"{gate}.{name}").touch()
+while not gate.exists():
+    time.sleep(0.005)
+t = make_tracker(postgres_tracking_uri(queue), pathlib.Path(sys.argv[4]), queue)
+t.start(RunInfo("race", "s", name, "noop", name, 1, {}), None)
+t.end("FINISHED")
+"""
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_on_a_fresh_server_share_one_store(pg_url, tmp_path):
+    """Three workers (processes, as on three machines) open the default store of a fresh queue at the
+    same moment, released by one barrier: the database and MLflow's tables are created once, and
+    every job gets its run in the one experiment."""
+    gate, names = tmp_path / "gate", [f"job-{i}" for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, pg_url, str(gate), name, str(tmp_path / name)],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    try:
+        wait_for(lambda: all(Path(f"{gate}.{n}").exists() for n in names), timeout=300, what="three ready workers")
+        gate.touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    client = MlflowClient(postgres_tracking_uri(pg_url))
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.data.tags["job_id"] for r in runs) == names
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from mlflow.tracking import MlflowClient
 
 from .conftest import run_cli, start_worker, stop_process, wait_for
+from .mlflow_template import install, template
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory) -> Path:
+    return template(tmp_path_factory)
 
 
 class Sweep:
@@ -196,3 +203,89 @@ def test_bad_params_fail_at_once_without_retries(sweep_factory, sqlite_url):
     job = sweep.jobs()[0]
     assert (job["status"], job["failures"], job["attempt"]) == ("failed", 1, 1)
     assert "can never succeed" in job["error"]
+
+
+ZOMBIE_GRID = """
+sweep: zombierun
+stages:
+  a: {kind: "tests.kinds:zombie_fails", params: {gate: GATE}}
+"""
+
+
+def test_a_zombies_failure_leaves_the_shared_run_to_the_live_attempt(tmp_path, mlflow_template):
+    """The job raises in a worker that was frozen past its lease: the MLflow run (now the owner's)
+    stays RUNNING, the zombie's buffered point is never written, and the owner finishes the run."""
+    state, gate = tmp_path / "state", tmp_path / "gate"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(textwrap.dedent(ZOMBIE_GRID).replace("GATE", str(gate)))
+    assert run_cli("enqueue", str(grid), "--state", str(state)).returncode == 0
+    install(mlflow_template, state)
+    args = ["--state", str(state), "--lease-ttl", "2", "--retry-backoff", "0"]
+    procs = []
+    try:
+        zombie = start_worker(*args, log=tmp_path / "zombie.log")
+        procs.append(zombie)
+        wait_for(lambda: Path(f"{gate}.zombie").exists(), timeout=120, what="the first attempt to park")
+        os.kill(zombie.pid, signal.SIGSTOP)
+        owner = start_worker(*args, "--wait", "--poll", "0.2", log=tmp_path / "owner.log")
+        procs.append(owner)
+        wait_for(lambda: Path(f"{gate}.owner").exists(), timeout=120, what="the owner to take the job over")
+
+        client = MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("zombierun").experiment_id])
+        assert run.info.status == "RUNNING" and run.data.tags["attempt"] == "2"
+
+        Path(f"{gate}.go").touch()  # the zombie wakes up and its job raises
+        os.kill(zombie.pid, signal.SIGCONT)
+        assert zombie.wait(timeout=120) == 0, (tmp_path / "zombie.log").read_text()
+        zombie_log = (tmp_path / "zombie.log").read_text()
+        assert "lease" in zombie_log, zombie_log
+        run = client.get_run(run.info.run_id)
+        assert run.info.status == "RUNNING", f"the zombie closed the owner's run\n{zombie_log}"
+        assert 99 not in [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+
+        Path(f"{gate}.finish").touch()
+        assert owner.wait(timeout=120) == 0, (tmp_path / "owner.log").read_text()
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    engine = sa.create_engine(f"sqlite:///{state / 'queue.db'}")
+    with engine.connect() as conn:
+        job = conn.execute(sa.text("select status, failures, result from jobs")).mappings().one()
+    engine.dispose()
+    assert (job["status"], job["failures"]) == ("done", 0)  # the zombie's failure was not counted
+
+
+def test_supervisor_exits_non_zero_and_names_a_worker_killed_by_a_signal(sweep_factory, sqlite_url):
+    sweep = sweep_factory(
+        sqlite_url,
+        """
+        sweep: supervised
+        stages:
+          slow: {kind: noop, grid: {value: [1, 2]}, params: {steps: 30, step_s: 0.1, checkpoint: true, counter_dir: COUNTER}}
+        """,
+    )
+    supervisor, log = sweep.worker("--workers", "2", "--lease-ttl", "2", "--wait", "--poll", "0.2")
+    sweep_factory.procs.append(supervisor)
+
+    def running_children() -> list[int]:
+        with sweep.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.text("select pid from workers where status = 'running' and current_job is not null")
+                ).scalars()
+            )
+
+    pids = wait_for(lambda: len(running_children()) == 2 and running_children(), timeout=120, what="two workers")
+    victim = pids[0]
+    os.kill(victim, signal.SIGKILL)  # what the kernel's OOM killer does
+    code = supervisor.wait(timeout=180)
+    text = log.read_text()
+    assert code == 128 + signal.SIGKILL, text
+    assert f"(pid {victim}) died of SIGKILL" in text, text
+    assert "Traceback" not in text
+    assert [j["status"] for j in sweep.jobs()] == ["done", "done"]  # the survivor finished the dead one's job
+    assert sorted(sweep.counts().values()) == [1, 1]

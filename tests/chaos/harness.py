@@ -357,7 +357,10 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
         out = open(log_path, "ab")  # noqa: SIM115  (owned by the process)
         args = ["--state", str(state), "--db", cfg.db_url, "--lease-ttl", str(cfg.lease_ttl_s)]
         args += ["--retry-backoff", "0.5", "--db-outage-limit", "90", "--wait", "--poll", "0.2"]
-        args += ["--threads-per-worker", "1"]
+        args += ["--workers", "1", "--threads-per-worker", "1"]  # the monkey signals this pid: one worker
+        # The MLflow store stays the SQLite file the invariants read (on PostgreSQL the default would
+        # be the <db>_mlflow database next to the queue; tests/test_several_machines.py covers that).
+        args += ["--mlflow-uri", f"sqlite:///{state / 'mlflow.db'}"]
         return subprocess.Popen(
             [sys.executable, "-m", "sweeper.cli", "work", *args],
             env=cli_env(),
