@@ -255,6 +255,8 @@ class Window:
 
 @dataclass
 class History:
+    """The figures logged so far, for history.json and the curves."""
+
     points: list[dict[str, Any]] = field(default_factory=list)  # every log_every batches: loss, train_acc
     epochs: list[dict[str, Any]] = field(default_factory=list)  # every epoch end: train and test figures
 
@@ -275,8 +277,8 @@ class TrainState:
     time_to_target_s: float | None = None
     target_step: int | None = None
     stopped_at_target: bool = False
-    eval_s: float = 0.0  # evaluating, and writing checkpoints: neither is in train_s
-    checkpoint_s: float = 0.0
+    eval_s: float = 0.0  # evaluating: not in train_s
+    checkpoint_s: float = 0.0  # writing checkpoints: not in train_s
     checkpoints: int = 0  # how many checkpoints fit has written for this state
     history: History = field(default_factory=History)
 
