@@ -25,9 +25,10 @@ Devices: fit trains where the model and data are (jobs/device.py puts them there
 gathered on that device. The checkpoint holds CPU tensors whatever the device, so it resumes on
 any device.
 
-The checkpoint dict (all plain tensors and Python values; loads with weights_only=True). Its keys
-are the TrainState's fields, except where noted; they are the same as before TrainState existed,
-so a job resumes across that upgrade (tests/test_train_loop.py keeps a checkpoint of then):
+The checkpoint dict (all plain tensors and Python values; loads with weights_only=True): the
+TrainState's fields (sums and window as lists) plus version, model, optimizer and rng. The keys are
+those from before TrainState existed, so a job resumes across that change (tests/test_train_loop.py
+keeps a checkpoint written then):
     version                   STATE_VERSION; fit refuses a checkpoint of another version
     model, optimizer          state_dicts (the optimizer is our SGD: momentum buffers, lr, ...)
     epoch, batch, step        epochs completed, batches done in the current epoch, batches overall
