@@ -20,6 +20,7 @@ from .config import mask_password
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound, error_summary
+from .readmodel import JobParams
 from .results import flatten, is_outcome, is_reference
 
 JSON_SCHEMA = "sweeper.job/1"
@@ -142,6 +143,7 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
             .order_by(artifacts.c.name)
         ).all()
 
+    params = JobParams.of(r)
     detail = JobDetail(
         id=r.id,
         sweep=r.sweep,
@@ -166,9 +168,9 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         not_before_in_s=(r.not_before - now) if r.not_before is not None and r.not_before > now else None,
         tracking_run_id=r.tracking_run_id,
         tracking_uri=_tracking_uri(ev, r.tracking_run_id),
-        params_written=r.params or {},
-        params_resolved=r.resolved_params,
-        provenance=r.provenance or {},
+        params_written=params.written,
+        params_resolved=params.resolved,
+        provenance=params.provenance,
         result=r.result,
         error=mask_password(r.error) if r.error else r.error,  # rows written before errors were masked
         error_summary=error_summary(r.error),

@@ -22,6 +22,7 @@ any machine. A tracking server (http://...) stores files where it is configured 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -145,6 +146,22 @@ def _retry_transient(fn: Callable[[], Any], what: str, limit_s: float = 120.0) -
                 raise RuntimeError(f"MLflow: could not {what}: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+class _NoStoreErrorTraceback(logging.Filter):
+    """Drops MLflow's own report of a database error in its store.
+
+    mlflow.store.db.utils logs each OperationalError at ERROR with a full traceback, then raises it.
+    _retry_transient waits out the transient ones (a PostgreSQL restart) and reports any other in
+    one line, so the traceback only made a worker that rode out an outage look like it crashed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+_MLFLOW_DB_LOGGER = logging.getLogger("mlflow.store.db.utils")
+_MLFLOW_DB_LOGGER.addFilter(_NoStoreErrorTraceback())
 
 
 ARTIFACTS_ENV = "SWEEPER_MLFLOW_ARTIFACTS"
