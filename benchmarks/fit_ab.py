@@ -45,7 +45,8 @@ with tempfile.TemporaryDirectory() as tmp:
     state = fit(job.context(), model, make_optimizer(model, 0.001, 0.9), data.train, data.test, cfg)
     cpu = time.process_time() - cpu  # the whole fit (its one evaluation and checkpoint too): the same work in both trees
     job.close()
-print(json.dumps({"images_per_s": n / state["train_s"], "images_per_cpu_s": n / cpu, "dataset": data.name}))
+train_s = state["train_s"] if isinstance(state, dict) else state.train_s  # a dict from a baseline before TrainState
+print(json.dumps({"images_per_s": n / train_s, "images_per_cpu_s": n / cpu, "dataset": data.name}))
 """
 
 

@@ -37,7 +37,7 @@ from benchmarks.jobcontext import ScratchJob  # noqa: E402
 from jobs.data import SYSTEM_DIR, DataNotFound, load_dataset  # noqa: E402
 from jobs.device import on_device, pick_device  # noqa: E402
 from jobs.model import Arch, Conv, build  # noqa: E402
-from jobs.training import LoopConfig, evaluate, fit, make_optimizer  # noqa: E402
+from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "gpu_check.json"
 BASELINE = Arch(Conv(16, 3), Conv(16, 3), 100)
@@ -65,7 +65,7 @@ def attempt(job: ScratchJob, cpu_data: Any, device: str, cfg: LoopConfig, stop_a
         if stop_after is not None and steps[0] == stop_after:
             ctx.request_stop()
 
-    result = fit(ctx, model, optimizer, d.train, d.test, cfg, state=ctx.restore(), after_step=count)
+    result = fit(ctx, model, optimizer, d.train, d.test, cfg, checkpoint=ctx.restore(), after_step=count)
     return model, d, result
 
 
@@ -84,7 +84,7 @@ def check_pair(root: Path, cpu_data: Any, first: str, second: str) -> dict[str, 
     model, _, _ = attempt(job, cpu_data, second, cfg, stop_after=0, seed=99)
     same = all(torch.equal(v, saved[k]) for k, v in weights(model).items())
     model, d, state = attempt(job, cpu_data, second, cfg, stop_after=None, seed=5)
-    finished = isinstance(state, dict) and state["epoch"] == cfg.epochs
+    finished = isinstance(state, TrainState) and state.epoch == cfg.epochs
     _, acc = evaluate(model, d.test.x, d.test.y)
     out: dict[str, Any] = {"checkpoint_cpu_only": cpu_only, "same_weights_after_handover": same}
     out.update(finished=finished, test_accuracy=acc)
@@ -107,7 +107,7 @@ def speed(cpu_data: Any, device: str, threads: int, batch: int) -> float:
         cfg = LoopConfig(epochs=1, batch_size=batch, seed=0, checkpoint_every_s=1e9, target_train_acc=None)
         _, _, state = attempt(job, cpu_data, device, cfg, stop_after=None, seed=0)
         job.close()
-    return len(cpu_data.train) / state["train_s"]
+    return len(cpu_data.train) / state.train_s
 
 
 def main() -> int:

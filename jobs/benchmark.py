@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils import benchmark as tbench
 
 from sweeper.context import JobContext, JobFailed
 from sweeper.plots import pyplot
@@ -43,6 +42,7 @@ from .flops import model_cost
 from .matmul import MatmulCNN
 from .model import CNN, count_params, load_model
 from .params import BenchmarkParams, parse
+from .torchbench import benchmark as tbench
 from .training import evaluate
 
 STATE_VERSION = 1

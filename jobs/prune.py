@@ -46,7 +46,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sweeper.context import JobContext, JobFailed
+from sweeper.context import Interrupted, JobContext, JobFailed
 
 from . import magnitude, surgery, upstream
 from .data import Dataset, load_dataset
@@ -298,8 +298,8 @@ def finetune(
     def keep_zeros(m: Any) -> None:
         magnitude.apply_masks(m, masks)
 
-    def save(train_state: dict[str, Any]) -> None:
-        state[which] = train_state
+    def save(train_checkpoint: dict[str, Any]) -> None:
+        state[which] = train_checkpoint
         ctx.checkpoint(state)
 
     what = "the unpruned control" if control else describe(p, pending)
@@ -314,14 +314,14 @@ def finetune(
         data.train,
         data.test,
         cfg,
-        state=state[which],
+        checkpoint=state[which],
         save=save,
         after_step=keep_zeros if masks else None,
         progress=progress,
     )
-    if not isinstance(result, dict):
+    if isinstance(result, Interrupted):
         return result
-    state[which] = result
+    # state[which] holds fit's last checkpoint, which it writes as it finishes (its weights are the model's)
     return None
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweeper.context import JobContext
+from sweeper.context import Interrupted, JobContext
 
 from . import figures, outputs
 from .data import load_dataset
 from .device import describe, on_device, pick_device
 from .model import Arch, build, count_params, save_model
 from .params import TrainParams, parse
-from .training import LoopConfig, evaluate, fit, make_optimizer, predict, summary, window_batches
+from .training import LoopConfig, evaluate, fit, make_optimizer, predict, window_batches
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
@@ -50,22 +50,22 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         target_window=p.target_window,
         stop_at_target=p.stop_at_target,
     )
-    state = fit(ctx, model, optimizer, data.train, data.test, cfg, state=ctx.restore())
-    if not isinstance(state, dict):
+    state = fit(ctx, model, optimizer, data.train, data.test, cfg, checkpoint=ctx.restore())
+    if isinstance(state, Interrupted):
         return state  # interrupted at a checkpoint; the worker releases the job
 
     # -- final evaluation (not training time) --
-    ctx.progress(1.0, f"trained {summary(state)['epochs']:.2f} epochs; evaluating and writing artifacts")
+    time = state.summary()
+    ctx.progress(1.0, f"trained {time['epochs']:.2f} epochs; evaluating and writing artifacts")
     test_loss, test_acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
-    running = state["history"]["epochs"][-1] if state["history"]["epochs"] else None
+    running = state.history.epochs[-1] if state.history.epochs else None
     if p.eval_train:
         train_loss, train_acc = evaluate(model, data.train.x, data.train.y, p.eval_batch_size)
     elif running is not None:
         train_loss, train_acc = running["train_loss"], running["train_acc"]
     else:
         train_loss, train_acc = float("nan"), float("nan")
-    time = summary(state)
-    images = state["epoch"] * len(data.train) + min(state["batch"] * p.batch_size, len(data.train))
+    images = state.epoch * len(data.train) + min(state.batch * p.batch_size, len(data.train))
     target_step = time["target_step"]
     result: dict[str, Any] = {
         "test_accuracy": test_acc,
@@ -76,7 +76,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         # The same moment in images seen: deterministic, so speed rankings do not depend on machine load.
         "images_to_target": None
         if target_step is None
-        else images_seen(target_step, state["batches_per_epoch"], len(data.train), p.batch_size),
+        else images_seen(target_step, state.batches_per_epoch, len(data.train), p.batch_size),
         "reached": time["reached"],
         "target_step": time["target_step"],
         "epochs": time["epochs"],
@@ -93,7 +93,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     ctx.log_metrics(
         # time_to_target_s was logged at the step it was reached
         {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k != "time_to_target_s"},
-        step=state["step"],
+        step=state.step,
     )
 
     # -- artifacts: model.pt is the hand-off to prune/benchmark; the rest is for people and `sweeper report` --
@@ -112,17 +112,15 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             "window_batches": window_batches(cfg, len(data.train)),
         },
         "time": time,
-        "points": state["history"]["points"],
-        "epochs": state["history"]["epochs"],
+        "points": state.history.points,
+        "epochs": state.history.epochs,
         "final": result,
     }
     files = {
         "model.pt": save_model(out / "model.pt", model),
         "history.json": outputs.write_history(out / "history.json", history),
         "predictions.csv": outputs.write_predictions(out / "predictions.csv", data.test.y.cpu(), predicted),
-        "curves.png": outputs.plot_curves(
-            out / "curves.png", state["history"]["points"], state["history"]["epochs"], title
-        ),
+        "curves.png": outputs.plot_curves(out / "curves.png", state.history.points, state.history.epochs, title),
         "confusion.png": figures.plot_confusion(
             out / "confusion.png",
             outputs.confusion(data.test.y.cpu(), predicted).tolist(),

@@ -15,17 +15,14 @@ mode) still sorts after everything the database knows.
 Every path built from a queue row (sweep, job id, artifact name, stored location) is checked by
 statepaths.py first: a row cannot make a worker write, read or delete outside the state directory.
 
-Files are written atomically: temp file in the same directory, fsync, os.replace, fsync of the
-directory. A crash leaves either the old file or the new one, never half of one.
+Files are written atomically (files.py): temp file in the same directory, fsync, rename, fsync of
+the directory. A crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,9 +32,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import files
 from .db import artifacts as artifact_rows
 from .db import checkpoints as checkpoint_rows
 from .errors import CheckpointError, LeaseLost, UnsafePath
+from .files import sha256_file
 from .queue import Lease, Queue, add_event
 from .statepaths import check_name, check_sha256, inside, stored, under
 
@@ -48,14 +47,6 @@ SUFFIX = ".ckpt"
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_dir(path: Path) -> Path:
@@ -72,54 +63,23 @@ def stage(path: Path, data: bytes) -> Path:
     """Write `data` to a synced temporary file next to `path`; commit_staged() puts it in place."""
     try:
         ensure_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return files.stage(path, data, mode=FILE_MODE)
     except OSError as exc:  # a read-only or full filesystem refuses the file itself
-        raise CheckpointError(
-            f"cannot write {path}: {exc.strerror or exc}",
-            hint="check free space and permissions of the state directory",
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise CheckpointError(
-                f"cannot write {path}: {exc.strerror or exc}",
-                hint="check free space and permissions of the state directory",
-            ) from None
-        raise
-    return Path(tmp)
+        raise _cannot_write(path, exc) from None
 
 
 def commit_staged(tmp: Path, path: Path) -> None:
     try:
-        os.replace(tmp, path)
+        files.commit(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise CheckpointError(
-            f"cannot write {path}: {exc.strerror or exc}",
-            hint="check free space and permissions of the state directory",
-        ) from None
-    fsync_dir(path.parent)
+        raise _cannot_write(path, exc) from None
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (FUSE mounts) refuse fsync on directories
-    finally:
-        os.close(fd)
+def _cannot_write(path: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check free space and permissions of the state directory",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

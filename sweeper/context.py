@@ -12,7 +12,9 @@
         ctx.log_artifact(path)                            # recorded with its sha256
         return {"test_accuracy": 0.91}
 
-Jobs import this module and nothing else from sweeper.
+A job kind imports this module and nothing else from sweeper, except `sweeper.plots` when it
+draws figures (`pyplot()`, matplotlib without a display). Outside the job kinds, `jobs/fetch.py`
+(`python -m jobs.data ensure`) reads the default state directory from `sweeper.config`.
 """
 
 from __future__ import annotations

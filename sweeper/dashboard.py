@@ -1,7 +1,8 @@
 """`sweeper status`: what is done, running, blocked and failed, and the leaders so far.
 
 `collect()` reads a StatusSnapshot (plain dataclasses, no rich) in a handful of aggregate
-queries, so it stays fast on a 10,000-job queue; `to_json()` gives the documented `--json` schema
+queries, so it stays fast on a 10,000-job queue; sweeps, stages and their counts come from
+readmodel.py, which the other views share; `to_json()` gives the documented `--json` schema
 (`sweeper.status/1`, see docs/status-json.md). dashview.py draws it. Nothing here
 imports torch or mlflow.
 """
@@ -16,10 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .db import ACTIVE, STATUSES, Database, db_now, jobs, stages, sweeps, workers
+from .db import ACTIVE, STATUSES, Database, db_now, jobs, workers
 from .errors import error_summary
 from .ranking import Metric, metric_value, rank_metrics, unknown_metric
-from .spec import StageSpec
+from .readmodel import read_stages, read_sweeps
 
 JSON_SCHEMA = "sweeper.status/1"
 LOST_WORKER_S = 120.0  # a "running" worker silent this long has most likely died (kill -9, disconnect)
@@ -178,13 +179,7 @@ def collect(
         snap = StatusSnapshot(database=db.display_url, time=now, sweep=sweep)
         cond = [jobs.c.sweep == sweep] if sweep else []
 
-        sweep_cond = [sweeps.c.name == sweep] if sweep else []
-        for r in conn.execute(
-            sa.select(sweeps.c.name, sweeps.c.description, sweeps.c.spec_file, sweeps.c.created_at)
-            .where(*sweep_cond)
-            .order_by(sweeps.c.created_at)
-        ):
-            snap.sweeps.append(SweepRow(r.name, r.description or "", r.spec_file, r.created_at))
+        snap.sweeps = [SweepRow(s.name, s.description, s.spec_file, s.created_at) for s in read_sweeps(conn, sweep)]
 
         _read_stages(conn, snap, sweep, cond)
         _read_workers(conn, snap, stale_worker_s, max_workers)
@@ -197,14 +192,6 @@ def collect(
 
 
 def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, cond: list) -> None:
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for r in conn.execute(
-        sa.select(jobs.c.sweep, jobs.c.stage, jobs.c.status, sa.func.count())
-        .where(*cond)
-        .group_by(jobs.c.sweep, jobs.c.stage, jobs.c.status)
-    ):
-        counts.setdefault((r[0], r[1]), {s: 0 for s in STATUSES})[r[2]] = r[3]
-
     # Durations of finished jobs: the ETA's only evidence. started_at is the first claim, so a job
     # resumed after a long pause counts long; the mean is still the honest number we have.
     timing: dict[tuple[str, str], sa.Row] = {}
@@ -223,17 +210,9 @@ def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, c
     ):
         timing[(r.sweep, r.stage)] = r
 
-    stage_cond = [stages.c.sweep == sweep] if sweep else []
-    for r in conn.execute(
-        sa.select(stages.c.sweep, stages.c.name, stages.c.kind, stages.c.config)
-        .select_from(stages.join(sweeps, stages.c.sweep == sweeps.c.name))
-        .where(*stage_cond)
-        .order_by(sweeps.c.created_at, stages.c.sweep, stages.c.position)
-    ):
-        spec = StageSpec.from_json(r.name, r.config)
-        c = counts.get((r.sweep, r.name), {s: 0 for s in STATUSES})
-        row = StageRow(r.sweep, r.name, r.kind, c, sum(c.values()), list(spec.needs))
-        t = timing.get((r.sweep, r.name))
+    for st in read_stages(conn, sweep):
+        row = StageRow(st.sweep, st.name, st.kind, st.counts, st.total, list(st.spec.needs))
+        t = timing.get((st.sweep, st.name))
         if t is not None and t.n:
             row.mean_duration_s = max(0.0, float(t.mean))
             span = float(t.last) - float(t.first)

@@ -7,7 +7,6 @@ Times are stored as float seconds since the epoch and always taken from the *dat
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from .config import mask_password
 from .errors import DatabaseUnavailable, SchemaMismatch, UsageError
+from .mappings import finite
 
 SCHEMA_VERSION = 1
 
@@ -184,27 +184,32 @@ def json_dumps(value: object) -> str:
     try:
         return json.dumps(value, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(value), allow_nan=False)
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(finite(value), allow_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # Engines
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
-    if url.database and url.database != ":memory:":
+def sqlite_path(url: str | sa.URL | None) -> Path | None:
+    """The file of a SQLite URL; None for other databases, in-memory ones and what is not a URL."""
+    if isinstance(url, str):
+        if not url.startswith("sqlite"):
+            return None
         try:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            url = sa.make_url(url)
+        except (sa.exc.ArgumentError, ValueError):
+            return None
+    if url is None or url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. --state names a file, or a directory we may not write
             raise UsageError(
                 f"cannot create the directory of the queue database {url.database}: {exc.strerror or exc}",
@@ -422,8 +427,8 @@ def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None 
     engine = make_engine(url)
     db = Database(url=url, engine=engine, outage=outage or OutagePolicy())
     if engine.dialect.name == "sqlite" and not create:
-        path = engine.url.database
-        if path and path != ":memory:" and not os.path.exists(path):
+        path = sqlite_path(engine.url)
+        if path is not None and not os.path.exists(path):
             raise UsageError(
                 f"no queue database at {path}",
                 hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .mappings import deep_copy as _deep_copy
+
 REF_KEYS = ("best_of", "result_of", "all_of")
 MODES = ("max", "min")
 OVER_SEEDS = ("none", "mean")
@@ -396,14 +398,6 @@ def resolve_params(
         _set_path(resolved, path, value)
         provenance[path] = ",".join(v["job"] for v in value) if isinstance(value, list) else value["job"]
     return resolved, provenance
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 def _set_path(params: dict[str, Any], path: str, value: Any) -> None:

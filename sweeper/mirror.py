@@ -59,7 +59,9 @@ from pathlib import Path
 from typing import Literal
 
 from .config import Settings, default_tracking_uri
+from .db import sqlite_path
 from .errors import StateLocked, UsageError
+from .files import atomic_write, commit, move_aside, sha256_file
 from .mounts import Verdict, check, should_mirror
 from .statelease import DEFAULT_LEASE_S, Holder, LeaseHeld, LeaseWait, StateLease
 
@@ -87,35 +89,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sqlite_path(url: str | None) -> Path | None:
-    """The file of a sqlite:/// URL (None for other databases and in-memory ones)."""
-    if not url or not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[-1].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass  # FUSE mounts may refuse fsync on a directory
-        finally:
-            os.close(fd)
-
-
 def _copy(src: Path, dst: Path, *, delay_s: float = 0.0) -> str:
     """Copy src to dst (fsynced) and return the sha256 of the bytes copied."""
     h = hashlib.sha256()
@@ -138,7 +111,7 @@ def _install(tmp: Path, dest: Path) -> None:
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{dest}{suffix}")
-    os.replace(tmp, dest)
+    commit(tmp, dest)
 
 
 def backup(src: Path, dest: Path) -> None:
@@ -258,12 +231,11 @@ class SnapshotChain:
             tmp = self.dir / f".{self.stem}.{token}.tmp"
             try:
                 _copy(copy, tmp, delay_s=_test_delay())
-                os.replace(tmp, final)
+                commit(tmp, final)  # renamed into place, and the directory synced
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            _fsync_dir(self.dir)
             mine = [
                 s
                 for s in existing
@@ -392,9 +364,7 @@ class Origin:
         with self._lock:
             data = self.read()
             data[name] = {"snapshot": snap.name, "sha256": snap.sha256} if snap else {}
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(data, indent=1).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,7 +626,7 @@ class MirroredState:
                 f"warning: no valid {db.name} snapshot in {db.chain.dir}; starting from an empty database "
                 f"(the old local copy is kept at {aside})"
             )
-            _install_aside(db.local, aside)
+            move_aside(db.local, aside)
         if db.remote.exists():
             # A database used directly on the mount before mirrored mode: import it once.
             self.log(f"importing {db.remote} into mirrored mode (snapshots will go to {db.chain.dir})")
@@ -763,13 +733,6 @@ class MirroredState:
                 for suffix in ("", "-wal", "-shm"):
                     with contextlib.suppress(OSError):
                         os.unlink(f"{tmp}{suffix}")
-
-
-def _install_aside(path: Path, aside: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-    os.replace(path, aside)
 
 
 class _ChangeWatch:

@@ -1084,12 +1084,9 @@ def _status_counts(rows: Sequence[sa.Row]) -> str:
 
 
 def _summary(result: dict[str, Any]) -> str:
-    parts = [
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in list(result.items())[:6]
-        if isinstance(v, (int, float, str, bool))
-    ]
-    return " ".join(parts)
+    from .mappings import summary_line  # may move to the top with issue 11's rework of this module
+
+    return summary_line(result, limit=6)
 
 
 __all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "WorkSummary", "add_event"]

@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .db import Database, events, jobs, meta, workers
+from .readmodel import newest_event_detail
 
 LINEAGE_KEY = "mirror_lineage"
 RECOVERED = "recovered"  # event type; job_id NULL
@@ -102,19 +103,7 @@ def release_orphans(
 def last_recovery(db: Database) -> dict[str, Any] | None:
     """The newest `recovered` event: {ts, snapshot, snapshot_time, previous, released, summary}."""
     with db.read() as conn:
-        row = conn.execute(
-            sa.select(events.c.ts, events.c.detail)
-            .where(events.c.type == RECOVERED, events.c.job_id.is_(None))
-            .order_by(events.c.id.desc())
-            .limit(1)
-        ).first()
-    if row is None:
-        return None
-    try:
-        detail = json.loads(row.detail or "{}")
-    except ValueError:
-        detail = {"summary": row.detail}
-    return {"ts": row.ts, **detail}
+        return newest_event_detail(conn, RECOVERED)
 
 
 def describe_recovery(rec: dict[str, Any], now: float | None = None) -> str:

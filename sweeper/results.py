@@ -18,10 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import mappings
 from .db import STATUSES, Database, jobs, stages, sweeps
 from .errors import CheckpointError, UsageError
 from .handoff import REF_KEYS
-from .spec import StageSpec
+from .readmodel import JobParams, read_stages, read_sweeps
 
 Scalar = str | int | float | bool | None
 
@@ -36,6 +37,11 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, Mapping) and any(k in value for k in REF_KEYS)
 
 
+def is_handoff(value: Any) -> bool:
+    """A hand-off, resolved or not: one value in a table, never a group of columns."""
+    return is_outcome(value) or is_reference(value)
+
+
 def flatten(value: Mapping[str, Any], prefix: str = "", *, records: bool = False) -> dict[str, Scalar]:
     """Nested params or results -> {"conv1.channels": 8, ...}, one scalar per dotted key.
 
@@ -44,14 +50,11 @@ def flatten(value: Mapping[str, Any], prefix: str = "", *, records: bool = False
     triplets) is left out unless `records` is true, when it becomes JSON too.
     """
     out: dict[str, Scalar] = {}
-    for key, v in value.items():
-        path = f"{prefix}{key}"
+    for path, v in mappings.flatten(value, prefix, whole=is_handoff).items():
         if is_outcome(v):
             out[path] = str(v["job"])
         elif is_reference(v):  # not resolved yet (a blocked job): keep it whole
             out[path] = json.dumps(v, separators=(",", ":"), sort_keys=True)
-        elif isinstance(v, Mapping):
-            out.update(flatten(v, path + ".", records=records))
         elif isinstance(v, list):
             if v and all(is_outcome(x) for x in v):
                 out[path] = ",".join(str(x["job"]) for x in v)
@@ -114,7 +117,7 @@ class StageInfo:
 
 
 def _record(r: sa.Row) -> JobRecord:
-    written = r.params or {}
+    params = JobParams.of(r)
     return JobRecord(
         id=r.id,
         sweep=r.sweep,
@@ -122,9 +125,9 @@ def _record(r: sa.Row) -> JobRecord:
         kind=r.kind,
         status=r.status,
         label=r.label or "",
-        params=r.resolved_params if r.resolved_params is not None else written,
-        params_written=written,
-        provenance=r.provenance or {},
+        params=params.ran_with,
+        params_written=params.written,
+        provenance=params.provenance,
         result=r.result if isinstance(r.result, dict) else {},
         error=r.error,
         attempt=r.attempt,
@@ -161,7 +164,7 @@ def load_jobs(
 def require_sweep(db: Database, name: str) -> None:
     """Raise a UsageError naming the sweeps there are, unless sweep `name` exists."""
     with db.read() as conn:
-        names = list(conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
+        names = [s.name for s in read_sweeps(conn)]
     if name not in names:
         raise UsageError(
             f"no sweep named '{name}' in {db.display_url}",
@@ -210,7 +213,7 @@ def why_untouched(
 def only_sweep(db: Database) -> str:
     """The name of the one sweep in the queue; a clear error when there are none or several."""
     with db.read() as conn:
-        names = list(conn.execute(sa.select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
+        names = [s.name for s in read_sweeps(conn)]
     if len(names) == 1:
         return names[0]
     if not names:
@@ -237,36 +240,16 @@ class SweepView:
         self.state_dir = Path(state_dir)
         self.out_dir = out_dir
         with db.read() as conn:
-            row = conn.execute(sa.select(sweeps).where(sweeps.c.name == sweep)).first()
-            if row is None:
+            found = read_sweeps(conn, sweep) if sweep else []
+            if not found:
                 require_sweep(db, sweep)
-            self.sweep: str = row.name
-            self.description: str = row.description or ""
-            self.spec_file: str | None = row.spec_file
-            counts: dict[str, dict[str, int]] = {}
-            for r in conn.execute(
-                sa.select(jobs.c.stage, jobs.c.status, sa.func.count())
-                .where(jobs.c.sweep == sweep)
-                .group_by(jobs.c.stage, jobs.c.status)
-            ):
-                counts.setdefault(r[0], {s: 0 for s in STATUSES})[r[1]] = r[2]
-            self.stages: list[StageInfo] = []
-            for r in conn.execute(
-                sa.select(stages.c.name, stages.c.kind, stages.c.config)
-                .where(stages.c.sweep == sweep)
-                .order_by(stages.c.position)
-            ):
-                spec = StageSpec.from_json(r.name, r.config)
-                self.stages.append(
-                    StageInfo(
-                        sweep,
-                        r.name,
-                        r.kind,
-                        list(spec.needs),
-                        spec.description,
-                        counts.get(r.name, {s: 0 for s in STATUSES}),
-                    )
-                )
+            self.sweep: str = found[0].name
+            self.description: str = found[0].description
+            self.spec_file: str | None = found[0].spec_file
+            self.stages: list[StageInfo] = [
+                StageInfo(s.sweep, s.name, s.kind, list(s.spec.needs), s.spec.description, s.counts)
+                for s in read_stages(conn, sweep)
+            ]
         self._jobs = load_jobs(db, sweep)
         self._artifacts: dict[str, list[str]] | None = None
         self._store: Any = None

@@ -16,11 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import mappings
 from .config import mask_password
 from .dashview import duration
 from .db import Database, artifacts, checkpoints, db_now, events, jobs
 from .errors import JobNotFound, error_summary
-from .results import flatten, is_outcome, is_reference
+from .readmodel import JobParams
+from .results import flatten, is_handoff, is_outcome, is_reference
 
 JSON_SCHEMA = "sweeper.job/1"
 # Events that end an attempt, and what they mean for it.
@@ -142,6 +144,7 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
             .order_by(artifacts.c.name)
         ).all()
 
+    params = JobParams.of(r)
     detail = JobDetail(
         id=r.id,
         sweep=r.sweep,
@@ -166,9 +169,9 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         not_before_in_s=(r.not_before - now) if r.not_before is not None and r.not_before > now else None,
         tracking_run_id=r.tracking_run_id,
         tracking_uri=_tracking_uri(ev, r.tracking_run_id),
-        params_written=r.params or {},
-        params_resolved=r.resolved_params,
-        provenance=r.provenance or {},
+        params_written=params.written,
+        params_resolved=params.resolved,
+        provenance=params.provenance,
         result=r.result,
         error=mask_password(r.error) if r.error else r.error,  # rows written before errors were masked
         error_summary=error_summary(r.error),
@@ -227,13 +230,7 @@ def param_rows(written: dict[str, Any], resolved: dict[str, Any] | None, provena
 
 def _flat(params: dict[str, Any]) -> dict[str, Any]:
     # A hand-off reference as written ({best_of: ...}) stays one value instead of three keys.
-    out: dict[str, Any] = {}
-    for key, v in params.items():
-        if isinstance(v, dict) and not is_outcome(v) and not is_reference(v):
-            out.update({f"{key}.{k}": x for k, x in _flat(v).items()})
-        else:
-            out[key] = v
-    return out
+    return mappings.flatten(params, whole=is_handoff)
 
 
 def attempts_from_events(evs: list[EventRow], status: str) -> list[Attempt]:

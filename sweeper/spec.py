@@ -22,6 +22,8 @@ from typing import Any
 
 from . import handoff, registry
 from .errors import SpecError
+from .mappings import deep_copy as _copy
+from .mappings import flatten
 from .yamlfile import LineIndex, load_yaml
 
 TOP_KEYS = ("sweep", "description", "defaults", "stages")
@@ -397,14 +399,6 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
 def _get_path(params: Mapping[str, Any], dotted: str) -> Any:
     node: Any = params
     for part in dotted.split("."):
@@ -452,11 +446,10 @@ def apply_axis(params: dict[str, Any], axis: str, value: Any) -> dict[str, Any]:
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    # For a job's label: any value, not only a mapping; an empty mapping shows as `{}` and no key
+    # ends in '.' (an empty key shows as its parent's).
     if isinstance(value, Mapping) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
+        return {k.rstrip("."): v for k, v in flatten(value, prefix, whole=lambda v: not v).items()}
     return {prefix.rstrip("."): value}
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import StateLocked
+from .files import atomic_write
 
 DEFAULT_LEASE_S = 180.0  # Drive can take a minute to show a write elsewhere; stay well above that
 
@@ -194,13 +195,7 @@ class StateLease:
             return Holder("unknown", "unknown", "", 0, "?", st.st_mtime, st.st_mtime + self.duration_s)
 
     def _write(self, holder: Holder) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{self.me.session}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(holder), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(asdict(holder), indent=1).encode("utf-8"))
 
     def acquire(self, *, take_over: bool = False) -> Holder | None:
         """Take the lease. Returns the previous holder when it was taken over (None: it was free).

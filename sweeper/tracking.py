@@ -22,6 +22,7 @@ any machine. A tracking server (http://...) stores files where it is configured 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from .mappings import flatten
 
 
 @dataclass(frozen=True)
@@ -91,19 +94,24 @@ class NullTracker:
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """{'conv1': {'channels': 8}} -> {'conv1.channels': '8'}; long values are cut to MLflow's limit."""
+    """{'conv1': {'channels': 8}} -> {'conv1.channels': '8'}; long values are cut to MLflow's limit.
+
+    The walk is mappings.flatten's; MLflow params are text, so each value becomes a string here,
+    and a resolved hand-off becomes `stage:job`, the run it came from.
+    """
     out: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and "job" in value and "stage" in value:
+    for name, value in flatten(params, prefix, whole=_is_handoff).items():
+        if isinstance(value, Mapping):
             out[name] = f"{value['stage']}:{value['job']}"  # a resolved hand-off: name its source
-        elif isinstance(value, Mapping):
-            out.update(flatten_params(value, name + "."))
         elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "job" in v for v in value):
             out[name] = ",".join(f"{v['stage']}:{v['job']}" for v in value)
         else:
             out[name] = str(value)[:6000]
     return out
+
+
+def _is_handoff(value: Mapping[str, Any]) -> bool:
+    return "job" in value and "stage" in value
 
 
 def _int(text: str | None) -> int:
@@ -145,6 +153,22 @@ def _retry_transient(fn: Callable[[], Any], what: str, limit_s: float = 120.0) -
                 raise RuntimeError(f"MLflow: could not {what}: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+class _NoStoreErrorTraceback(logging.Filter):
+    """Drops MLflow's own report of a database error in its store.
+
+    mlflow.store.db.utils logs each OperationalError at ERROR with a full traceback, then raises it.
+    _retry_transient waits out the transient ones (a PostgreSQL restart) and reports any other in
+    one line, so the traceback only made a worker that rode out an outage look like it crashed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+_MLFLOW_DB_LOGGER = logging.getLogger("mlflow.store.db.utils")
+_MLFLOW_DB_LOGGER.addFilter(_NoStoreErrorTraceback())
 
 
 ARTIFACTS_ENV = "SWEEPER_MLFLOW_ARTIFACTS"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import multiprocessing
 import os
 import secrets
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import registry
+from . import mappings, registry
 from .checkpoints import ArtifactStore, CheckpointStore
 from .config import Settings, mask_password
 from .context import Interrupted, JobContext, JobFailed
@@ -346,7 +345,7 @@ class Worker:
                 run_status = "CLOSED"
                 self._record_result(queue, job, result)
                 queue.complete(job.lease, result)
-                self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {_short(result)}")
+                self.log(f"done {job.id} in {time.monotonic() - started:.1f}s  {mappings.summary_line(result, 5)}")
         except LeaseLost as exc:
             run_status = "LOST"  # the run now belongs to the attempt that took the job over
             self.log(f"{exc}")
@@ -438,34 +437,16 @@ def plain_result(result: Any) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise JobFailed(f"a job must return a dict of metrics (or ctx.interrupted()), not {type(result).__name__}")
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
+    def scalar(value: Any) -> Any:  # any leaf but a float: finite() has made NaN None already
         if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
             return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
         if hasattr(value, "item"):
-            return clean(value.item())
+            return mappings.finite(value.item(), key=str, leaf=scalar)
         return str(value)
 
-    cleaned = clean(result)
+    cleaned = mappings.finite(result, key=str, leaf=scalar)
     json.dumps(cleaned)
     return cleaned
-
-
-def _short(result: Any) -> str:
-    if not isinstance(result, dict):
-        return ""
-    parts = []
-    for key, value in list(result.items())[:5]:
-        if isinstance(value, float):
-            parts.append(f"{key}={value:.4g}")
-        elif isinstance(value, (int, str, bool)):
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
 
 
 def _stderr_line(line: str) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
+import torch
 
 from jobs.benchmark import list_models, pareto_front, select
 from jobs.params import PruneParams
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
+from tests.conftest import cli_env
 
 
 def rec(name: str, flops: int, acc: float) -> dict:
@@ -102,3 +106,22 @@ def test_magnitude_pruning_needs_no_layer_and_then_prunes_every_layer():
     params = {k: v for k, v in spec.jobs[-1].params.items() if k != "model"}
     assert PruneParams.model_validate(params).layer == "all"
     assert PruneParams.model_validate(params).amounts == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+NO_CUDA = "No CUDA runtime is found"
+
+
+def stderr_of_import(module: str, cuda_home: str) -> str:
+    """stderr of a fresh interpreter that imports `module` on a CPU-only view of this machine."""
+    # a CUDA toolkit without a usable GPU is what makes torch warn (Colab's CPU runtime has one)
+    env = cli_env(CUDA_HOME=cuda_home, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build never looks for CUDA_HOME")
+def test_the_benchmark_job_imports_without_torchs_no_cuda_runtime_warning(tmp_path):
+    # the control: torch itself still warns here, so the check below can fail
+    assert NO_CUDA in stderr_of_import("torch.utils.benchmark", str(tmp_path))
+    assert NO_CUDA not in stderr_of_import("jobs.benchmark", str(tmp_path))

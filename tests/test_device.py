@@ -21,7 +21,7 @@ import torch
 from jobs.data import load_dataset
 from jobs.device import on_device, pick_device
 from jobs.model import Arch, Conv, build
-from jobs.training import LoopConfig, evaluate, fit, make_optimizer
+from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
 from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import Interrupted, JobContext, JobFailed
 from sweeper.db import open_database
@@ -92,7 +92,7 @@ def attempt(ctx: JobContext, cpu_data, device: str, *, stop_after: int | None = 
         if stop_after is not None and steps[0] == stop_after:
             ctx.request_stop()
 
-    result = fit(ctx, model, optimizer, data.train, data.test, CFG, state=ctx.restore(), after_step=count)
+    result = fit(ctx, model, optimizer, data.train, data.test, CFG, checkpoint=ctx.restore(), after_step=count)
     return model, data, result
 
 
@@ -127,14 +127,14 @@ def test_checkpoint_saved_on_one_device_resumes_on_another_with_the_same_weights
 
     # 3. ... and finish there
     model, data, state = attempt(job.attempt(), cpu_data, second, init_seed=7)
-    assert isinstance(state, dict)
-    assert state["epoch"] == CFG.epochs and state["step"] == CFG.epochs * state["batches_per_epoch"]
+    assert isinstance(state, TrainState)
+    assert state.epoch == CFG.epochs and state.step == CFG.epochs * state.batches_per_epoch
     _, acc = evaluate(model, data.test.x, data.test.y)
 
     # against an uninterrupted run on the second device: on one device bit-identical; across
     # devices only the rounding differs, so the accuracy lands close
     ref_model, _, ref = attempt(Job(tmp_path / "ref").attempt(), cpu_data, second)
-    assert isinstance(ref, dict) and ref["step"] == state["step"]
+    assert isinstance(ref, TrainState) and ref.step == state.step
     _, ref_acc = evaluate(ref_model, data.test.x, data.test.y)
     if first == second:
         for name, tensor in cpu_weights(ref_model).items():

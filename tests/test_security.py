@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -153,7 +154,7 @@ def test_database_passwords_never_appear_in_output_logs_status_json_mlflow_or_th
     status = cli("status", "--json", "--state", str(state), "--db", url)
     assert status.returncode == 0 and json.loads(status.stdout)["database"]
     assert cli("status", "--state", str(state), "--db", url).returncode == 0
-    job_id = next(line.split()[1] for line in outputs[0].splitlines() if line.startswith("new"))
+    job_id = re.search(r"^new\s+([0-9a-f]{12})\s", outputs[0], re.M).group(1)  # a job row of the enqueue table
     assert cli("show", job_id, "--json", "--state", str(state), "--db", url).returncode == 0
     assert cli("export", "--csv", "-", "--state", str(state), "--db", url).returncode == 0
     assert cli("status", "--state", str(state), SWEEPER_DB=url).returncode == 0  # from the environment

@@ -144,7 +144,8 @@ def main() -> int:
 
 
 class database:
-    """A fresh queue: a SQLite file in the phase's directory, or a new PostgreSQL database (dropped after)."""
+    """A fresh queue: a SQLite file in the phase's directory, or a new PostgreSQL database (dropped
+    after, with the MLflow database the workers make next to it)."""
 
     def __init__(self, backend: str, server: str | None, work: Path) -> None:
         self.backend, self.server, self.work = backend, server or DEFAULT_PG, work
@@ -164,6 +165,8 @@ class database:
         pg.ensure_running(self.server)
         with self._admin() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            # the workers' default MLflow store next to the queue (config.default_tracking_uri)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}_mlflow" WITH (FORCE)'))
 
     def _admin(self):
         url = sa.make_url(self.server)

@@ -32,6 +32,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sweeper.config import default_tracking_uri, normalize_db_url
+from sweeper.tracking import prepare_postgres_store
+
 from . import invariants
 from .monkey import Monkey, MonkeyConfig, Pool, PostgresFaults, SqliteFaults
 
@@ -339,7 +342,15 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
     logs = work / "logs"
     for d in (state, counter, logs):
         d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(mlflow_template(cfg.cache_dir or work.parent / ".chaos-cache"), state / "mlflow.db")
+    # The workers get no --mlflow-uri: their store is the default one, <state>/mlflow.db next to a
+    # SQLite queue, the database <queuedb>_mlflow on a PostgreSQL queue's server (the store every
+    # machine of a sweep shares). It is made before the monkey starts, as creating it (MLflow's
+    # schema migrations, many seconds) is not what the chaos run tests.
+    tracking_uri = default_tracking_uri(state, cfg.db_url)
+    if cfg.backend == "postgres":
+        prepare_postgres_store(tracking_uri, create_from=normalize_db_url(cfg.db_url))
+    else:
+        shutil.copy(mlflow_template(cfg.cache_dir or work.parent / ".chaos-cache"), state / "mlflow.db")
     grid = work / "grid.yaml"
 
     def enqueue(wave: int) -> None:
@@ -358,9 +369,6 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
         args = ["--state", str(state), "--db", cfg.db_url, "--lease-ttl", str(cfg.lease_ttl_s)]
         args += ["--retry-backoff", "0.5", "--db-outage-limit", "90", "--wait", "--poll", "0.2"]
         args += ["--workers", "1", "--threads-per-worker", "1"]  # the monkey signals this pid: one worker
-        # The MLflow store stays the SQLite file the invariants read (on PostgreSQL the default would
-        # be the <db>_mlflow database next to the queue; tests/test_several_machines.py covers that).
-        args += ["--mlflow-uri", f"sqlite:///{state / 'mlflow.db'}"]
         return subprocess.Popen(
             [sys.executable, "-m", "sweeper.cli", "work", *args],
             env=cli_env(),
@@ -415,7 +423,9 @@ def run_chaos(cfg: ChaosConfig, clean: Callable[[list[dict[str, Any]]], invarian
         problems.append(f"enqueueing the same grid again added jobs or failed: {again.stdout} {again.stderr}")
 
     found = invariants.check(
-        invariants.RunFiles(db_url=cfg.db_url, state=state, counter=counter, logs=logs, sweep=SWEEP),
+        invariants.RunFiles(
+            db_url=cfg.db_url, state=state, counter=counter, logs=logs, sweep=SWEEP, tracking_uri=tracking_uri
+        ),
         pool.procs,
         monkey.faults,
         clean(train_params(cfg.db_url)),

@@ -29,6 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sweeper.config import default_tracking_uri, mask_password
+
 TIME_METRICS = ("time_to_target_s", "total_train_s", "images_per_s", "eval_s", "checkpoint_s")
 
 
@@ -39,6 +41,10 @@ class RunFiles:
     counter: Path
     logs: Path
     sweep: str
+    tracking_uri: str | None = None  # None: the store workers use by default (config.default_tracking_uri)
+
+    def mlflow_store(self) -> str:
+        return self.tracking_uri or default_tracking_uri(self.state, self.db_url)
 
 
 @dataclass
@@ -90,7 +96,7 @@ def check(files: RunFiles, procs: list[Any], faults: list[Any], reference: Refer
             j[key] = _json(j[key])
     duplicates = _check_jobs(out, jobs, events)
     lost, dup_counter = _check_counters(out, jobs, files.counter)
-    dup_metrics = _check_mlflow(out, jobs, files.state / "mlflow.db")
+    dup_metrics = _check_mlflow(out, jobs, files.mlflow_store())
     _check_weights(out, jobs, artifacts, files.state, reference)
     _check_workers(out, procs)
     if files.db_url.startswith("sqlite"):
@@ -183,24 +189,31 @@ def _check_counters(out: Findings, jobs: list[dict], counter: Path) -> tuple[int
     return lost, dups
 
 
-def _check_mlflow(out: Findings, jobs: list[dict], store: Path) -> int:
-    if not store.exists():
+def _check_mlflow(out: Findings, jobs: list[dict], store: str) -> int:
+    """`store`: the MLflow tracking URI, a SQLite file or a PostgreSQL database (same tables)."""
+    if store.startswith("sqlite:") and not Path(sa.make_url(store).database or "").exists():
         out.violations.append(f"no MLflow store at {store}")
         return 0
-    conn = sqlite3.connect(store)
+    engine = engine_for(store)
     try:
-        runs = defaultdict(list)
-        for run_uuid, job_id in conn.execute("SELECT run_uuid, value FROM tags WHERE key = 'job_id'"):
-            runs[job_id].append(run_uuid)
-        status = dict(conn.execute("SELECT run_uuid, status FROM runs").fetchall())
-        dup_rows = conn.execute(
-            "SELECT run_uuid, key, step, count(*) FROM metrics GROUP BY run_uuid, key, step HAVING count(*) > 1"
-        ).fetchall()
-        steps = defaultdict(set)
-        for run_uuid, step in conn.execute("SELECT run_uuid, step FROM metrics WHERE key = 'noop_step'"):
-            steps[run_uuid].add(step)
+        with engine.connect() as conn:
+            runs = defaultdict(list)
+            for run_uuid, job_id in conn.execute(sa.text("SELECT run_uuid, value FROM tags WHERE key = 'job_id'")):
+                runs[job_id].append(run_uuid)
+            status = dict(conn.execute(sa.text("SELECT run_uuid, status FROM runs")).all())
+            dup_rows = conn.execute(
+                sa.text(
+                    "SELECT run_uuid, key, step, count(*) FROM metrics GROUP BY run_uuid, key, step HAVING count(*) > 1"
+                )
+            ).all()
+            steps = defaultdict(set)
+            for run_uuid, step in conn.execute(sa.text("SELECT run_uuid, step FROM metrics WHERE key = 'noop_step'")):
+                steps[run_uuid].add(step)
+    except sa.exc.DBAPIError as exc:
+        out.violations.append(f"MLflow store {mask_password(store)} unreadable: {str(exc.orig).strip()}")
+        return 0
     finally:
-        conn.close()
+        engine.dispose()
     for run_uuid, key, step, n in dup_rows[:20]:
         out.violations.append(f"MLflow run {run_uuid}: metric '{key}' has {n} points at step {step}")
     for j in jobs:
