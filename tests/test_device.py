@@ -11,8 +11,6 @@ hand-over and a finished, sane run; CPU -> CPU is also checked against an uninte
 from __future__ import annotations
 
 import json
-import textwrap
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,13 +20,10 @@ from jobs.data import load_dataset
 from jobs.device import on_device, pick_device
 from jobs.model import Arch, Conv, build
 from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import Interrupted, JobContext, JobFailed
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
 
 from .conftest import run_cli
+from .onejob import Job, one_thread  # noqa: F401  (an autouse fixture)
 
 CUDA = torch.cuda.is_available()
 ARCH = Arch(Conv(8, 3), Conv(8, 3), 32)
@@ -39,39 +34,6 @@ PAIRS = [
     pytest.param("cpu", "cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU here")),
     pytest.param("cuda", "cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU here")),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Job:
-    """One claimed job on a real SQLite queue; each attempt() is a fresh JobContext, as after a restart."""
-
-    def __init__(self, root: Path) -> None:
-        self.state_dir = root / "state"
-        self.db = open_database(f"sqlite:///{self.state_dir / 'queue.db'}", create=True)
-        self.queue = Queue(self.db)
-        self.queue.enqueue(parse_spec(textwrap.dedent("sweep: s\nstages:\n  a: {kind: noop}\n"), "g.yaml"))
-        self.claimed = self.queue.claim("test-worker", 300)
-        self.store = CheckpointStore(self.queue, self.state_dir, "files")
-
-    def attempt(self) -> JobContext:
-        return JobContext(
-            job=self.claimed,
-            queue=self.queue,
-            checkpoints=self.store,
-            artifacts=ArtifactStore(self.queue, self.state_dir, "files"),
-            state_dir=self.state_dir,
-            log=lambda _msg: None,
-        )
-
-    def newest_checkpoint_file(self) -> Path:
-        return max((self.state_dir / "checkpoints").rglob("*.ckpt"), key=lambda p: p.name)
 
 
 @pytest.fixture(scope="module")

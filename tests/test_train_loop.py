@@ -7,7 +7,6 @@ weights_only=True), and must end exactly where an uninterrupted run ends.
 
 from __future__ import annotations
 
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,47 +16,14 @@ import torch
 from jobs.data import load_dataset
 from jobs.model import Arch, Conv, build
 from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import Interrupted, JobContext
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+
+from .onejob import Job, one_thread  # noqa: F401  (an autouse fixture)
 
 ARCH = Arch(Conv(8, 3), Conv(8, 3), 32)
 CFG = LoopConfig(
     epochs=3, batch_size=32, seed=7, checkpoint_every_s=1e9, log_every=5, target_train_acc=0.7, target_window=640
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """What `sweeper work --threads-per-worker 1` sets; determinism holds for a fixed thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Job:
-    """One claimed job on a real SQLite queue; each attempt() is a fresh JobContext, as after a restart."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.state_dir = tmp_path / "state"
-        self.db = open_database(f"sqlite:///{self.state_dir / 'queue.db'}", create=True)
-        self.queue = Queue(self.db)
-        self.queue.enqueue(parse_spec(textwrap.dedent("sweep: s\nstages:\n  a: {kind: noop}\n"), "g.yaml"))
-        self.claimed = self.queue.claim("test-worker", 300)
-        self.store = CheckpointStore(self.queue, self.state_dir, "files")
-
-    def attempt(self) -> JobContext:
-        return JobContext(
-            job=self.claimed,
-            queue=self.queue,
-            checkpoints=self.store,
-            artifacts=ArtifactStore(self.queue, self.state_dir, "files"),
-            state_dir=self.state_dir,
-            log=lambda _msg: None,
-        )
 
 
 @pytest.fixture
