@@ -53,7 +53,6 @@ class WorkerOptions:
     store: str = "auto"  # files | db | auto (db on PostgreSQL, files on SQLite)
     db_outage_s: float = 120.0
     data_dir: str | None = None
-    show_progress: bool = True
     progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
     extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
@@ -466,8 +465,8 @@ def _child_main(opts: WorkerOptions, index: int) -> None:
     worker = Worker(opts, index=index)
     if opts.gpu is not None:
         worker.log(f"pinned to GPU {opts.gpu} (CUDA_VISIBLE_DEVICES)")
-    if opts.show_progress:  # several processes share the terminal: plain lines, each with its prefix
-        worker.view = make_view(worker.log, bar=False, every_s=opts.progress_every_s)
+    # Several processes share the terminal: plain lines, each with its prefix.
+    worker.view = make_view(worker.log, bar=False, every_s=opts.progress_every_s)
     sys.exit(worker.run())
 
 
@@ -489,8 +488,7 @@ def run_workers(opts: WorkerOptions) -> int:
         opts = replace(opts, gpu=plan.gpu_of(0))
         pin_gpu(opts.gpu)
         worker = Worker(opts)
-        if opts.show_progress:
-            worker.view = make_view(worker.log, bar=True, every_s=opts.progress_every_s)
+        worker.view = make_view(worker.log, bar=True, every_s=opts.progress_every_s)
         try:
             return worker.run()
         finally:
