@@ -49,7 +49,7 @@ from .db import (
     sweeps,
     workers,
 )
-from .errors import JobNotFound, LeaseLost, UsageError, error_summary
+from .errors import LeaseLost, error_summary
 from .settle import Settling
 from .spec import JobSpec, StageSpec, SweepSpec
 
@@ -86,17 +86,6 @@ class EnqueueDiff:
     # Unchanged jobs not started yet whose stage's priority was edited: (job, old priority).
     reprioritized: list[tuple[JobSpec, int]] = field(default_factory=list)
     dry_run: bool = False
-
-
-@dataclass
-class WorkSummary:
-    """What is left for a worker with these filters."""
-
-    pending_now: int
-    pending_later: int
-    next_ready_in: float | None
-    running: int
-    blocked: int
 
 
 T = TypeVar("T")
@@ -695,59 +684,7 @@ class Queue(Settling):
         self._in_write("unregister the worker", txn)
 
     # -----------------------------------------------------------------------------------------
-    # What is left
-
-    def summary(self, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None) -> WorkSummary:
-        def txn(conn: Connection) -> WorkSummary:
-            cond = []
-            if stages_filter:
-                cond.append(jobs.c.stage.in_(list(stages_filter)))
-            if sweep:
-                cond.append(jobs.c.sweep == sweep)
-            now = conn.execute(sa.select(db_now())).scalar_one()
-            rows = conn.execute(
-                sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
-                .where(jobs.c.status.in_(ACTIVE), *cond)
-                .group_by(jobs.c.status)
-            ).all()
-            later = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
-                    jobs.c.status == "pending", jobs.c.not_before > now, *cond
-                )
-            ).first()
-            counts = {r[0]: r[1] for r in rows}
-            pending_later = later[0] if later else 0
-            next_in = max(0.0, later[1] - now) if later and later[1] is not None else None
-            return WorkSummary(
-                pending_now=counts.get("pending", 0) - pending_later,
-                pending_later=pending_later,
-                next_ready_in=next_in,
-                running=counts.get("running", 0),
-                blocked=counts.get("blocked", 0),
-            )
-
-        return self.in_read("read the queue", txn)
-
-    # -----------------------------------------------------------------------------------------
     # Admin: retry and cancel
-
-    def resolve_job_id(self, prefix: str) -> str:
-        """Accept a unique prefix of a job id, as git does for commits."""
-        prefix = prefix.strip()
-        if len(prefix) < 4:
-            raise UsageError(f"job id '{prefix}' is too short", hint="give at least 4 characters of the id")
-        with self.db.read() as conn:
-            # startswith(autoescape): `_` and `%` in what the user typed are characters, not wildcards.
-            ids = (
-                conn.execute(sa.select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).limit(3))
-                .scalars()
-                .all()
-            )
-        if not ids:
-            raise JobNotFound(f"no job with id '{prefix}'", hint="`sweeper status` lists job ids")
-        if len(ids) > 1:
-            raise UsageError(f"job id '{prefix}' is ambiguous ({', '.join(ids)}, ...)", hint="give more characters")
-        return ids[0]
 
     def _select_ids(
         self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
@@ -860,4 +797,4 @@ def _summary(result: dict[str, Any]) -> str:
     return summary_line(result, limit=6)
 
 
-__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "WorkSummary", "add_event"]
+__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "add_event"]
