@@ -503,13 +503,15 @@ def show(
     mirror: MirrorOpt = "auto",
 ) -> None:
     """Everything about one job: params as written and as resolved, attempts, metrics, files, the error."""
-    from .queue import Queue
+    from .readmodel import resolve_job_id
     from .show import collect_job, render, to_json
 
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        detail = collect_job(database, Queue(database).resolve_job_id(job_id), settings.state_dir)
+        with database.read() as conn:
+            full_id = resolve_job_id(conn, job_id)
+        detail = collect_job(database, full_id, settings.state_dir)
     finally:
         database.dispose()
     if as_json:
@@ -736,12 +738,14 @@ def _change_jobs(
 ) -> list[str]:
     """Resolve job id prefixes, then apply `change(queue, ids)` (retry or cancel) in the queue."""
     from .queue import Queue
+    from .readmodel import resolve_job_id
 
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        queue = Queue(database)
-        return change(queue, [queue.resolve_job_id(j) for j in job_ids or []])
+        with database.read() as conn:
+            ids = [resolve_job_id(conn, j) for j in job_ids or []]
+        return change(Queue(database), ids)
     finally:
         database.dispose()
 

@@ -178,6 +178,26 @@ def _pg_now(element, compiler, **kw):
     return "extract(epoch from clock_timestamp())::float8"
 
 
+# Prebuilt: the claim (queue.py, the hot path) appends with it too.
+INSERT_EVENT = events.insert()
+
+
+def add_event(
+    conn: Connection,
+    job_id: str | None,
+    type_: str,
+    *,
+    worker: str | None = None,
+    attempt: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append to the job's history (`sweeper show`), in the caller's transaction."""
+    conn.execute(
+        INSERT_EVENT,
+        {"job_id": job_id, "ts": time.time(), "type": type_, "worker": worker, "attempt": attempt, "detail": detail},
+    )
+
+
 def json_dumps(value: object) -> str:
     """JSON for the database. NaN and infinities become null: they are not JSON, PostgreSQL refuses
     them (a job whose loss diverged could not complete) and SQLite's JSON functions fail on them."""

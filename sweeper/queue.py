@@ -15,9 +15,9 @@ SQLite and PostgreSQL run the same statements. The only difference is how a writ
 begins (see db.py): on SQLite, BEGIN IMMEDIATE serializes writers, so the FOR UPDATE SKIP LOCKED
 clause (which SQLAlchemy leaves out on SQLite) is not needed there.
 
-Settling (a stage's blocked jobs become pending once every upstream job is terminal) reads the
-states that *other* transactions write, so on PostgreSQL it is serialized per sweep by the settle
-lock (see `_lock_sweeps`); claims never take it.
+Settling (a stage's blocked jobs become pending once every upstream job is terminal) lives in
+settle.py, a mixin of Queue: the transitions here call it, under its per-sweep lock, in their own
+transaction.
 """
 
 from __future__ import annotations
@@ -27,21 +27,21 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import handoff
 from .config import mask_password
 from .db import (
     ACTIVE,
+    INSERT_EVENT,
     TERMINAL,
     WAITING,
     Database,
-    artifacts,
+    add_event,
     db_now,
     events,
     jobs,
@@ -49,7 +49,8 @@ from .db import (
     sweeps,
     workers,
 )
-from .errors import JobNotFound, LeaseLost, UsageError, error_summary
+from .errors import LeaseLost, error_summary
+from .settle import Settling
 from .spec import JobSpec, StageSpec, SweepSpec
 
 
@@ -87,17 +88,6 @@ class EnqueueDiff:
     dry_run: bool = False
 
 
-@dataclass
-class WorkSummary:
-    """What is left for a worker with these filters."""
-
-    pending_now: int
-    pending_later: int
-    next_ready_in: float | None
-    running: int
-    blocked: int
-
-
 T = TypeVar("T")
 
 
@@ -112,22 +102,6 @@ def _owned(job_id: Any, token: Any) -> sa.ColumnElement[bool]:
 
 # What every end of a lease writes (complete, fail, release, the reaper, cancel): no owner, no token.
 LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
-
-
-def add_event(
-    conn: Connection,
-    job_id: str | None,
-    type_: str,
-    *,
-    worker: str | None = None,
-    attempt: int | None = None,
-    detail: str | None = None,
-) -> None:
-    """Append to the job's history (`sweeper show`), in the caller's transaction."""
-    conn.execute(
-        _INSERT_EVENT,
-        {"job_id": job_id, "ts": _now(), "type": type_, "worker": worker, "attempt": attempt, "detail": detail},
-    )
 
 
 def lease_lost(lease: Lease, consequence: str) -> LeaseLost:
@@ -189,8 +163,6 @@ def _claim_statement(with_stages: bool, with_sweep: bool) -> sa.Update:
     )
 
 
-_INSERT_EVENT = events.insert()
-
 _OWNED = _owned(sa.bindparam("p_job"), sa.bindparam("p_token"))
 
 _COMPLETE = (
@@ -226,18 +198,6 @@ _WORKER_BEAT = (
     .values(last_heartbeat=sa.bindparam("p_now", type_=sa.Float), current_job=sa.bindparam("p_current"))
 )
 
-_SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindparam("p_sweep"))
-
-# The settle lock: a transaction-scoped advisory lock per sweep (the two-int key space, apart from
-# db.py's schema lock). Why not `SELECT ... FROM sweeps FOR UPDATE`: the first enqueue of a sweep
-# has no row to lock yet (two of them raced into an IntegrityError), and a row lock on `sweeps`
-# would also queue behind the FOR KEY SHARE locks that every INSERT into `jobs` takes through the
-# foreign key. Why not SERIALIZABLE: every status change would need a retry loop, and claims
-# (the hot path) would abort on serialization failures. A hash collision between two sweep names
-# only makes them wait for each other.
-_SETTLE_LOCK_CLASS = 727312
-_LOCK_SWEEP = sa.text(f"SELECT pg_advisory_xact_lock({_SETTLE_LOCK_CLASS}, hashtext(:p_sweep))")
-
 # Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
 # `max_failures: 20` waited about 15 days.
 MAX_RETRY_BACKOFF_S = 600.0
@@ -247,7 +207,7 @@ def _no_hook(point: str) -> None:
     """The default race hook: nothing."""
 
 
-class Queue:
+class Queue(Settling):
     """The job queue on one database. Safe to share between threads of one process."""
 
     def __init__(
@@ -442,7 +402,7 @@ class Queue:
             if row is None:
                 return None
             conn.execute(
-                _INSERT_EVENT,
+                INSERT_EVENT,
                 {
                     "job_id": row.id,
                     "ts": _now(),
@@ -533,52 +493,6 @@ class Queue:
         for sweep_name, names in finished_stages.items():
             self._settle(conn, sweep_name, names)
         return len(rows)
-
-    def _lock_sweeps(self, conn: Connection, names: Iterable[str]) -> None:
-        """Take the settle lock of each sweep (PostgreSQL), in name order so two never deadlock.
-
-        Every transaction that moves a job to a terminal state, or otherwise can unblock a stage,
-        takes it before it reads other jobs' states to settle, and holds it to its commit. Without
-        it, two workers completing the last two upstream jobs each saw the other's job still
-        running at READ COMMITTED, and neither unblocked the stage (write skew). Claims never take
-        it; `complete` takes it only at the end of a stage (see `_settle`). On SQLite, BEGIN
-        IMMEDIATE already serializes every writer.
-
-        Lock order: the admin commands, enqueue, fail/release and the reaper take it before any
-        row lock. `complete` has written its own row when it asks for it; the one cycle that
-        leaves, a cancel or reaper holding the lock and waiting for that very running row, is
-        rare, and PostgreSQL breaks it within deadlock_timeout: the retried transaction then finds
-        the job's new state.
-        """
-        if conn.dialect.name != "postgresql" or not self._settle_lock:
-            return
-        for name in sorted(set(names)):
-            conn.execute(_LOCK_SWEEP, {"p_sweep": name})
-
-    def _heal(self, conn: Connection) -> int:
-        """Settle stages left blocked although all their upstream jobs are terminal. Returns how many.
-
-        Such a stage cannot come from this version (see `_lock_sweeps`), but an older one or a
-        manual edit could leave one, and then `sweeper work --wait` polled forever. Cheap: one
-        read of the blocked (sweep, stage) pairs, and one for each pair's still active upstream.
-        """
-        pairs = conn.execute(sa.select(jobs.c.sweep, jobs.c.stage).where(jobs.c.status == "blocked").distinct()).all()
-        healed = 0
-        for sweep_name, stage_name in pairs:
-            spec = self._stage_specs(conn, sweep_name).get(stage_name)
-            if spec is None or not spec.needs:
-                continue
-            active = conn.execute(
-                sa.select(jobs.c.id)
-                .where(jobs.c.sweep == sweep_name, jobs.c.stage.in_(spec.needs), jobs.c.status.in_(ACTIVE))
-                .limit(1)
-            ).first()
-            if active is not None:
-                continue
-            self._lock_sweeps(conn, [sweep_name])
-            self._settle(conn, sweep_name, set(spec.needs))
-            healed += 1
-        return healed
 
     def _fenced(self, conn: Connection, lease: Lease, **values: Any) -> sa.Row:
         """Update the job only while `lease` still owns it; otherwise raise LeaseLost."""
@@ -731,147 +645,6 @@ class Queue:
         self._in_write("record an event", txn)
 
     # -----------------------------------------------------------------------------------------
-    # Dependencies: blocked jobs become pending (or fail) once everything upstream has finished.
-
-    def _stage_specs(self, conn: Connection, sweep: str) -> dict[str, StageSpec]:
-        """The sweep's stages, cached until `enqueue` changes the sweep (its updated_at moves)."""
-        version = conn.execute(_SWEEP_VERSION, {"p_sweep": sweep}).scalar_one_or_none()
-        cached = self._stage_cache.get(sweep)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        rows = conn.execute(
-            sa.select(stages.c.name, stages.c.config).where(stages.c.sweep == sweep).order_by(stages.c.position)
-        ).all()
-        specs = {r.name: StageSpec.from_json(r.name, r.config) for r in rows}
-        self._stage_cache[sweep] = (version, specs)
-        return specs
-
-    def _settle(self, conn: Connection, sweep: str, changed: set[str], *, locked: bool = True) -> None:
-        """Unblock (or fail) the blocked jobs of stages that need `changed`, once all upstream is terminal.
-
-        `locked=False` (complete, the hot path): the caller wrote its own job's row but does not
-        hold the settle lock. While some upstream job is active and *not* being written by another
-        transaction, there is nothing to settle, and sharing that job's row lock to our commit
-        proves it: its own status change waits for our commit and its settle then sees our job
-        finished. Only when every active upstream job is in flight (the end of a stage, where the
-        write skew was) is the settle lock taken. So most completes never take it.
-        """
-        specs = self._stage_specs(conn, sweep)
-        for dep in specs.values():
-            if not (set(dep.needs) & changed) and dep.name not in changed:
-                continue
-            if not dep.needs:
-                continue
-            if not locked and conn.dialect.name == "postgresql" and self._settle_lock:
-                quiet_active = conn.execute(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
-                    .limit(1)
-                    .with_for_update(read=True, skip_locked=True)
-                ).first()
-                if quiet_active is not None:
-                    self.race_hook("settle-read")
-                    continue
-                self._lock_sweeps(conn, [sweep])
-                locked = True
-            blocked = conn.execute(
-                sa.select(jobs.c.id, jobs.c.params)
-                .where(jobs.c.sweep == sweep, jobs.c.stage == dep.name, jobs.c.status == "blocked")
-                .order_by(jobs.c.position)
-            ).all()
-            if not blocked:
-                continue
-            # Cheap first: while any upstream job is still active (the common case on every complete
-            # but the last), there is nothing to settle and no need to read every upstream row.
-            still_active = conn.execute(
-                sa.select(jobs.c.id)
-                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs), jobs.c.status.in_(ACTIVE))
-                .limit(1)
-            ).first()
-            if still_active is not None:
-                self.race_hook("settle-read")
-                continue
-            up = conn.execute(
-                sa.select(
-                    jobs.c.id,
-                    jobs.c.stage,
-                    jobs.c.status,
-                    jobs.c.params,
-                    jobs.c.resolved_params,
-                    jobs.c.result,
-                    jobs.c.position,
-                ).where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
-            ).all()
-            self.race_hook("settle-read")
-            if any(r.status in ACTIVE for r in up):
-                continue
-            outcomes = self._outcomes(conn, up)
-            n_done = sum(1 for r in up if r.status == "done")
-            ok = n_done == len(up) if dep.require_all else n_done > 0
-            failed_any = False
-            for job in blocked:
-                if not ok:
-                    counts = _status_counts(up)
-                    rule = (
-                        "all upstream jobs must succeed (require_all)"
-                        if dep.require_all
-                        else "no upstream job succeeded"
-                    )
-                    self._block_failed(conn, job.id, f"upstream {', '.join(dep.needs)} finished with {counts}: {rule}")
-                    failed_any = True
-                    continue
-                try:
-                    resolved, provenance = handoff.resolve_params(job.params, dep.inherit, outcomes)
-                except handoff.HandOffError as exc:
-                    self._block_failed(conn, job.id, f"hand-off could not be resolved: {exc}")
-                    failed_any = True
-                    continue
-                conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job.id, jobs.c.status == "blocked")
-                    .values(status="pending", resolved_params=resolved, provenance=provenance, updated_at=db_now())
-                )
-                add_event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
-            if failed_any:
-                self._settle(conn, sweep, {dep.name})
-
-    def _block_failed(self, conn: Connection, job_id: str, reason: str) -> None:
-        conn.execute(
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == "blocked")
-            .values(status="failed", error=reason, finished_at=db_now(), updated_at=db_now())
-        )
-        add_event(conn, job_id, "failed", detail=reason)
-
-    def _outcomes(self, conn: Connection, rows: Sequence[sa.Row]) -> list[handoff.Outcome]:
-        ids = [r.id for r in rows if r.status == "done"]
-        arts: dict[str, dict[str, dict[str, Any]]] = {}
-        if ids:
-            for a in conn.execute(
-                sa.select(
-                    artifacts.c.job_id, artifacts.c.name, artifacts.c.sha256, artifacts.c.size, artifacts.c.location
-                ).where(artifacts.c.job_id.in_(ids))
-            ):
-                arts.setdefault(a.job_id, {})[a.name] = {
-                    "sha256": a.sha256,
-                    "size": a.size,
-                    "location": a.location,
-                    "store": "file" if a.location else "db",
-                }
-        return [
-            handoff.Outcome(
-                job_id=r.id,
-                stage=r.stage,
-                status=r.status,
-                params=r.resolved_params if r.resolved_params is not None else r.params,
-                result=r.result,
-                artifacts=arts.get(r.id, {}),
-                position=r.position,
-            )
-            for r in rows
-        ]
-
-    # -----------------------------------------------------------------------------------------
     # Workers
 
     def register_worker(self, worker_id: str, host: str, pid: int, threads: int | None) -> None:
@@ -911,59 +684,7 @@ class Queue:
         self._in_write("unregister the worker", txn)
 
     # -----------------------------------------------------------------------------------------
-    # What is left
-
-    def summary(self, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None) -> WorkSummary:
-        def txn(conn: Connection) -> WorkSummary:
-            cond = []
-            if stages_filter:
-                cond.append(jobs.c.stage.in_(list(stages_filter)))
-            if sweep:
-                cond.append(jobs.c.sweep == sweep)
-            now = conn.execute(sa.select(db_now())).scalar_one()
-            rows = conn.execute(
-                sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
-                .where(jobs.c.status.in_(ACTIVE), *cond)
-                .group_by(jobs.c.status)
-            ).all()
-            later = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
-                    jobs.c.status == "pending", jobs.c.not_before > now, *cond
-                )
-            ).first()
-            counts = {r[0]: r[1] for r in rows}
-            pending_later = later[0] if later else 0
-            next_in = max(0.0, later[1] - now) if later and later[1] is not None else None
-            return WorkSummary(
-                pending_now=counts.get("pending", 0) - pending_later,
-                pending_later=pending_later,
-                next_ready_in=next_in,
-                running=counts.get("running", 0),
-                blocked=counts.get("blocked", 0),
-            )
-
-        return self.in_read("read the queue", txn)
-
-    # -----------------------------------------------------------------------------------------
     # Admin: retry and cancel
-
-    def resolve_job_id(self, prefix: str) -> str:
-        """Accept a unique prefix of a job id, as git does for commits."""
-        prefix = prefix.strip()
-        if len(prefix) < 4:
-            raise UsageError(f"job id '{prefix}' is too short", hint="give at least 4 characters of the id")
-        with self.db.read() as conn:
-            # startswith(autoescape): `_` and `%` in what the user typed are characters, not wildcards.
-            ids = (
-                conn.execute(sa.select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).limit(3))
-                .scalars()
-                .all()
-            )
-        if not ids:
-            raise JobNotFound(f"no job with id '{prefix}'", hint="`sweeper status` lists job ids")
-        if len(ids) > 1:
-            raise UsageError(f"job id '{prefix}' is ambiguous ({', '.join(ids)}, ...)", hint="give more characters")
-        return ids[0]
 
     def _select_ids(
         self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
@@ -1035,12 +756,6 @@ class Queue:
 
         return self._in_write("retry jobs", txn)
 
-    def _settle_stage(self, conn: Connection, sweep: str, stage: str) -> None:
-        specs = self._stage_specs(conn, sweep)
-        spec = specs.get(stage)
-        if spec and spec.needs:
-            self._settle(conn, sweep, set(spec.needs))
-
     def cancel(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None) -> list[str]:
         """Cancel jobs that have not finished. A running job's worker loses its lease and drops it."""
 
@@ -1076,17 +791,10 @@ class Queue:
         return self._in_write("cancel jobs", txn)
 
 
-def _status_counts(rows: Sequence[sa.Row]) -> str:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
 def _summary(result: dict[str, Any]) -> str:
     from .mappings import summary_line  # may move to the top with issue 11's rework of this module
 
     return summary_line(result, limit=6)
 
 
-__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "WorkSummary", "add_event"]
+__all__ = ["TERMINAL", "ClaimedJob", "EnqueueDiff", "Lease", "Queue", "add_event"]

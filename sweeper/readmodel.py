@@ -2,7 +2,9 @@
 
 `sweeper status` (dashboard.py), `report` and `export` (results.py), `show` (show.py) and the
 mirrored session's recovery notes (recovery.py) read through these few functions, so that a
-stage's counts, its needs and the params a job ran with mean the same thing in every view. Each
+stage's counts, its needs and the params a job ran with mean the same thing in every view. The
+worker's "what is left" (`work_summary`) and the job-id prefixes the CLI accepts
+(`resolve_job_id`) are reads too, so they live here rather than with the queue's transitions. Each
 function takes an open read connection, so a view stays one consistent read. Nothing here
 writes, and nothing imports the queue, torch or mlflow: `sweeper status` imports this module.
 """
@@ -10,12 +12,14 @@ writes, and nothing imports the queue, torch or mlflow: `sweeper status` imports
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from .db import STATUSES, events, jobs, stages, sweeps
+from .db import ACTIVE, STATUSES, db_now, events, jobs, stages, sweeps
+from .errors import JobNotFound, UsageError
 from .spec import StageSpec
 
 
@@ -127,3 +131,62 @@ def newest_event_detail(conn: sa.Connection, type_: str) -> dict[str, Any] | Non
     except ValueError:
         detail = {"summary": row.detail}
     return {"ts": row.ts, **detail}
+
+
+@dataclass
+class WorkSummary:
+    """What is left for a worker with these filters."""
+
+    pending_now: int
+    pending_later: int
+    next_ready_in: float | None
+    running: int
+    blocked: int
+
+
+def work_summary(
+    conn: sa.Connection, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None
+) -> WorkSummary:
+    """What is left for a worker with these filters: whether to claim again, wait, or exit."""
+    cond = []
+    if stages_filter:
+        cond.append(jobs.c.stage.in_(list(stages_filter)))
+    if sweep:
+        cond.append(jobs.c.sweep == sweep)
+    now = conn.execute(sa.select(db_now())).scalar_one()
+    rows = conn.execute(
+        sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.not_before))
+        .where(jobs.c.status.in_(ACTIVE), *cond)
+        .group_by(jobs.c.status)
+    ).all()
+    later = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(jobs.c.not_before)).where(
+            jobs.c.status == "pending", jobs.c.not_before > now, *cond
+        )
+    ).first()
+    counts = {r[0]: r[1] for r in rows}
+    pending_later = later[0] if later else 0
+    next_in = max(0.0, later[1] - now) if later and later[1] is not None else None
+    return WorkSummary(
+        pending_now=counts.get("pending", 0) - pending_later,
+        pending_later=pending_later,
+        next_ready_in=next_in,
+        running=counts.get("running", 0),
+        blocked=counts.get("blocked", 0),
+    )
+
+
+def resolve_job_id(conn: sa.Connection, prefix: str) -> str:
+    """Accept a unique prefix of a job id, as git does for commits."""
+    prefix = prefix.strip()
+    if len(prefix) < 4:
+        raise UsageError(f"job id '{prefix}' is too short", hint="give at least 4 characters of the id")
+    # startswith(autoescape): `_` and `%` in what the user typed are characters, not wildcards.
+    ids = (
+        conn.execute(sa.select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).limit(3)).scalars().all()
+    )
+    if not ids:
+        raise JobNotFound(f"no job with id '{prefix}'", hint="`sweeper status` lists job ids")
+    if len(ids) > 1:
+        raise UsageError(f"job id '{prefix}' is ambiguous ({', '.join(ids)}, ...)", hint="give more characters")
+    return ids[0]

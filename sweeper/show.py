@@ -113,7 +113,7 @@ class JobDetail:
 
 
 def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> JobDetail:
-    """Read one job (its full id; resolve prefixes with Queue.resolve_job_id first)."""
+    """Read one job (its full id; resolve prefixes with readmodel.resolve_job_id first)."""
     with db.read() as conn:
         now = conn.execute(sa.select(db_now())).scalar_one()
         r = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()

@@ -31,6 +31,7 @@ from .db import OutagePolicy, open_database
 from .errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
 from .progress import make_view
 from .queue import ClaimedJob, Queue
+from .readmodel import work_summary
 from .recovery import record_result, recorded_result
 from .tracking import RunInfo, make_tracker
 from .workerplan import WorkerPlan, available_cpus, plan_here
@@ -263,7 +264,9 @@ class Worker:
                 self.jobs_run += 1
                 self._run_job(queue, job)
                 continue
-            left = queue.summary(stages_filter=opts.stages or None, sweep=opts.sweep)
+            left = queue.in_read(
+                "read the queue", lambda conn: work_summary(conn, stages_filter=opts.stages or None, sweep=opts.sweep)
+            )
             if left.pending_now:
                 continue
             if left.pending_later:

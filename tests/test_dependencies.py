@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sweeper.dashboard import collect
 from sweeper.db import open_database
 from sweeper.queue import Queue
+from sweeper.readmodel import work_summary
 from sweeper.spec import parse_spec
 
 PIPELINE = """
@@ -112,7 +113,7 @@ def test_when_nothing_upstream_succeeded_downstream_jobs_fail_with_the_reason(qu
     assert "3 failed" in stages["tune"][0]["error"]
     # and the failure propagates: nothing is left blocked forever
     assert {j["status"] for j in stages["use"]} == {"failed"}
-    assert queue.summary().blocked == 0
+    assert queue.in_read("read", work_summary).blocked == 0
 
 
 def test_one_success_is_enough_by_default_but_not_with_require_all(queue):

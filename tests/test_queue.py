@@ -12,6 +12,7 @@ from sweeper.checkpoints import record_checkpoint
 from sweeper.db import SCHEMA_VERSION, meta, open_database
 from sweeper.errors import LeaseLost, SchemaMismatch
 from sweeper.queue import Queue
+from sweeper.readmodel import work_summary
 from sweeper.spec import parse_spec
 
 
@@ -190,5 +191,5 @@ def test_summary_counts_what_is_left(queue):
         """)
     )
     queue.claim("w", 30)
-    s = queue.summary()
+    s = queue.in_read("read", work_summary)
     assert (s.pending_now, s.running, s.blocked) == (1, 1, 1)

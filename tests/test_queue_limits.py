@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sweeper.db import open_database
 from sweeper.errors import JobNotFound
 from sweeper.queue import MAX_RETRY_BACKOFF_S, Queue
+from sweeper.readmodel import resolve_job_id
 from sweeper.spec import parse_spec
 
 
@@ -25,10 +26,11 @@ def test_underscore_and_percent_in_a_job_id_are_not_wildcards(queue):
     queue.enqueue(parse_spec("sweep: s\nstages:\n  a: {kind: noop, grid: {value: [1]}}\n", "g.yaml"))
     with queue.db.read() as conn:
         job_id = conn.execute(sa.text("SELECT id FROM jobs")).scalar_one()
-    assert queue.resolve_job_id(job_id[:6]) == job_id
-    for typed in ("____", "%%%%", job_id[:4] + "%", "_" + job_id[1:8]):
-        with pytest.raises(JobNotFound):
-            queue.resolve_job_id(typed)
+    with queue.db.read() as conn:
+        assert resolve_job_id(conn, job_id[:6]) == job_id
+        for typed in ("____", "%%%%", job_id[:4] + "%", "_" + job_id[1:8]):
+            with pytest.raises(JobNotFound):
+                resolve_job_id(conn, typed)
 
 
 def test_the_nineteenth_retry_of_twenty_waits_at_most_the_cap(queue):
