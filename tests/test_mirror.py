@@ -131,7 +131,8 @@ def test_no_intact_snapshot_refuses_to_start_from_an_empty_queue(tmp_path):
     assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
     for snap in _snapshots(tmp_path / "state"):
         snap.write_bytes(b"not a database")
-    done = _cli(tmp_path, "vm2", "enqueue", _grid(tmp_path, GRID_A))
+    # The corrupt snapshots stand for a sync that never completes: do not wait the default 120 s for it.
+    done = _cli(tmp_path, "vm2", "enqueue", _grid(tmp_path, GRID_A), SWEEPER_SNAPSHOT_SYNC_WAIT_S="1")
     assert done.returncode == 2, done.stderr
     assert "passes its sha256 check" in done.stderr and "Traceback" not in done.stderr
 
