@@ -23,6 +23,13 @@
         unnoticed). The first step over either is kept on file but rejected, and pruning of the
         layer stops there. It also stops when one unit is left (or after max_steps, if given).
         Without a control (control: false, or finetune_epochs 0), drop = raw_drop.
+
+        The control only costs while it tells something: once one of its fine-tunes gains less
+        than `control_stop_gain` (default 0.003, about one standard error of the test accuracy at
+        10,000 images), more training no longer moves the unpruned model, so it has converged and
+        later steps keep its last accuracy with a gain of 0 (`control_measured: false` in their
+        record) instead of paying a second fine-tune. A chained job (conv2 after conv1) starts a
+        new control from its own input, which usually converges at its first step.
     magnitude: for each of `amounts`, zero that fraction of the smallest weights of `layer` (or
         of every layer) of the *input* model (seed 004), optionally fine-tune with the zeros held
         at zero, and measure. Drop = input accuracy − accuracy after (fine-tuning). Every amount
@@ -272,7 +279,7 @@ def finetune(
         return None
     control = which == "control_finetune"
     if control:
-        if state["control"] is None:
+        if state["control"] is None or state.get("control_converged"):
             return None
         model = model_of(state["input"]["arch"], state["control"]["state_dict"])
     else:
@@ -335,6 +342,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         model.load_state_dict(ft["model"])
     loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     control_before, control_after = control_accuracies(p, state, data)
+    control_measured = state["control"] is not None and state["control_finetune"] is not None
     raw_drop = pending["accuracy_before"] - acc
     control_gain = control_after - control_before
     drop = raw_drop + control_gain
@@ -358,6 +366,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         "raw_drop": raw_drop,
         "control_accuracy": control_after,
         "control_gain": control_gain,
+        "control_measured": control_measured,
         "pruning_drop": drop,
         "total_drop": total_drop,
         "accepted": accepted,
@@ -399,9 +408,15 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
             "accuracy": acc,
             "total_drop": total_drop,
         }
-    if state["control"] is not None and state["control_finetune"] is not None:
+    if control_measured:
         # the control moves on whatever the verdict: it stays as trained as the pruned chain
         state["control"] = {"state_dict": state["control_finetune"]["model"], "accuracy": control_after}
+        if p.control_stop_gain is not None and control_gain < p.control_stop_gain:
+            state["control_converged"] = k
+            ctx.log(
+                f"job {ctx.job_id}: step {k}: the control gained {control_gain:+.4f} "
+                f"(< control_stop_gain {p.control_stop_gain:g}): converged, later steps keep its accuracy"
+            )
     if p.method == "structured" and not accepted:
         state["done"], state["stop_reason"] = True, "; ".join(reasons)
     state["pending"], state["finetune"], state["control_finetune"] = None, None, None
@@ -409,11 +424,14 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
 
 
 def control_accuracies(p: PruneParams, state: dict[str, Any], data: Dataset) -> tuple[float, float]:
-    """The control's test accuracy before and after this step's epochs (both the input's without a control)."""
+    """The control's test accuracy before and after this step's epochs (both the input's without a
+    control; both its last accuracy once it has converged)."""
     control = state["control"]
-    if control is None or state["control_finetune"] is None:
+    if control is None:
         base = state["input"]["test_accuracy"]  # no control: drops are against the unpruned input as it is
         return base, base
+    if state["control_finetune"] is None:
+        return control["accuracy"], control["accuracy"]
     model = model_of(state["input"]["arch"], state["control_finetune"]["model"]).to(data.test.x.device)
     _, after = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
     return control["accuracy"], after
@@ -501,6 +519,9 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
         "max_step_drop": p.max_step_drop,
         "max_total_drop": p.max_total_drop,
         "control": state["control"] is not None,  # drops measured against an unpruned, equally fine-tuned control
+        # the step after which the control stopped (its gain fell under control_stop_gain); None: every step
+        "control_converged_at_step": state.get("control_converged"),
+        "control_stop_gain": p.control_stop_gain,
         # the cumulative drop from the unpruned model of the result, through upstream prune jobs
         "total_drop": current.get("total_drop", state["upstream_total_drop"]),
         "upstream_total_drop": state["upstream_total_drop"],
@@ -516,6 +537,7 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
                 "after_prune": r["accuracy_after_prune"],
                 "after_finetune": r["accuracy_after_finetune"],
                 "control": r["control_accuracy"],
+                "control_measured": r.get("control_measured", r["control_finetune_s"] > 0),
                 "raw_drop": r["raw_drop"],
                 "drop": r["pruning_drop"],
                 "total_drop": r["total_drop"],
@@ -546,6 +568,7 @@ CSV_COLUMNS = (
     "accuracy_after_prune",
     "accuracy_after_finetune",
     "control_accuracy",
+    "control_measured",
     "raw_drop",
     "pruning_drop",
     "total_drop",

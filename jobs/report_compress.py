@@ -112,6 +112,16 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
             "pruning drop of a step is (before − after retraining) + (the control's gain in those epochs), and the "
             "cumulative drop is the control's accuracy minus the pruned model's, added up over the layers."
         )
+        stop_gain = next(
+            (number(j.result.get("control_stop_gain")) for j in jobs if j.result.get("control_stop_gain")), None
+        )
+        if stop_gain is not None:
+            intro.append(
+                f"The control is retrained only while that tells something: once one retraining gains it less than "
+                f"{_pt(stop_gain, signed=False)} (about one standard error of the test accuracy), more training no "
+                "longer moves it, so the later steps of the layer keep its last accuracy (a gain of 0) instead of "
+                "retraining it again."
+            )
     else:
         intro.append(
             "The pruning drop of a step is before − after retraining; the cumulative drop is the unpruned model's "
@@ -173,6 +183,12 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         f"{cell(r.get('steps_tried'))} step(s), at {pct(end)} test accuracy. Stopped by "
         f"{stop_words(r.get('stop_reason'), layer)}. Cumulative drop from the unpruned model: {_pt(cum_final)}.",
     ]
+    converged = r.get("control_converged_at_step")
+    if control and converged:
+        body.append(
+            f"The control was retrained beside steps 1 to {cell(converged)}; at step {cell(converged)} it gained less "
+            "than the stop threshold, so the later steps keep its accuracy."
+        )
     if rows:
         header = ["step", f"{unit} kept", "before", "after pruning", "after retraining",
                   *(["control (unpruned)"] if control else []), "pruning drop", "cumulative drop", "FLOPs", "params",

@@ -4,6 +4,8 @@ A layer stops at the first step whose drop exceeds 1% (not at a step cap), or, w
 max_total_drop, at the first step whose cumulative drop from the unpruned model exceeds it. Drops
 are measured against an unpruned control fine-tuned with the same epochs, so they measure
 pruning rather than the extra training; a chained prune job carries the cumulative drop on.
+The control is retrained beside every step (`control_stop_gain: null`) or until one retraining
+gains it less than `control_stop_gain`, after which later steps keep its accuracy.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ stages:
   by_step:
     kind: prune
     needs: [train]
-    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1}}
+    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, control_stop_gain: null}}
   by_total:
     kind: prune
     needs: [train]
-    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, max_step_drop: 1.0, max_total_drop: 0.02}}
+    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, max_step_drop: 1.0, max_total_drop: 0.02,
+             control_stop_gain: 1.0}}
   chained:
     kind: prune
     needs: [by_total]
@@ -90,6 +93,19 @@ def test_a_layer_stops_at_the_first_step_that_costs_more_than_one_percent(sweep)
     assert r["result_step"] == len(kept)
     assert r["arch"]["dense"] == 12 - len(kept)
     assert "fc2 is the output layer" in r["output_layer"]
+    assert r["control_converged_at_step"] is None and all(t["control_measured"] for t in steps), "every step"
+
+
+@pytest.mark.slow
+def test_a_converged_control_is_not_retrained_again(sweep):
+    # by_total: control_stop_gain 1.0, so the control's first gain (whatever it is) counts as converged
+    r = results(sweep)["by_total"]
+    first, *later = r["triplets"]
+    assert later, "the fc1 slide takes several steps"
+    assert r["control_converged_at_step"] == 1 and first["control_measured"]
+    assert not any(t["control_measured"] for t in later)
+    assert all(t["control"] == first["control"] for t in later), "later steps keep the control's last accuracy"
+    assert all(t["drop"] == pytest.approx(t["raw_drop"]) for t in later), "no gain once converged"
 
 
 @pytest.mark.slow
