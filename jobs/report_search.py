@@ -219,7 +219,10 @@ def q12a(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
                 all_runs_table(roles, grid),
             )
         )
-    return section("12a. The top 3 configurations and all runs", parts)
+    shot = getattr(view, "mlflow_screenshot", None)
+    if shot:
+        parts.append(f"The same runs in the MLflow UI (its runs table, newest first):\n\n![MLflow runs table]({shot})")
+    return section("12a. The top 3 configurations and all runs", parts, figures=[shot] if shot else [])
 
 
 def _inherited(roles: Roles, grid: Grid) -> str:

@@ -51,6 +51,15 @@ DbOpt = Annotated[
     ),
 ]
 SweepOpt = Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")]
+MlflowUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        show_default=False,
+        help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
+    ),
+]
 MirrorOpt = Annotated[
     str,
     typer.Option(
@@ -346,15 +355,7 @@ def work(
         str, typer.Option("--store", help="Where checkpoints and artifacts go: files, db, or auto (db on PostgreSQL).")
     ] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for datasets first.")] = None,
-    mlflow_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--mlflow-uri",
-            envvar="MLFLOW_TRACKING_URI",
-            show_default=False,
-            help="MLflow tracking URI. [default: sqlite:///<state>/mlflow.db; with a PostgreSQL queue, database <queuedb>_mlflow on its server]",
-        ),
-    ] = None,
+    mlflow_uri: MlflowUriOpt = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
     db_outage_limit: Annotated[
         float,
@@ -603,13 +604,23 @@ def report(
     ] = None,
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Only the generic sections.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only, no PNGs (faster).")] = False,
+    mlflow_screenshot: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow-screenshot",
+            help="Also save the MLflow UI's runs table as mlflow-runs.png and show it in the report: starts "
+            "`mlflow server` on the tracking store and takes the picture with headless Chromium (offline).",
+        ),
+    ] = False,
+    mlflow_uri: MlflowUriOpt = None,
     state: StateOpt = None,
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
 ) -> None:
     """Write a Markdown report of a sweep: per-stage tables, top-k, Pareto and scatter plots, plug-in sections.
 
-    Reads the queue and the artifact store (sha256-verified); needs neither MLflow nor a running worker.
+    Reads the queue and the artifact store (sha256-verified); needs neither MLflow nor a running worker
+    (except for --mlflow-screenshot).
     """
     from .ranking import parse_metric
     from .report import ReportOptions, write_report
@@ -622,7 +633,7 @@ def report(
         plugins=[] if no_plugins else plugin,
         plots=not no_plots,
     )
-    settings = _settings(ctx, state, db, tracking=False)
+    settings = _settings(ctx, state, db, mlflow_uri, tracking=mlflow_screenshot)
     database = _open(settings, create=False)
     try:
         name = sweep or only_sweep(database)
@@ -633,12 +644,25 @@ def report(
             if given is not None:
                 check_metric(database, parsed, name, option=option)
         view = SweepView(database, settings.state_dir, name, out_dir)
+        if mlflow_screenshot:
+            view.mlflow_screenshot = _mlflow_screenshot(settings, name, out_dir)
         result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
     finally:
         database.dispose()
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
+
+
+def _mlflow_screenshot(settings: Settings, sweep: str, out_dir: Path) -> str:
+    from .mlflow_shot import take_screenshot
+
+    uri = settings.tracking_uri
+    assert uri is not None, "resolved with tracking on"
+    err.print(f"[dim]MLflow screenshot: mlflow server on {uri.split('://', 1)[0]}, headless Chromium[/]")
+    name = "mlflow-runs.png"
+    take_screenshot(uri, sweep, out_dir / name)
+    return name
 
 
 def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:

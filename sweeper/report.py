@@ -302,7 +302,13 @@ def overview(view: SweepView) -> Section:
         rows,
         ["l", "l", "l", "r", "r", "r", "r", "r"],
     )
-    return Section(title="Overview", body=table)
+    body = table
+    if view.mlflow_screenshot:
+        body += (
+            f"\n\nThe sweep's runs in the MLflow UI (`mlflow server` on its tracking store):\n\n"
+            f"![The MLflow runs table]({view.mlflow_screenshot})"
+        )
+    return Section(title="Overview", body=body, figures=[view.mlflow_screenshot] if view.mlflow_screenshot else [])
 
 
 # ---------------------------------------------------------------------------------------------

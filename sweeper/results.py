@@ -233,12 +233,15 @@ class SweepView:
         view.artifact(job_id, name) -> Path              # a local, sha256-verified copy
         view.read_json(job_id, name) / read_csv(...)     # parsed artifacts
         view.figure_path("loss.png") -> Path             # where to save a figure of the report
+        view.mlflow_screenshot                           # file name of the MLflow UI's runs table, or None
     """
 
     def __init__(self, db: Database, state_dir: Path, sweep: str, out_dir: Path | None = None) -> None:
         self.db = db
         self.state_dir = Path(state_dir)
         self.out_dir = out_dir
+        # set by `sweeper report --mlflow-screenshot` (sweeper/mlflow_shot.py): a PNG in out_dir
+        self.mlflow_screenshot: str | None = None
         with db.read() as conn:
             found = read_sweeps(conn, sweep) if sweep else []
             if not found:
