@@ -3,7 +3,7 @@
 `sweeper report` reads history.json and predictions.csv from the artifact store, so their shape is
 a contract (documented in docs/jobs.md "What a train job leaves"):
 
-    history.json   {"version": 1, "points": [{step, epoch, loss, train_acc, train_s}, ...],
+    history.json   {"version": 1, "points": [{step, epoch, loss, train_acc, train_s}, ...],   (null: NaN/inf)
                     "epochs": [{epoch, step, train_loss, train_acc, test_loss, test_acc, train_s}, ...],
                     "time": {...}, "final": {...}, "target": {...}, "arch": {...}, "dataset": {...}}
     predictions.csv  index,true,predicted,true_name,predicted_name (one row per test image)
@@ -19,13 +19,17 @@ from typing import Any
 
 import torch
 
+from sweeper.mappings import finite
 from sweeper.plots import pyplot
 
 from .classes import CLASSES
 
 
 def write_history(path: Path, history: Mapping[str, Any]) -> Path:
-    path.write_text(json.dumps(history, indent=1, allow_nan=False, default=_plain) + "\n")
+    """NaN and infinities (a loss that diverged) are written as null: JSON has neither, and the
+    report draws a null as a gap in the curve."""
+    plain = finite(dict(history), leaf=lambda v: finite(v.item()) if hasattr(v, "item") else v)
+    path.write_text(json.dumps(plain, indent=1, allow_nan=False, default=_plain) + "\n")
     return path
 
 

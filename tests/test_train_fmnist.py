@@ -98,3 +98,37 @@ def test_baseline_on_real_fashion_mnist_subset_reaches_80_percent_and_leaves_its
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert names == {"model.pt", "history.json", "predictions.csv", "curves.png", "confusion.png"}
     assert torch.load(client.download_artifacts(run.info.run_id, "model.pt"), weights_only=True)["arch"]["dense"] == 100
+
+
+DIVERGING = """
+sweep: fmnist-diverge
+stages:
+  too_high:
+    kind: train
+    params: {seed: 0, lr: 1.0e+30, momentum: 0.9, batch_size: 32, train_subset: 2000, test_subset: 500,
+             max_epochs: 1, log_every: 10}
+"""
+
+
+def test_a_run_whose_loss_diverges_to_nan_completes_and_records_it_as_null(tmp_path, fmnist_dir, mlflow_template):
+    """A learning rate far too high (1e30: the weights overflow at the first step) makes the loss NaN: the job must still finish,
+    with its history and result written (NaN as null: JSON has no NaN) and its MLflow run closed."""
+    (tmp_path / "grid.yaml").write_text(DIVERGING)
+    state = tmp_path / "state"
+    assert run_cli("enqueue", str(tmp_path / "grid.yaml"), "--state", str(state)).returncode == 0
+    install(mlflow_template, state)
+    proc = run_cli("work", "--state", str(state), "--data-dir", str(fmnist_dir), "--threads-per-worker", "1")
+    assert proc.returncode == 0, proc.stderr
+    engine = sa.create_engine(f"sqlite:///{state / 'queue.db'}")
+    with engine.connect() as conn:
+        job = dict(
+            conn.execute(sa.text("select id, status, result, error, tracking_run_id from jobs")).mappings().one()
+        )
+    engine.dispose()
+    assert job["status"] == "done", job["error"]
+    result = json.loads(job["result"]) if isinstance(job["result"], str) else job["result"]
+    assert result["test_accuracy"] <= 0.2, "diverged: about chance (10 classes)"
+    history = json.loads((state / "artifacts" / "fmnist-diverge" / job["id"] / "history.json").read_text())
+    losses = [p["loss"] for p in history["points"]]
+    assert None in losses, "the diverged running loss is null in history.json"
+    assert MlflowClient(f"sqlite:///{state / 'mlflow.db'}").get_run(job["tracking_run_id"]).info.status == "FINISHED"
