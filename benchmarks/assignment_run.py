@@ -3,7 +3,7 @@
     sweeper enqueue jobs/grids/assignment.yaml && sweeper work --workers 2 --wait     # the run itself
     python benchmarks/assignment_run.py --state state --out benchmarks/results/assignment_run.json
 
-Wall clock: first claim to last finish. Job time: each job's last attempt, start to finish (summed
+Wall clock: first claim to last finish. Job time: every attempt of a job, claim to end (summed
 per stage; with 2 workers, half a stage's job time is what it adds to the wall clock when both
 workers are busy). The seed repeats' cost is their stages' job time. Pruning is serial (each layer
 starts from the last one's result), so its wall time is on the critical path; its control
@@ -32,7 +32,25 @@ def load(state: Path, sweep: str) -> list[dict[str, Any]]:
             "attempt, interruptions from jobs where sweep = :s order by position"
         )
         rows = [dict(r) for r in conn.execute(q, {"s": sweep}).mappings()]
+        # job time: each attempt from its claim to its end (done, failed, retried or released)
+        events = conn.execute(
+            sa.text(
+                "select e.job_id, e.attempt, e.type, e.ts from events e join jobs j on j.id = e.job_id "
+                "where j.sweep = :s and e.type in ('claimed', 'done', 'failed', 'retried', 'released') "
+                "and e.attempt is not null order by e.ts"
+            ),
+            {"s": sweep},
+        ).all()
     engine.dispose()
+    claims: dict[tuple[str, int], float] = {}
+    busy: dict[str, float] = defaultdict(float)
+    for job_id, attempt, kind, ts in events:
+        if kind == "claimed":
+            claims[(job_id, attempt)] = ts
+        elif (job_id, attempt) in claims:
+            busy[job_id] += ts - claims.pop((job_id, attempt))
+    for r in rows:
+        r["job_s"] = busy.get(r["id"], 0.0)
     for r in rows:
         for key in ("params", "resolved_params", "result"):
             if isinstance(r[key], str):
@@ -57,7 +75,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in done:
         s = stages[r["stage"]]
         s["jobs"] += 1
-        s["job_s"] += r["finished_at"] - r["started_at"]
+        s["job_s"] += r["job_s"]
         s["first"] = r["started_at"] if s["first"] is None else min(s["first"], r["started_at"])
         s["last"] = r["finished_at"] if s["last"] is None else max(s["last"], r["finished_at"])
     per_stage = {
@@ -105,7 +123,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "test_accuracy": r["result"].get("test_accuracy"),
                     "total_drop": r["result"].get("total_drop"),
                     "control_converged_at_step": r["result"].get("control_converged_at_step"),
-                    "job_min": minutes(r["finished_at"] - r["started_at"]),
+                    "job_min": minutes(r["job_s"]),
                 }
                 for r in prune
             },
