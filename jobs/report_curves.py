@@ -7,6 +7,7 @@ end of each epoch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,11 @@ def plot_failure(path: Any, run: Curve, reference: Curve | None, title: str) -> 
             ax_loss.plot(ex, test_loss, "o-", ms=3, lw=0.8, color=color, mfc="white", label=f"{c.label}: test loss")
             ax_acc.plot(ex, [_loss(e.get("train_acc")) for e in c.epochs], "-", color=color, label=f"{c.label}: train")
             ax_acc.plot(ex, [_loss(e.get("test_acc")) for e in c.epochs], "--", color=color, label=f"{c.label}: test")
+    # a loss that overflowed (NaN/inf) has no height: mark those points along the top, or the run vanishes
+    gone = [x for x, v in zip(run.xs(), run.losses(), strict=True) if not math.isfinite(v)]
+    if gone:
+        ax_loss.plot(gone, [1.0] * len(gone), "x", color="tab:red", transform=ax_loss.get_xaxis_transform(),
+                     clip_on=False, label=f"{run.label}: loss NaN (diverged)")  # fmt: skip
     ax_loss.set_ylabel("cross-entropy loss")
     ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):

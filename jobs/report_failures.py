@@ -87,6 +87,11 @@ def diverged(curve: Curve) -> bool:
     return finite[-1] >= finite[0]
 
 
+def first_nan(curve: Curve) -> float | None:
+    """Where (in epochs) the training loss was first NaN or infinite; None when it stayed finite."""
+    return next((x for x, v in zip(curve.xs(), curve.losses(), strict=True) if not math.isfinite(v)), None)
+
+
 def rises(curve: Curve) -> int:
     """How many times the test loss went up from one epoch to the next."""
     vals = [number(e.get("test_loss")) for e in curve.epochs]
@@ -120,7 +125,16 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     if mode in ("lr_high", "lr_low"):
         bad = curve is not None and diverged(curve)
         if mode == "lr_high" and bad:
-            return Verdict(True, f"The loss diverges: it ends no lower than it started (or becomes NaN); {versus}.")
+            nan_at = first_nan(curve)
+            if nan_at is not None:
+                after = [v for x, v in zip(curve.xs(), curve.losses(), strict=True) if x >= nan_at]
+                stays = "and stayed NaN" if not any(math.isfinite(v) for v in after) else "at times"
+                return Verdict(
+                    True,
+                    f"The loss diverges: it overflowed to NaN (not a number) by epoch {nan_at:.2f} of training "
+                    f"{stays} (the red crosses along the top of the loss plot); {versus}.",
+                )
+            return Verdict(True, f"The loss diverges: it ends no lower than it started; {versus}.")
         final = next((v for v in reversed(curve.losses()) if math.isfinite(v)), None) if curve is not None else None
         if mode == "lr_high" and lower and final is not None and abs(final - math.log(10)) < 0.05:
             return Verdict(

@@ -349,3 +349,27 @@ def test_a_sweep_with_only_a_grid_gets_its_questions_and_one_line_per_missing_pa
         assert line in missing
     assert "could not be written" not in md  # every part degraded by itself, none crashed
     assert "Every configuration ran with one seed" in part(md, "### How much of this is noise")
+
+
+def test_a_learning_rate_that_overflows_to_nan_is_shown_and_said(tmp_path):
+    """history.json stores a NaN loss as null: the verdict names the overflow and the plot marks it."""
+    from types import SimpleNamespace
+
+    from jobs.report_curves import Curve, plot_failure
+    from jobs.report_failures import first_nan, judge
+
+    def history(losses: list[float | None], test_acc: float) -> dict:
+        points = [{"step": 100 * (i + 1), "epoch": 0.5 * (i + 1), "loss": v} for i, v in enumerate(losses)]
+        epochs = [{"epoch": e, "train_acc": test_acc, "test_acc": test_acc, "test_loss": None} for e in (1, 2)]
+        return {"points": points, "epochs": epochs}
+
+    run = Curve("this run", history([2.9, None, None, None], 0.10))
+    ref = Curve("reference", history([1.3, 0.8, 0.6, 0.5], 0.83))
+    assert first_nan(run) == 1.0 and first_nan(ref) is None
+    job = lambda acc: SimpleNamespace(result={"test_accuracy": acc, "images_per_s": 4000.0}, params={})  # noqa: E731
+    verdict = judge("lr_high", job(0.10), run, job(0.83), ref, 10_000)
+    assert verdict.shows and "overflowed to NaN" in verdict.text and "by epoch 1.00" in verdict.text
+    assert "stayed NaN" in verdict.text
+    out = tmp_path / "lr_high.png"
+    plot_failure(out, run, ref, "lr too high")
+    assert_png(out)
