@@ -48,6 +48,27 @@ def stop_words(reason: Any, layer: str) -> str:
     return text
 
 
+def stop_in_words(result: Mapping[str, Any], steps: list[dict[str, Any]], layer: str) -> str:
+    """Which rule stopped the layer, with the rejected step's own figures; the recorded reason otherwise."""
+    last = steps[-1] if steps else None
+    if last is None or last.get("accepted") or last.get("pruning_drop") is None:
+        return stop_words(result.get("stop_reason"), layer)
+    step_rule, total_rule = number(result.get("max_step_drop")), number(result.get("max_total_drop"))
+    drop, total = number(last.get("pruning_drop")), number(last.get("total_drop"))
+    eps = 1e-9
+    parts = []
+    if step_rule is not None and drop is not None and drop > step_rule + eps:
+        parts.append(("the 1% rule", f"step {cell(last.get('step'))} cost {_pt(drop, signed=False)}, more than "
+                      f"{_pt(step_rule, signed=False)}"))  # fmt: skip
+    if total_rule is not None and total is not None and total > total_rule + eps:
+        parts.append(("the cumulative limit", f"step {cell(last.get('step'))} took the cumulative drop to "
+                      f"{_pt(total, signed=False)}, more than {_pt(total_rule, signed=False)}"))  # fmt: skip
+    if not parts:
+        return stop_words(result.get("stop_reason"), layer)
+    rules = " and ".join(name for name, _ in parts)
+    return f"{rules} ({'; '.join(why for _, why in parts)})"
+
+
 def _steps(view: Any, job: Any) -> list[dict[str, Any]]:
     """The job's per-step records: pruning.json's steps (with each model's arch), else the result's triplets."""
     if "pruning.json" in view.artifact_names(job.id):
@@ -181,14 +202,26 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         f"Job `{job.id}` (stage `{job.stage}`) starts from {pct(r.get('input_test_accuracy'))} and keeps "
         f"{cell(_kept(layer, r.get('arch'), r.get('architecture')))} {unit} after {cell(r.get('steps_accepted'))} of "
         f"{cell(r.get('steps_tried'))} step(s), at {pct(end)} test accuracy. Stopped by "
-        f"{stop_words(r.get('stop_reason'), layer)}. Cumulative drop from the unpruned model: {_pt(cum_final)}.",
+        f"{stop_in_words(r, steps, layer)}. Cumulative drop from the unpruned model: {_pt(cum_final)}.",
     ]
     converged = r.get("control_converged_at_step")
-    if control and converged:
-        body.append(
-            f"The control was retrained beside steps 1 to {cell(converged)}; at step {cell(converged)} it gained less "
-            "than the stop threshold, so the later steps keep its accuracy."
+    measured = [s for s in steps if s.get("control_measured", True)]
+    if control and measured and number(measured[-1].get("control_accuracy")) is not None:
+        start, last = number(r.get("input_test_accuracy")), number(measured[-1].get("control_accuracy"))
+        which = "step 1" if len(measured) == 1 else f"steps 1 to {len(measured)}"
+        moved = "gained" if last is not None and start is not None and last >= start else "lost"
+        text = (
+            f"This layer's control is its input, {pct(start)}, retrained beside {which}: it went to {pct(last)}, "
+            f"so more training alone {moved} {_pt(abs(last - start) if start is not None else None, signed=False)}"
         )
+        if moved == "lost":
+            text += (
+                " (more epochs no longer help this model: the loss is overfitting plus test-set noise, and the pruned"
+                " models are compared with this lower reference)"
+            )
+        if converged:
+            text += f". At step {cell(converged)} a retraining gained it less than the stop threshold, so the later steps keep that accuracy"
+        body.append(text + ".")
     if rows:
         header = ["step", f"{unit} kept", "before", "after pruning", "after retraining",
                   *(["control (unpruned)"] if control else []), "pruning drop", "cumulative drop", "FLOPs", "params",
