@@ -216,7 +216,7 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         )
         if moved == "lost":
             text += (
-                " (more epochs no longer help this model: the loss is overfitting plus test-set noise, and the pruned"
+                " (more epochs no longer help this model: the fall is overfitting plus test-set noise, and the pruned"
                 " models are compared with this lower reference)"
             )
         if converged:

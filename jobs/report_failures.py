@@ -128,7 +128,7 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
             nan_at = first_nan(curve)
             if nan_at is not None:
                 after = [v for x, v in zip(curve.xs(), curve.losses(), strict=True) if x >= nan_at]
-                stays = "and stayed NaN" if not any(math.isfinite(v) for v in after) else "at times"
+                stays = "and stayed NaN" if not any(math.isfinite(v) for v in after) else "and came back later"
                 return Verdict(
                     True,
                     f"The loss diverges: it overflowed to NaN (not a number) by epoch {nan_at:.2f} of training "
