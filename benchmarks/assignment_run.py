@@ -21,6 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from jobs.report_stats import config_key  # what makes two jobs one configuration, as the report counts it
+
 SEED_TEST_ACCURACY = 0.8834  # the seed report's Step 1 model (88.34 %)
 
 
@@ -60,11 +62,6 @@ def load(state: Path, sweep: str) -> list[dict[str, Any]]:
 
 def minutes(seconds: float) -> float:
     return round(seconds / 60.0, 1)
-
-
-def config_key(params: dict[str, Any]) -> str:
-    p = {k: v for k, v in params.items() if k != "seed"}
-    return json.dumps(p, sort_keys=True)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
