@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.report_stats import config_key  # what makes two jobs one configuration, as the report counts it
+from jobs.report.stats import config_key  # what makes two jobs one configuration, as the report counts it
 
 SEED_TEST_ACCURACY = 0.8834  # the seed report's Step 1 model (88.34 %)
 

@@ -45,8 +45,8 @@ def grid_text(n: int) -> str:
 
 
 def loop(url: str, index: int, locked: bool, ready, go) -> None:
-    from sweeper.db import open_database
-    from sweeper.queue import Queue
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import Queue
 
     db = open_database(url)
     queue = Queue(db, _settle_lock=locked)
@@ -59,9 +59,9 @@ def loop(url: str, index: int, locked: bool, ready, go) -> None:
 
 
 def run_case(workers: int, jobs: int, locked: bool) -> dict:
-    from sweeper.db import open_database
-    from sweeper.queue import Queue
-    from sweeper.spec import parse_spec
+    from sweeper.grid.spec import parse_spec
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import Queue
 
     root = Path(tempfile.mkdtemp(prefix="sweeper-claims-"))
     url, drop = make_db("postgres", root)

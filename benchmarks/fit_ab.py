@@ -1,4 +1,4 @@
-"""A/B of the training hot path: jobs.training.fit of this tree against another checkout, one run.
+"""A/B of the training hot path: jobs.ml.training.fit of this tree against another checkout, one run.
 
     git archive <base-commit> | tar -x -C /tmp/base
     python benchmarks/fit_ab.py --baseline /tmp/base [--images 6400] [--rounds 5]
@@ -29,9 +29,9 @@ sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
 from benchmarks.jobcontext import ScratchJob
-from jobs.data import SYSTEM_DIR, DataNotFound, load_dataset
-from jobs.model import Arch, Conv, build
-from jobs.training import LoopConfig, fit, make_optimizer
+from jobs.ml.data import SYSTEM_DIR, DataNotFound, load_dataset
+from jobs.ml.model import Arch, Conv, build
+from jobs.ml.training import LoopConfig, fit, make_optimizer
 n = int(sys.argv[2])
 try:
     data = load_dataset("fashion-mnist", data_dir=str(SYSTEM_DIR), train_subset=n, test_subset=500)

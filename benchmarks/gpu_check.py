@@ -9,8 +9,8 @@ checks  through a real JobContext and checkpoint store (benchmarks/jobcontext.py
         - cuda -> cpu and cpu -> cuda: a job stopped mid-epoch on one device resumes on the other
           with exactly the saved weights, and finishes; the checkpoint file holds CPU tensors only
         - cuda -> cuda: stopped and resumed is bit-identical to an uninterrupted run
-          (torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, jobs/device.py)
-speed   jobs.training.fit on the baseline net (conv 3x3x16, conv 3x3x16, dense 100), SGD lr 1e-3
+          (torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, jobs/ml/device.py)
+speed   jobs.ml.training.fit on the baseline net (conv 3x3x16, conv 3x3x16, dense 100), SGD lr 1e-3
         momentum 0.9, at batch 32 and 256, over the same images on the CPU (1 thread, as a default
         worker runs, and all cores) and on CUDA; training compute only (fit's train_s), rounds
         interleaved, median; ratios against CPU at 1 thread measured in the same run.
@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.jobcontext import ScratchJob  # noqa: E402
-from jobs.data import SYSTEM_DIR, DataNotFound, load_dataset  # noqa: E402
-from jobs.device import on_device, pick_device  # noqa: E402
-from jobs.model import Arch, Conv, build  # noqa: E402
-from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer  # noqa: E402
+from jobs.ml.data import SYSTEM_DIR, DataNotFound, load_dataset  # noqa: E402
+from jobs.ml.device import on_device, pick_device  # noqa: E402
+from jobs.ml.model import Arch, Conv, build  # noqa: E402
+from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "gpu_check.json"
 BASELINE = Arch(Conv(16, 3), Conv(16, 3), 100)

@@ -8,14 +8,14 @@ depend on their values) one pass over the test set in batches of 32 is timed for
     nn           nn.Conv2d / nn.Linear under torch.inference_mode: the baseline
     seed_unfold  the seed report's re-implementation: F.unfold (im2col, NCHW), matmul, bias add,
                  reshape, per layer (they measured 2.99 s against 1.62 s: 1.85x)
-    previous     jobs/matmul.py before blocking: "auto" as it was (im2col on the whole batch, or
+    previous     jobs/ml/matmul.py before blocking: "auto" as it was (im2col on the whole batch, or
                  shifted for 3×3 on >= 4 channels): the "before" of BENCHMARKS.md
-    im2col       jobs/matmul.py, strategy im2col: CNHW layout, one strided patch view per block of
+    im2col       jobs/ml/matmul.py, strategy im2col: CNHW layout, one strided patch view per block of
                  images sized to stay in L2 (BLOCK_BYTES), one GEMM per block
-    rows         jobs/matmul.py, strategy rows: patches over (channel, kernel row) per block of
+    rows         jobs/ml/matmul.py, strategy rows: patches over (channel, kernel row) per block of
                  images, k GEMMs over the kernel's column shifts (a k times smaller patch matrix)
-    shifted      jobs/matmul.py, strategy shifted: k·k GEMMs on shifted views, no patch copy
-    auto         jobs/matmul.py as the benchmark job uses it (shifted for 3×3 on >= 4 channels,
+    shifted      jobs/ml/matmul.py, strategy shifted: k·k GEMMs on shifted views, no patch copy
+    auto         jobs/ml/matmul.py as the benchmark job uses it (shifted for 3×3 on >= 4 channels,
                  blocked im2col otherwise)
 
 Every variant is first checked allclose to nn on all the images. Timing uses
@@ -45,9 +45,9 @@ from torch.utils import benchmark as tbench
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jobs.data import load_dataset  # noqa: E402
-from jobs.matmul import ConvGemm, MatmulCNN  # noqa: E402
-from jobs.model import CNN, Arch, Conv, build  # noqa: E402
+from jobs.ml.data import load_dataset  # noqa: E402
+from jobs.ml.matmul import ConvGemm, MatmulCNN  # noqa: E402
+from jobs.ml.model import CNN, Arch, Conv, build  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "inference.json"
 ARCHS = {

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import JobContext
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
 
 
 class ScratchJob:

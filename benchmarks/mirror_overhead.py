@@ -87,7 +87,7 @@ def ms(values: list[float]) -> dict[str, float]:
 
 
 def snapshot_cost(db: Path, root: Path, n: int) -> dict:
-    from sweeper.mirror import SnapshotChain
+    from sweeper.mirrored.mirror import SnapshotChain
 
     mount = root / "mount"
     mount.mkdir()
@@ -125,7 +125,7 @@ def snapshot_cost(db: Path, root: Path, n: int) -> dict:
 def stall(db: Path, root: Path, seconds: float) -> dict:
     import torch
 
-    from sweeper.mirror import SnapshotChain, lower_thread_priority
+    from sweeper.mirrored.mirror import SnapshotChain, lower_thread_priority
 
     torch.set_num_threads(1)
     a = torch.randn(96, 96)
@@ -213,7 +213,7 @@ def train_result(root: Path, mirror: str, tag: str) -> dict:
     import sqlalchemy as sa
 
     from sweeper.config import resolve_settings
-    from sweeper.mirror import open_state
+    from sweeper.mirrored.mirror import open_state
 
     state = root / f"train-{tag}"
     os.environ["SWEEPER_MIRROR_DIR"] = str(root / f"local-{tag}")

@@ -29,9 +29,9 @@ N, ROUNDS = args.jobs, args.rounds
 CODE = r"""
 import json, os, tempfile, time
 from benchmarks.queue_throughput import grid_text
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
+from sweeper.grid.spec import parse_spec
 root = tempfile.mkdtemp(prefix="h12-cpu-")
 db = open_database(f"sqlite:///{root}/q.db")
 q = Queue(db)

@@ -41,9 +41,9 @@ def grid_text(n: int, steps: int = 1) -> str:
 
 
 def enqueue(url: str, n: int) -> None:
-    from sweeper.db import open_database
-    from sweeper.queue import Queue
-    from sweeper.spec import parse_spec
+    from sweeper.grid.spec import parse_spec
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import Queue
 
     db = open_database(url)
     Queue(db).enqueue(parse_spec(grid_text(n), "bench.yaml"))
@@ -51,8 +51,8 @@ def enqueue(url: str, n: int) -> None:
 
 
 def queue_loop(url: str, index: int, start: multiprocessing.Event) -> None:
-    from sweeper.db import open_database
-    from sweeper.queue import Queue
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import Queue
 
     db = open_database(url)
     queue = Queue(db)
@@ -69,7 +69,7 @@ def worker_loop(url: str, state: str, index: int, start: multiprocessing.Event, 
     import sys
 
     from sweeper.config import Settings, default_tracking_uri
-    from sweeper.worker import Worker, WorkerOptions
+    from sweeper.running.worker import Worker, WorkerOptions
 
     settings = Settings(Path(state), url, default_tracking_uri(Path(state)) if tracking else None)
     opts = WorkerOptions(settings=settings, threads_per_worker=1)

@@ -44,15 +44,15 @@ from benchmarks.scratch_db import make_db
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "status_speed.json"
 TRACEBACK = (
-    'Traceback (most recent call last):\n  File "jobs/train.py", line 88, in run\n    loss.backward()\n'
+    'Traceback (most recent call last):\n  File "jobs/kinds/train.py", line 88, in run\n    loss.backward()\n'
     "RuntimeError: kernel size can't be greater than actual input size\n"
 )
 
 
 def build(url: str, n_jobs: int) -> dict[str, int]:
-    from sweeper.db import events, jobs, open_database, workers
-    from sweeper.queue import Queue
-    from sweeper.spec import parse_spec
+    from sweeper.grid.spec import parse_spec
+    from sweeper.store.db import events, jobs, open_database, workers
+    from sweeper.store.queue import Queue
 
     n_search = int(n_jobs * 0.72)
     n_follow = n_jobs - n_search
@@ -148,7 +148,7 @@ def build(url: str, n_jobs: int) -> dict[str, int]:
 
 def naive(db) -> None:
     """The baseline: every row to Python, then count, time and rank there."""
-    from sweeper.db import jobs
+    from sweeper.store.db import jobs
 
     with db.read() as conn:
         rows = conn.execute(sa.select(jobs)).all()
@@ -191,9 +191,9 @@ def stats(xs: list[float]) -> dict[str, float]:
 def measure(backend: str, n_jobs: int, repeat: int) -> dict[str, object]:
     from rich.console import Console
 
-    from sweeper.dashboard import collect
-    from sweeper.dashview import render
-    from sweeper.db import open_database
+    from sweeper.store.db import open_database
+    from sweeper.views.dashboard import collect
+    from sweeper.views.dashview import render
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -13,7 +13,7 @@ variants  What makes the step fast on 1-2 threads, measured rather than guessed:
           CPU-second (CPU time is what contention on a shared machine distorts least).
 side      Side by side: the naive loop the seed's authors wrote (torchvision FashionMNIST with
           ToTensor + Normalize, a shuffling DataLoader, default threads) against our loop
-          (jobs.training.fit on the in-memory tensors, with a real JobContext and checkpoint
+          (jobs.ml.training.fit on the in-memory tensors, with a real JobContext and checkpoint
           store), same net (16/16/100), same hyperparameters (SGD lr 0.001 momentum 0.9), at batch
           8, 32 and 64, over a fixed number of images after a warm-up, rounds interleaved. Ours runs
           at 1 thread (what `sweeper work --workers 2` gives each process on 2 cores) and at 2; the
@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.jobcontext import ScratchJob  # noqa: E402
-from jobs.data import SYSTEM_DIR, load_dataset  # noqa: E402
-from jobs.model import Arch, Conv, build  # noqa: E402
-from jobs.training import LoopConfig, fit, make_optimizer  # noqa: E402
+from jobs.ml.data import SYSTEM_DIR, load_dataset  # noqa: E402
+from jobs.ml.model import Arch, Conv, build  # noqa: E402
+from jobs.ml.training import LoopConfig, fit, make_optimizer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "train_speed.json"
 BASELINE = Arch(Conv(16, 3), Conv(16, 3), 100)
@@ -194,8 +194,8 @@ def naive_loop(root: Path, bs: int, images: int, warmup: int, threads: int = DEF
 
 
 def our_loop(data: Any, bs: int, images: int, warmup: int, threads: int, scratch: Path) -> float:
-    """jobs.training.fit over exactly `images` images (one epoch of that subset), after a warm-up epoch."""
-    from jobs.data import Split
+    """jobs.ml.training.fit over exactly `images` images (one epoch of that subset), after a warm-up epoch."""
+    from jobs.ml.data import Split
 
     torch.set_num_threads(threads)
     job = ScratchJob(scratch)

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .config import Settings, mask_password, resolve_settings
-from .errors import SweeperError, UsageError
+from sweeper.config import Settings, mask_password, resolve_settings
+from sweeper.errors import SweeperError, UsageError
 
 app = typer.Typer(
     help="Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report.",
@@ -91,7 +91,7 @@ NoWaitOpt = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from sweeper import __version__
 
         out.print(f"sweeper {__version__}", markup=False)
         raise typer.Exit()
@@ -126,7 +126,7 @@ def _state_session(ctx: typer.Context, settings: Settings) -> Any:
     (`ctx: typer.Context`, which Typer passes to each command). The command's --mirror,
     --take-over and wait options are read from the context's parameters.
     """
-    from .mirror import open_state
+    from sweeper.mirrored.mirror import open_state
 
     if "sweeper.session" in ctx.meta:
         return ctx.meta["sweeper.session"]
@@ -167,7 +167,7 @@ def _mirror_info(ctx: typer.Context, settings: Settings) -> dict[str, Any] | Non
     session = _state_session(ctx, settings)
     if not session.mirrored:
         return None
-    from .recovery import last_recovery
+    from sweeper.mirrored.recovery import last_recovery
 
     database = _open(settings, create=False)
     try:
@@ -178,7 +178,7 @@ def _mirror_info(ctx: typer.Context, settings: Settings) -> dict[str, Any] | Non
 
 
 def _mirror_lines(ctx: typer.Context, settings: Settings) -> list[str]:
-    from .recovery import describe_recovery
+    from sweeper.mirrored.recovery import describe_recovery
 
     info = _mirror_info(ctx, settings)
     if info is None:
@@ -195,7 +195,7 @@ def _with_mirror(ctx: typer.Context, payload: dict[str, Any], settings: Settings
 
 
 def _open(settings: Settings, *, create: bool):
-    from .db import OutagePolicy, open_database
+    from sweeper.store.db import OutagePolicy, open_database
 
     # Interactive commands give up on an unreachable database quickly; workers wait longer.
     return open_database(settings.db_url, create=create, outage=OutagePolicy(limit_s=10.0))
@@ -213,8 +213,8 @@ def enqueue(
     no_wait: NoWaitOpt = False,
 ) -> None:
     """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
-    from .queue import EnqueueDiff, Queue
-    from .spec import load_spec
+    from sweeper.grid.spec import load_spec
+    from sweeper.store.queue import EnqueueDiff, Queue
 
     spec = load_spec(grid)
     settings = _settings(ctx, state, db, tracking=False)
@@ -231,8 +231,8 @@ def enqueue(
 
 
 def _dry_run_diff(settings: Settings, spec: Any) -> Any:
-    from .db import open_database
-    from .queue import EnqueueDiff, Queue
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import EnqueueDiff, Queue
 
     if settings.is_sqlite:
         path = settings.db_url.split(":///", 1)[-1]
@@ -380,11 +380,11 @@ def work(
     """
     if store not in ("auto", "files", "db"):
         raise UsageError(f"--store must be files, db or auto, not {store!r}")
-    from .worker import WorkerOptions, run_workers
+    from sweeper.running.worker import WorkerOptions, run_workers
 
     spec = None
     if grid is not None:  # read before the state is opened: a typo fails at once, not after a lease wait
-        from .spec import load_spec
+        from sweeper.grid.spec import load_spec
 
         spec = load_spec(grid)
     settings = _settings(ctx, state, db, mlflow_uri, tracking=not no_tracking)
@@ -396,7 +396,7 @@ def work(
             hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
         )
     if spec is not None:
-        from .queue import Queue
+        from sweeper.store.queue import Queue
 
         database = _open(settings, create=True)
         try:
@@ -457,10 +457,10 @@ def status(
 
     Reads the queue only (never torch or MLflow), so it is quick to run from any machine.
     """
-    from .dashboard import collect, to_json
-    from .dashview import render
-    from .dashview import watch as watch_status
-    from .ranking import parse_metric
+    from sweeper.grid.ranking import parse_metric
+    from sweeper.views.dashboard import collect, to_json
+    from sweeper.views.dashview import render
+    from sweeper.views.dashview import watch as watch_status
 
     if watch and as_json:
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
@@ -469,11 +469,11 @@ def status(
     database = _open(settings, create=False)
     try:
         if sweep:
-            from .results import require_sweep
+            from sweeper.store.results import require_sweep
 
             require_sweep(database, sweep)
         if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
-            from .dashboard import check_metric
+            from sweeper.views.dashboard import check_metric
 
             check_metric(database, metric, sweep, option="--by")
         read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
@@ -504,8 +504,8 @@ def show(
     mirror: MirrorOpt = "auto",
 ) -> None:
     """Everything about one job: params as written and as resolved, attempts, metrics, files, the error."""
-    from .readmodel import resolve_job_id
-    from .show import collect_job, render, to_json
+    from sweeper.store.readmodel import resolve_job_id
+    from sweeper.views.show import collect_job, render, to_json
 
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
@@ -542,9 +542,9 @@ def export(
     mirror: MirrorOpt = "auto",
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
-    from .db import STATUSES
-    from .export import write_csv
-    from .results import load_jobs
+    from sweeper.store.db import STATUSES
+    from sweeper.store.results import load_jobs
+    from sweeper.views.export import write_csv
 
     bad = [s for s in status_filter or [] if s not in STATUSES]
     if bad:
@@ -553,7 +553,7 @@ def export(
     database = _open(settings, create=False)
     try:
         if sweep:
-            from .results import require_sweep
+            from sweeper.store.results import require_sweep
 
             require_sweep(database, sweep)
         records = load_jobs(database, sweep, stage, status_filter or None)
@@ -564,7 +564,7 @@ def export(
         return
     import io
 
-    from .checkpoints import atomic_write
+    from sweeper.store.checkpoints import atomic_write
 
     buf = io.StringIO()
     n = write_csv(records, buf)
@@ -622,9 +622,9 @@ def report(
     Reads the queue and the artifact store (sha256-verified); needs neither MLflow nor a running worker
     (except for --mlflow-screenshot).
     """
-    from .ranking import parse_metric
-    from .report import ReportOptions, write_report
-    from .results import SweepView, only_sweep
+    from sweeper.grid.ranking import parse_metric
+    from sweeper.store.results import SweepView, only_sweep
+    from sweeper.views.report import ReportOptions, write_report
 
     opts = ReportOptions(
         primary=parse_metric(metric or "test_accuracy", option="--metric"),
@@ -637,7 +637,7 @@ def report(
     database = _open(settings, create=False)
     try:
         name = sweep or only_sweep(database)
-        from .dashboard import check_metric
+        from sweeper.views.dashboard import check_metric
 
         # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
         for given, option, parsed in ((metric, "--metric", opts.primary), (second, "--second", opts.secondary)):
@@ -655,7 +655,7 @@ def report(
 
 
 def _mlflow_screenshot(settings: Settings, sweep: str, out_dir: Path) -> str:
-    from .mlflow_shot import take_screenshot
+    from sweeper.views.mlflow_shot import take_screenshot
 
     uri = settings.tracking_uri
     assert uri is not None, "resolved with tracking on"
@@ -719,7 +719,7 @@ def cancel(
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
 
     _selection(job_ids, False, stage, sweep, "cancel")
-    from .db import ACTIVE
+    from sweeper.store.db import ACTIVE
 
     notes: list[str] = []
 
@@ -736,7 +736,7 @@ def cancel(
 
 def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
     """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
-    from .results import require_stage, require_sweep
+    from sweeper.store.results import require_stage, require_sweep
 
     if sweep:
         require_sweep(database, sweep)
@@ -745,7 +745,7 @@ def _check_selection(database: Any, stage: str | None, sweep: str | None) -> Non
 
 
 def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:
-    from .results import why_untouched
+    from sweeper.store.results import why_untouched
 
     return why_untouched(database, ids, picked, wanted, stage, sweep)
 
@@ -761,8 +761,8 @@ def _change_jobs(
     ctx: typer.Context, state: Path | None, db: str | None, job_ids: list[str] | None, change: Any
 ) -> list[str]:
     """Resolve job id prefixes, then apply `change(queue, ids)` (retry or cancel) in the queue."""
-    from .queue import Queue
-    from .readmodel import resolve_job_id
+    from sweeper.store.queue import Queue
+    from sweeper.store.readmodel import resolve_job_id
 
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)

@@ -12,9 +12,10 @@
         ctx.log_artifact(path)                            # recorded with its sha256
         return {"test_accuracy": 0.91}
 
-A job kind imports this module and nothing else from sweeper, except `sweeper.plots` when it
-draws figures (`pyplot()`, matplotlib without a display). Outside the job kinds, `jobs/fetch.py`
-(`python -m jobs.data ensure`) reads the default state directory from `sweeper.config`.
+A job kind's entry point imports this module. Its helpers import only light modules of
+sweeper that load nothing of the queue: `sweeper.outcome` (JobFailed, Interrupted, re-exported
+here), `sweeper.plots` (`pyplot()`, matplotlib without a display), `sweeper.mappings` (nested
+dicts) and `sweeper.config` (`jobs/ml/fetch.py` reads the default state directory there).
 """
 
 from __future__ import annotations
@@ -25,32 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import ArtifactStore, CheckpointStore
-from .errors import LeaseLost
-from .queue import ClaimedJob, Queue
-from .statepaths import under
-from .tracking import NullTracker, Tracker
+from sweeper.errors import LeaseLost
+from sweeper.outcome import Interrupted, JobFailed
+from sweeper.running.tracking import NullTracker, Tracker
+from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.store.queue import ClaimedJob, Queue
+from sweeper.store.statepaths import under
 
 __all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
 
 # The key under which a checkpoint carries the metric points not yet written to the tracker.
 PENDING_METRICS = "__sweeper_pending_metrics__"
-
-
-class JobFailed(Exception):
-    """Raise from a job to fail it with a clear message. retry=False: do not try again."""
-
-    def __init__(self, message: str, *, retry: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry = retry
-
-
-@dataclass(frozen=True)
-class Interrupted:
-    """Returned by a job that stopped early at a safe point; the job is released, not failed."""
-
-    reason: str = "stop requested"
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .config import mask_password
+from sweeper.config import mask_password
 
 # "ValueError: ...", "sqlalchemy.exc.OperationalError: ...", "RuntimeError: MLflow: ..."
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failed|Lost|Warning)\b.*")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ranking import Metric
+from sweeper.grid.ranking import Metric
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import JobContext
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from sweeper.db import Database, jobs, open_database, workers
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import Database, jobs, open_database, workers
+from sweeper.store.queue import Queue
 
 GRID = """\
 sweep: zoo

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 import torch
 
-from jobs.benchmark import list_models, pareto_front, select
-from jobs.params import PruneParams
+from jobs.kinds.benchmark import list_models, pareto_front, select
+from jobs.kinds.params import PruneParams
 from sweeper.errors import SpecError
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
 from tests.conftest import cli_env
 
 
@@ -124,4 +124,4 @@ def stderr_of_import(module: str, cuda_home: str) -> str:
 def test_the_benchmark_job_imports_without_torchs_no_cuda_runtime_warning(tmp_path):
     # the control: torch itself still warns here, so the check below can fail
     assert NO_CUDA in stderr_of_import("torch.utils.benchmark", str(tmp_path))
-    assert NO_CUDA not in stderr_of_import("jobs.benchmark", str(tmp_path))
+    assert NO_CUDA not in stderr_of_import("jobs.kinds.benchmark", str(tmp_path))

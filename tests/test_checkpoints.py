@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.checkpoints import (
+from sweeper.errors import CheckpointError, LeaseLost
+from sweeper.grid.spec import parse_spec
+from sweeper.store.checkpoints import (
     ArtifactStore,
     CheckpointStore,
     list_artifacts,
@@ -20,10 +22,8 @@ from sweeper.checkpoints import (
     record_checkpoint,
     scan_checkpoint_dir,
 )
-from sweeper.db import open_database
-from sweeper.errors import CheckpointError, LeaseLost
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_corrupted_blob_in_the_database_falls_back_too(claimed, state_dir):
     store.save(job.lease, "s", {"step": 2})
     newest = list_checkpoints(queue, job.id)[0]
     with queue.db.write() as conn:
-        from sweeper.db import checkpoints
+        from sweeper.store.db import checkpoints
 
         conn.execute(checkpoints.update().where(checkpoints.c.id == newest.id).values(blob=b"garbage"))
     assert store.restore("s", job.id).state["step"] == 1
@@ -159,7 +159,7 @@ def test_a_file_the_database_does_not_know_yet_is_newer_and_later_saves_stay_new
     store.save(job.lease, "s", {"step": 1})
     store.save(job.lease, "s", {"step": 2})
     with queue.db.write() as conn:  # the snapshot was taken before seq 2 was recorded
-        from sweeper.db import checkpoints
+        from sweeper.store.db import checkpoints
 
         conn.execute(checkpoints.delete().where(checkpoints.c.seq == 2))
     got = store.restore("s", job.id, scan=True)
@@ -200,7 +200,7 @@ def test_a_refused_checkpoint_falls_back_to_a_good_previous_one(claimed, state_d
 def test_a_stored_location_outside_the_jobs_directory_is_never_read_or_deleted(claimed, state_dir, where):
     queue, job = claimed
     victim = state_dir.parent / "victim.ckpt"
-    from sweeper.checkpoints import encode
+    from sweeper.store.checkpoints import encode
 
     data = encode({"step": 99})
     victim.write_bytes(data)

@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from sweeper.dashboard import collect, error_summary, parse_epoch, to_json
-from sweeper.dashview import BAR, render, segments
-from sweeper.db import jobs
-from sweeper.ranking import Metric, parse_metric
-from sweeper.spec import parse_spec
-from sweeper.status_schema import Status
+from sweeper.grid.ranking import Metric, parse_metric
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import jobs
+from sweeper.views.dashboard import collect, error_summary, parse_epoch, to_json
+from sweeper.views.dashview import BAR, render, segments
+from sweeper.views.status_schema import Status
 from tests.conftest import REPO, cli_env, run_cli
 from tests.statuszoo import build_zoo
 
@@ -145,7 +145,7 @@ def test_json_schema_is_documented_in_the_docs():
     end = page.index("\n## ", start + 1)
     section = page[start:end]
     for model in ("Status", "Stage", "Running", "Leaderboard", "Failed", "Worker"):
-        fields = getattr(sys.modules["sweeper.status_schema"], model).model_fields
+        fields = getattr(sys.modules["sweeper.views.status_schema"], model).model_fields
         for name, info in fields.items():
             key = info.alias or name
             assert f"`{key}`" in section, f"docs/status-json.md does not document {model}.{key}"
@@ -186,7 +186,7 @@ def test_status_errors_are_clear(tmp_path):
 
 
 def test_status_of_an_empty_queue_says_what_to_do(sqlite_url, tmp_path):
-    from sweeper.db import open_database
+    from sweeper.store.db import open_database
 
     open_database(sqlite_url).dispose()
     proc = run_cli("status", "--db", sqlite_url, cwd=tmp_path)
@@ -271,7 +271,7 @@ def test_status_for_an_unknown_sweep_names_the_ones_there(sqlite_url, tmp_path):
 
 def test_watch_keeps_going_when_a_read_fails(zoo):
     """A database hiccup during --watch shows a line and the next tick reads again."""
-    from sweeper.dashview import watch
+    from sweeper.views.dashview import watch
 
     calls = {"n": 0}
 
@@ -290,7 +290,7 @@ def test_watch_keeps_going_when_a_read_fails(zoo):
 
 
 def test_metrics_are_suggested_most_similar_first_then_most_common():
-    from sweeper.ranking import rank_metrics
+    from sweeper.grid.ranking import rank_metrics
 
     counts = {"min_test_accuracy": 2, "test_accuracy": 130, "train_accuracy": 130, "images_per_s": 2, "value": 5}
     assert rank_metrics("accuracy", counts)[:3] == ["test_accuracy", "train_accuracy", "min_test_accuracy"]

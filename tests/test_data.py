@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from jobs import data
-from jobs.data import DataCorrupt, DataNotFound, fashion_mnist, find_fashion_mnist, load_dataset, read_idx
+from jobs.ml import data
+from jobs.ml.data import DataCorrupt, DataNotFound, fashion_mnist, find_fashion_mnist, load_dataset, read_idx
 from sweeper.context import JobFailed
 
 from .conftest import run_cli
@@ -112,7 +112,7 @@ def test_a_job_without_data_fails_at_once_and_status_and_the_log_say_what_to_run
 
     # Only the first line reaches the worker log and `sweeper status`: it names what to run.
     one_line = (
-        "Fashion-MNIST not found: run `python -m jobs.data ensure` "
+        "Fashion-MNIST not found: run `python -m jobs.ml.data ensure` "
         "(or apt-get install dataset-fashion-mnist, or sweeper work --data-dir DIR)"
     )
     assert f"job {job['id']} raised: {one_line} -> failed" in proc.stderr

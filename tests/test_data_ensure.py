@@ -1,6 +1,6 @@
-"""`python -m jobs.data ensure`: the quick start's data step, run as the README runs it.
+"""`python -m jobs.ml.data ensure`: the quick start's data step, run as the README runs it.
 
-apt-get is never run for real: SWEEPER_APT_GET (documented in jobs/fetch.py and docs/jobs.md)
+apt-get is never run for real: SWEEPER_APT_GET (documented in jobs/ml/fetch.py and docs/jobs.md)
 names a stand-in that does what the package does, copying the real files into the system
 directory, or is empty to switch apt off; a PATH without apt-get covers the real default.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.sources import find_fashion_mnist
+from jobs.ml.sources import find_fashion_mnist
 
 from .conftest import cli_env
 
@@ -25,7 +25,7 @@ OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:
 
 def ensure(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.data", "ensure", *args],
+        [sys.executable, "-m", "jobs.ml.data", "ensure", *args],
         cwd=cwd,
         env=cli_env(**env),
         capture_output=True,
@@ -75,7 +75,7 @@ def test_ensure_finds_the_real_data_without_importing_torch(tmp_path, fmnist_dir
     pythonpath = f"{poison}{os.pathsep}{cli_env()['PYTHONPATH']}"
     # the poison works: loading the data module proper does import torch
     loading = subprocess.run(
-        [sys.executable, "-c", "import jobs.data"], env=cli_env(PYTHONPATH=pythonpath), capture_output=True, text=True
+        [sys.executable, "-c", "import jobs.ml.data"], env=cli_env(PYTHONPATH=pythonpath), capture_output=True, text=True
     )
     assert loading.returncode != 0 and "torch was imported" in loading.stderr
 
@@ -122,7 +122,7 @@ def test_ensure_offline_without_apt_exits_1_with_the_three_ways_and_no_traceback
     raw = tmp_path / "state" / "data" / "FashionMNIST" / "raw"
     assert f"download into {raw}: http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ is unreachable" in err
     assert "1. apt-get install dataset-fashion-mnist" in err
-    assert "2. online, `python -m jobs.data ensure` downloads them" in err
+    assert "2. online, `python -m jobs.ml.data ensure` downloads them" in err
     assert "3. any directory with the four files" in err and "--data-dir DIR" in err
 
 

@@ -7,11 +7,11 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 
-from sweeper.dashboard import collect
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.readmodel import work_summary
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
+from sweeper.store.readmodel import work_summary
+from sweeper.views.dashboard import collect
 
 PIPELINE = """
 sweep: dep

@@ -1,4 +1,4 @@
-"""`device: auto | cpu | cuda` of train and prune (jobs/device.py): checkpoints resume on any device.
+"""`device: auto | cpu | cuda` of train and prune (jobs/ml/device.py): checkpoints resume on any device.
 
 A job trains on one device until it is stopped; its checkpoint goes through the real store
 (torch.save, sha256, weights_only load with map_location="cpu") and resumes on the other device
@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from jobs.data import load_dataset
-from jobs.device import on_device, pick_device
-from jobs.model import Arch, Conv, build
-from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
+from jobs.ml.data import load_dataset
+from jobs.ml.device import on_device, pick_device
+from jobs.ml.model import Arch, Conv, build
+from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
 from sweeper.context import Interrupted, JobContext, JobFailed
 
 from .conftest import run_cli

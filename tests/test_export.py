@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from sweeper.results import flatten
+from sweeper.store.results import flatten
 from tests.conftest import run_cli
 from tests.statuszoo import DONE, build_zoo
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jobs import surgery
-from jobs.flops import layer_costs, model_cost
-from jobs.model import Arch, Conv, build
+from jobs.ml import surgery
+from jobs.ml.flops import layer_costs, model_cost
+from jobs.ml.model import Arch, Conv, build
 
 ARCHS = [
     Arch(Conv(16, 3), Conv(16, 3), 100),  # the assignment's baseline

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from sweeper.cli import main
 from sweeper.errors import SweeperError
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
 
 BASE_DOCS: list[dict[str, Any]] = [
     {

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from jobs import surgery
-from jobs.data import load_dataset
-from jobs.matmul import MatmulCNN
-from jobs.model import Arch, Conv, build
+from jobs.ml import surgery
+from jobs.ml.data import load_dataset
+from jobs.ml.matmul import MatmulCNN
+from jobs.ml.model import Arch, Conv, build
 
 ARCHS = [
     Arch(Conv(16, 3), Conv(16, 3), 100),

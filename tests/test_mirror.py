@@ -19,8 +19,8 @@ import pytest
 
 from sweeper.config import resolve_settings
 from sweeper.errors import UsageError
-from sweeper.mirror import SnapshotChain, open_state
-from sweeper.recovery import record_result
+from sweeper.mirrored.mirror import SnapshotChain, open_state
+from sweeper.mirrored.recovery import record_result
 
 from .conftest import cli_env, run_cli, start_worker, stop_process, wait_for
 
@@ -80,9 +80,9 @@ def test_new_machine_restores_the_newest_snapshot(tmp_path):
 
 
 def test_only_the_last_two_snapshots_are_kept(tmp_path, monkeypatch):
-    from sweeper.db import open_database
-    from sweeper.queue import Queue
-    from sweeper.spec import parse_spec
+    from sweeper.grid.spec import parse_spec
+    from sweeper.store.db import open_database
+    from sweeper.store.queue import Queue
 
     settings = resolve_settings(state=tmp_path / "state", tracking=False)
     monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
@@ -358,7 +358,7 @@ def test_colab_notebook_is_a_valid_notebook_with_every_step():
 
 
 def test_mlflow_store_is_pushed_at_most_every_interval_but_always_at_exit(tmp_path, monkeypatch):
-    from sweeper.mirror import MirroredState, plan
+    from sweeper.mirrored.mirror import MirroredState, plan
 
     monkeypatch.setenv("SWEEPER_MIRROR_DIR", str(tmp_path / "vm1"))
     settings = resolve_settings(state=tmp_path / "state")
@@ -394,7 +394,7 @@ def test_bad_snapshot_interval_in_the_environment_is_a_clear_error(tmp_path):
 
 
 def test_local_copy_directory_planted_by_someone_else_is_refused(tmp_path):
-    from sweeper.mirror import local_dir_for
+    from sweeper.mirrored.mirror import local_dir_for
 
     grid = _grid(tmp_path, GRID_A)
     assert _cli(tmp_path, "vm1", "enqueue", grid).returncode == 0
@@ -407,7 +407,7 @@ def test_local_copy_directory_planted_by_someone_else_is_refused(tmp_path):
 
 def _writer(tmp_path: Path, vm: str):
     """A mirrored "enqueue" session on machine `vm`, opened by hand so that a test can act mid-way."""
-    from sweeper.mirror import MirroredState, plan
+    from sweeper.mirrored.mirror import MirroredState, plan
 
     os.environ["SWEEPER_MIRROR_DIR"] = str(tmp_path / vm)
     try:
@@ -448,7 +448,7 @@ def test_push_never_buries_or_deletes_a_snapshot_another_session_wrote(tmp_path)
     eventually consistent mount, or a clock behind): refuse to push, delete nothing."""
     import shutil
 
-    from sweeper.mirror import SnapshotConflict
+    from sweeper.mirrored.mirror import SnapshotConflict
 
     assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_A)).returncode == 0
     assert _cli(tmp_path, "vm1", "enqueue", _grid(tmp_path, GRID_B, "b.yaml")).returncode == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.errors import UsageError
-from sweeper.mounts import check, is_unsafe_type, read_mounts, should_mirror
+from sweeper.mirrored.mounts import check, is_unsafe_type, read_mounts, should_mirror
 
 
 def _mounts(tmp_path: Path, *lines: str) -> Path:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs.benchmark_result import BenchmarkResult
+from jobs.kinds.benchmark_result import BenchmarkResult
 from tests.conftest import run_cli
 
 GRID = """

@@ -1,4 +1,4 @@
-"""The worker shows its running job's progress where the user looks (sweeper/progress.py).
+"""The worker shows its running job's progress where the user looks (sweeper/running/progress.py).
 
 In a pipe (a notebook cell, a log file): plain lines, at most one per job every --progress-every
 seconds, prefixed by worker and job, with an ETA. On a terminal: a rich bar. The training loop's
@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import torch
 
-from jobs.data import load_dataset
-from jobs.model import Arch, Conv, build
-from jobs.training import LoopConfig, fit, make_optimizer
-from sweeper.progress import LineView, format_eta
+from jobs.ml.data import load_dataset
+from jobs.ml.model import Arch, Conv, build
+from jobs.ml.training import LoopConfig, fit, make_optimizer
+from sweeper.running.progress import LineView, format_eta
 
 from .conftest import cli_env, run_cli, wait_for
 from .test_status_live import Terminal

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from jobs.model import load_model
+from jobs.ml.model import load_model
 from tests.conftest import run_cli, start_worker, stop_process, wait_for
 
 PRUNE = "{model: {result_of: train}, layer: conv1, finetune_epochs: %d, max_steps: %d, max_step_drop: %s}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs.model import load_model
+from jobs.ml.model import load_model
 from tests.conftest import FMNIST_DIR, run_cli
 
 GRID = """

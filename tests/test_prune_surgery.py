@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs import magnitude, surgery
-from jobs.model import CNN, Arch, Conv, build
+from jobs.ml import magnitude, surgery
+from jobs.ml.model import CNN, Arch, Conv, build
 
 ARCHS = [
     Arch(Conv(8, 3), Conv(16, 3), 64),

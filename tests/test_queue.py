@@ -8,12 +8,12 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from sweeper.checkpoints import record_checkpoint
-from sweeper.db import SCHEMA_VERSION, meta, open_database
 from sweeper.errors import LeaseLost, SchemaMismatch
-from sweeper.queue import Queue
-from sweeper.readmodel import work_summary
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.checkpoints import record_checkpoint
+from sweeper.store.db import SCHEMA_VERSION, meta, open_database
+from sweeper.store.queue import Queue
+from sweeper.store.readmodel import work_summary
 
 
 def grid(text: str):

@@ -8,11 +8,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from sweeper.db import open_database
 from sweeper.errors import JobNotFound
-from sweeper.queue import MAX_RETRY_BACKOFF_S, Queue
-from sweeper.readmodel import resolve_job_id
-from sweeper.spec import parse_spec
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import MAX_RETRY_BACKOFF_S, Queue
+from sweeper.store.readmodel import resolve_job_id
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sweeper import handoff
-from sweeper.db import open_database
-from sweeper.queue import Queue
-from sweeper.spec import parse_spec
+from sweeper.grid import handoff
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
 from tests.conftest import REPO, run_cli, run_grid
 
 GRID = """
@@ -274,7 +274,7 @@ stages:
 
 
 def test_repeats_and_images_to_target_end_to_end_with_real_train_jobs(tmp_path):
-    from jobs.train import images_seen
+    from jobs.kinds.train import images_seen
 
     db = run_grid(tmp_path, textwrap.dedent(E2E))
     engine = sa.create_engine(db)
@@ -311,7 +311,7 @@ def test_repeats_and_images_to_target_end_to_end_with_real_train_jobs(tmp_path):
 
 
 def test_images_seen_counts_each_epochs_short_last_batch():
-    from jobs.train import images_seen
+    from jobs.kinds.train import images_seen
 
     # 1000 images at batch 32: 31 full batches and one of 8
     assert images_seen(1, 32, 1000, 32) == 32

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sweeper.db import open_database
-from sweeper.ranking import Metric, default_mode
-from sweeper.report import ReportOptions, fmt, write_report
-from sweeper.results import SweepView, load_jobs
+from sweeper.grid.ranking import Metric, default_mode
+from sweeper.store.db import open_database
+from sweeper.store.results import SweepView, load_jobs
+from sweeper.views.report import ReportOptions, fmt, write_report
 from tests.conftest import run_cli, run_grid
 
 # value is reported as a metric; steps is both a param and a metric (the "cost" axis).

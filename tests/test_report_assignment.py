@@ -1,4 +1,4 @@
-"""The assignment report (`fmnist` plug-in, jobs/report.py) from a small but real assignment-shaped sweep.
+"""The assignment report (`fmnist` plug-in, jobs/report/sections.py) from a small but real assignment-shaped sweep.
 
 Real Fashion-MNIST subsets, real workers, every stage kind of jobs/grids/assignment.yaml: a
 baseline to the target and one for a fixed number of epochs, an architecture grid and a training
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.report_stats import Config, group_configs, marginal_effects, std, wilson
-from sweeper.db import open_database
-from sweeper.results import SweepView
+from jobs.report.stats import Config, group_configs, marginal_effects, std, wilson
+from sweeper.store.db import open_database
+from sweeper.store.results import SweepView
 from tests.conftest import FMNIST_DIR, run_cli
 from tests.test_report import assert_png
 
@@ -355,8 +355,8 @@ def test_a_learning_rate_that_overflows_to_nan_is_shown_and_said(tmp_path):
     """history.json stores a NaN loss as null: the verdict names the overflow and the plot marks it."""
     from types import SimpleNamespace
 
-    from jobs.report_curves import Curve, plot_failure
-    from jobs.report_failures import first_nan, judge
+    from jobs.report.curves import Curve, plot_failure
+    from jobs.report.failures import first_nan, judge
 
     def history(losses: list[float | None], test_acc: float) -> dict:
         points = [{"step": 100 * (i + 1), "epoch": 0.5 * (i + 1), "loss": v} for i, v in enumerate(losses)]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
-from sweeper.show import collect_job, render
+from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.views.show import collect_job, render
 from tests.conftest import run_cli, run_grid
 from tests.statuszoo import build_zoo
 

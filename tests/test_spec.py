@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from sweeper.errors import SpecError
-from sweeper.spec import job_identity, parse_spec
+from sweeper.grid.spec import job_identity, parse_spec
 
 from .conftest import run_cli
 

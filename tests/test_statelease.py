@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.errors import StateLocked
-from sweeper.statelease import StateLease, boot_id
+from sweeper.mirrored.statelease import StateLease, boot_id
 
 from .conftest import cli_env, run_cli, stop_process, wait_for
 
@@ -187,7 +187,7 @@ def test_released_lease_names_the_final_snapshots_and_a_new_holder_inherits_them
 
 
 def test_countdown_prints_one_line_per_interval_off_a_terminal(tmp_path):
-    from sweeper.statelease import Holder, LeaseWait
+    from sweeper.mirrored.statelease import Holder, LeaseWait
 
     lines: list[str] = []
     wait = LeaseWait(lines.append, every_s=0.3, tty=False)

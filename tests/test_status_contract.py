@@ -15,9 +15,9 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
-from sweeper import dashboard, status_schema
-from sweeper.dashboard import StatusSnapshot, to_json
-from sweeper.db import STATUSES
+from sweeper.store.db import STATUSES
+from sweeper.views import dashboard, status_schema
+from sweeper.views.dashboard import StatusSnapshot, to_json
 
 # dataclass -> the model it is serialized as (dataclasses.asdict in dashboard.to_json)
 PAIRS = [

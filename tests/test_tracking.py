@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
 from sweeper.config import postgres_tracking_uri, resolve_settings
-from sweeper.tracking import ARTIFACTS_ENV, VIEW_KEY, MLflowTracker, NullTracker, RunInfo, make_tracker
+from sweeper.running.tracking import ARTIFACTS_ENV, VIEW_KEY, MLflowTracker, NullTracker, RunInfo, make_tracker
 
 from .conftest import cli_env, stop_process, wait_for
 
@@ -217,7 +217,7 @@ RACE = """
 import pathlib, sys, time
 import mlflow.tracking  # imported before the barrier: the race is over the store, not the import
 from sweeper.config import postgres_tracking_uri
-from sweeper.tracking import RunInfo, make_tracker
+from sweeper.running.tracking import RunInfo, make_tracker
 
 queue, gate, name = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
 pathlib.Path(f"{gate}.{name}").touch()

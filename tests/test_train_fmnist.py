@@ -12,9 +12,9 @@ import sqlalchemy as sa
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs.data import load_dataset
-from jobs.model import load_model
-from jobs.training import evaluate
+from jobs.ml.data import load_dataset
+from jobs.ml.model import load_model
+from jobs.ml.training import evaluate
 
 from .conftest import run_cli
 from .mlflow_template import install, template

@@ -1,4 +1,4 @@
-"""The training core (jobs/training.py) in-process, with a real queue, claim and checkpoint store.
+"""The training core (jobs/ml/training.py) in-process, with a real queue, claim and checkpoint store.
 
 A job is stopped at chosen batches through the real stop flag of its JobContext (what SIGTERM
 sets), resumed from the checkpoint it wrote (serialized, sha256-verified, loaded with
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.data import load_dataset
-from jobs.model import Arch, Conv, build
-from jobs.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
+from jobs.ml.data import load_dataset
+from jobs.ml.model import Arch, Conv, build
+from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
 from sweeper.context import Interrupted, JobContext
 
 from .onejob import Job, one_thread  # noqa: F401  (an autouse fixture)
@@ -134,7 +134,7 @@ def test_our_sgd_updates_weights_exactly_like_torch_optim_sgd():
             assert torch.equal(a, b), f"{name} differs (momentum {momentum}, weight decay {weight_decay})"
 
 
-# A checkpoint that jobs/training.py wrote at commit 57a93b6, before TrainState (the loop kept its
+# A checkpoint that jobs/ml/training.py wrote at commit 57a93b6, before TrainState (the loop kept its
 # state in the checkpoint dict itself): ARCH_V1 and CFG_V1 on synthetic 320/64, init seed 0, SGD lr
 # 0.05 momentum 0.9, stopped after 14 batches (epoch 1, batch 4), wrapped as
 # {"torch": version, "commit": ..., "state": the checkpoint dict}.

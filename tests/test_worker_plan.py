@@ -1,6 +1,6 @@
 """`sweeper work` without --workers: one worker per core with one thread each, or one per GPU.
 
-The plan (sweeper/workerplan.py) is checked for machines we do not have (8 cores, 2 GPUs, little
+The plan (sweeper/running/workerplan.py) is checked for machines we do not have (8 cores, 2 GPUs, little
 memory), and for real on this one: the first line says the choice and that many worker
 processes start, each with one thread. GPUs are faked the way CUDA itself is told which to use,
 CUDA_VISIBLE_DEVICES; noop jobs never touch CUDA, so the pinning shows in the worker logs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from sweeper.workerplan import MEMORY_PER_WORKER, available_cpus, available_memory, detect_gpus, plan_workers
+from sweeper.running.workerplan import MEMORY_PER_WORKER, available_cpus, available_memory, detect_gpus, plan_workers
 
 from .conftest import run_cli
 

@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sweeper.config import default_tracking_uri, normalize_db_url
-from sweeper.tracking import prepare_postgres_store
+from sweeper.running.tracking import prepare_postgres_store
 
 from . import invariants
 from .monkey import Monkey, MonkeyConfig, Pool, PostgresFaults, SqliteFaults

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeper.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.context import JobContext
-from sweeper.db import open_database
 from sweeper.errors import LeaseLost
-from sweeper.queue import ClaimedJob, Queue
-from sweeper.spec import parse_spec
-from sweeper.tracking import MLflowTracker, RunInfo
+from sweeper.grid.spec import parse_spec
+from sweeper.running.tracking import MLflowTracker, RunInfo
+from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.store.db import open_database
+from sweeper.store.queue import ClaimedJob, Queue
 
 from .harness import mlflow_template
 

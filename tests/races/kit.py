@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sweeper.db import ACTIVE, Database, open_database
-from sweeper.queue import Queue
-from sweeper.spec import SweepSpec, parse_spec
+from sweeper.grid.spec import SweepSpec, parse_spec
+from sweeper.store.db import ACTIVE, Database, open_database
+from sweeper.store.queue import Queue
 
 WAIT_S = 60.0  # a forced interleaving that does not happen within this is a failure, not a skip
 

@@ -1,0 +1,279 @@
+"""Question 12d: a loss-against-epoch plot for each failure mode, and whether the run really shows it.
+
+Each diagnostics run is classified by how its params differ from the reference it is compared with
+(a run of the stage with the baseline's settings, else the baseline trained a fixed number of
+epochs): a larger model, a higher momentum, a smaller batch, a higher or lower learning rate. Then the numbers decide whether it shows
+its failure, and the report says so either way:
+
+  learning rate too high   the loss diverges (NaN, or ends above where it started), or test accuracy is clearly lower
+  learning rate too small  test accuracy clearly lower, the training loss clearly higher: under-trained
+  momentum too high        the loss oscillates (rougher than the reference's, or the test loss rises), or diverges
+  batch size too small     slower per image (fewer images per second) and a noisier loss
+  large model              the train/test accuracy gap widens over the epochs, beyond the reference's
+
+"Clearly lower" means by more than 2 standard errors of a difference of two single runs measured
+on the test set, and at least one point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.report.sections.curves import Curve, Histories, plot_failure
+from jobs.report.sections.md import ARCH_KEYS, cell, pct, section, slug
+from jobs.report.sections.roles import Roles
+from jobs.report.sections.stats import accuracy_se, mean, number
+
+MODES = (
+    ("lr_high", "i. Learning rate too high"),
+    ("lr_low", "ii. Learning rate too small"),
+    ("momentum_high", "iii. Momentum too high"),
+    ("batch_small", "iv. Batch size too small"),
+    ("model_large", "v. Overfitting due to a large model"),
+)
+
+
+@dataclass
+class Verdict:
+    shows: bool
+    text: str
+
+
+def classify(flat: Mapping[str, Any], ref: Mapping[str, Any]) -> str | None:
+    """Which failure mode a run's params aim at, compared with the reference run's params."""
+
+    def more(key: str) -> bool:
+        a, b = number(flat.get(key)), number(ref.get(key))
+        return a is not None and b is not None and a > b
+
+    def less(key: str) -> bool:
+        a, b = number(flat.get(key)), number(ref.get(key))
+        return a is not None and b is not None and a < b
+
+    # Most specific first: a momentum run may raise the learning rate too (momentum 0.99 shows best
+    # at the training grid's lr 0.01), and is still about momentum.
+    if any(more(k) for k in ARCH_KEYS if k.endswith("channels") or k == "dense"):
+        return "model_large"
+    if more("momentum"):
+        return "momentum_high"
+    if less("batch_size"):
+        return "batch_small"
+    if more("lr"):
+        return "lr_high"
+    if less("lr"):
+        return "lr_low"
+    return None
+
+
+def roughness(losses: Sequence[float]) -> float | None:
+    """Mean step-to-step change of the running loss over the second half, relative to its level."""
+    half = [v for v in losses[len(losses) // 2 :] if math.isfinite(v)]
+    if len(half) < 3:
+        return None
+    level = mean(half)
+    steps = [abs(b - a) for a, b in itertools.pairwise(half)]
+    return mean(steps) / level if level > 0 else None
+
+
+def diverged(curve: Curve) -> bool:
+    losses = curve.losses()
+    finite = [v for v in losses if math.isfinite(v)]
+    if len(finite) < len(losses) or not finite:
+        return True
+    return finite[-1] >= finite[0]
+
+
+def first_nan(curve: Curve) -> float | None:
+    """Where (in epochs) the training loss was first NaN or infinite; None when it stayed finite."""
+    return next((x for x, v in zip(curve.xs(), curve.losses(), strict=True) if not math.isfinite(v)), None)
+
+
+def rises(curve: Curve) -> int:
+    """How many times the test loss went up from one epoch to the next."""
+    vals = [number(e.get("test_loss")) for e in curve.epochs]
+    vals = [v for v in vals if v is not None]
+    return sum(1 for a, b in itertools.pairwise(vals) if b > a)
+
+
+def gaps(curve: Curve) -> list[float]:
+    out = []
+    for e in curve.epochs:
+        train, test = number(e.get("train_acc")), number(e.get("test_acc"))
+        if train is not None and test is not None:
+            out.append(train - test)
+    return out
+
+
+def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve | None, n_test: int | None) -> Verdict:
+    r, b = run.result, ref.result
+    acc, base = number(r.get("test_accuracy")), number(b.get("test_accuracy"))
+    se = accuracy_se(base or 0.88, n_test or 10_000)
+    clearly = max(0.01, 2 * math.sqrt(2) * se)
+    lower = acc is not None and base is not None and base - acc > clearly
+    versus = f"test accuracy {pct(acc)} against the reference's {pct(base)}"
+    if acc is not None and base is not None:
+        versus += f" ({100 * (acc - base):+.2f} points)"
+    diff = f"{100 * (acc - base):+.2f} points" if acc is not None and base is not None else "no figure"
+    not_shown = (
+        f"Its test accuracy {pct(acc)} is not clearly below the reference's {pct(base)} ({diff}; clearly means by "
+        f"more than {100 * clearly:.1f} points, 2 standard errors of a difference measured on this test set)."
+    )
+    if mode in ("lr_high", "lr_low"):
+        bad = curve is not None and diverged(curve)
+        if mode == "lr_high" and bad:
+            nan_at = first_nan(curve)
+            if nan_at is not None:
+                after = [v for x, v in zip(curve.xs(), curve.losses(), strict=True) if x >= nan_at]
+                stays = "and stayed NaN" if not any(math.isfinite(v) for v in after) else "and came back later"
+                return Verdict(
+                    True,
+                    f"The loss diverges: it overflowed to NaN (not a number) by epoch {nan_at:.2f} of training "
+                    f"{stays} (the red crosses along the top of the loss plot); {versus}.",
+                )
+            return Verdict(True, f"The loss diverges: it ends no lower than it started; {versus}.")
+        final = next((v for v in reversed(curve.losses()) if math.isfinite(v)), None) if curve is not None else None
+        if mode == "lr_high" and lower and final is not None and abs(final - math.log(10)) < 0.05:
+            return Verdict(
+                True,
+                f"The loss sits at {final:.2f}, the loss of a uniform guess over 10 classes (ln 10 = 2.30): the "
+                f"steps are so large that the network learned nothing; {versus}.",
+            )
+        if lower:
+            tl, bl = number(r.get("train_loss")), number(b.get("train_loss"))
+            loss = f", training loss {cell(tl)} against {cell(bl)}" if tl is not None and bl is not None else ""
+            what = "plateaus clearly worse" if mode == "lr_high" else "is clearly under-trained in the same epochs"
+            return Verdict(True, f"The run {what}: {versus}{loss}.")
+        return Verdict(False, not_shown)
+    if mode == "momentum_high":
+        rough = _rough_ratio(curve, ref_curve)
+        up = rises(curve) if curve is not None else 0
+        signs = []
+        if curve is not None and diverged(curve):
+            signs.append("the loss diverges")
+        if rough is not None and rough >= 1.5:
+            signs.append(f"the training loss is {rough:.1f}× as jagged as the reference's")
+        if up >= 2 and (ref_curve is None or up > rises(ref_curve)):
+            signs.append(f"the test loss rises in {up} epochs")
+        if lower:
+            signs.append(versus)
+        if signs:
+            return Verdict(True, "The loss oscillates: " + "; ".join(signs) + ".")
+        jagged = f" (it is {rough:.1f}× as jagged as the reference's)" if rough is not None else ""
+        return Verdict(False, not_shown + f" Its training loss neither oscillates nor diverges{jagged}.")
+    if mode == "batch_small":
+        speed, base_speed = number(r.get("images_per_s")), number(b.get("images_per_s"))
+        rough = _rough_ratio(curve, ref_curve)
+        slower = speed is not None and base_speed is not None and speed < 0.8 * base_speed
+        noisy = f"; its training loss is {rough:.1f}× as jagged as the reference's" if rough is not None else ""
+        if slower:
+            return Verdict(
+                True,
+                f"Slower per image: {speed:,.0f} images/s against the reference's {base_speed:,.0f} "
+                f"({base_speed / speed:.1f}× the time per image){noisy}; {versus}.",
+            )
+        return Verdict(
+            False, f"This run is not slower per image ({cell(speed)} against {cell(base_speed)} images/s){noisy}."
+        )
+    if mode == "model_large":
+        g = gaps(curve) if curve is not None else []
+        bg = gaps(ref_curve) if ref_curve is not None else []
+        if len(g) >= 2:
+            widened = g[-1] - min(g[: max(1, len(g) // 3)])
+            beyond_base = not bg or g[-1] > bg[-1] + clearly
+            text = (
+                f"The train − test accuracy gap grows from {100 * g[0]:.2f} points after the first epoch to "
+                f"{100 * g[-1]:.2f} points after the last"
+                + (f" (the reference ends at {100 * bg[-1]:.2f} points)" if bg else "")
+            )
+            if widened > clearly and beyond_base:
+                return Verdict(True, text + f": the model memorises the training images; {versus}.")
+            return Verdict(False, text + ": not a clearly widening gap, so this run does not show overfitting.")
+        return Verdict(False, "The run recorded no per-epoch accuracies, so its train/test gap cannot be followed.")
+    return Verdict(False, not_shown)
+
+
+def _rough_ratio(curve: Curve | None, ref: Curve | None) -> float | None:
+    if curve is None or ref is None:
+        return None
+    a, b = roughness(curve.losses()), roughness(ref.losses())
+    return a / b if a is not None and b else None
+
+
+def _change(flat: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    keys = [k for k in flat if k != "seed" and flat.get(k) != ref.get(k) and not isinstance(flat.get(k), dict)]
+    return ", ".join(f"{k} {cell(flat.get(k))} (reference {cell(ref.get(k))})" for k in keys) or "baseline settings"
+
+
+def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]], list[str]]:
+    runs = [j for s in roles.diagnostics for j in view.jobs(s)]
+    if not roles.diagnostics:
+        return [], ["12d: the sweep has no `diagnostics` train stage."]
+    if not runs:
+        return [], [f"12d: no run of `{', '.join(roles.diagnostics)}` has finished."]
+    base = roles.baseline or roles.reference
+    if base is None:
+        return [], ["12d: no baseline to tell what each failure-mode run changed."]
+    base_flat = base.flat_params()
+    # A run of the stage with the baseline's settings (on the stage's images and epochs) is the fairest
+    # reference; without one, the baseline trained a fixed number of epochs.
+    in_stage = [j for j in runs if classify(j.flat_params(), base_flat) is None]
+    ref = in_stage[0] if in_stage else roles.reference
+    assert ref is not None
+    ref_flat = ref.flat_params()
+    ref_hist, _ = hist.get(ref)
+    ref_curve = Curve("reference", ref_hist) if ref_hist is not None else None
+    n_test = hist.test_images(ref)
+    by_mode: dict[str, list[Any]] = {}
+    for job in runs:
+        if job is ref:
+            continue
+        mode = classify(job.flat_params(), ref_flat)
+        by_mode.setdefault(mode or "other", []).append(job)
+    epochs = cell(ref.params.get("max_epochs"))
+    which = (
+        f"run `{ref.id}` of the same stage, with the baseline's settings on the same images for {epochs} epochs"
+        if in_stage
+        else f"the baseline trained a fixed {epochs} epochs"
+    )
+    intro = (
+        f"One run per failure mode, each changing a setting of the baseline; the reference (grey) is {which}. Left: "
+        "training loss (line) and test loss (circles) per epoch; right: train (solid) and test (dashed) accuracy "
+        "per epoch. Under each plot, what the numbers show."
+    )
+    out = [section("12d. Loss against epochs in five failure modes", intro)]
+    notes = []
+    shown = 0
+    for mode, title in MODES:
+        jobs = by_mode.get(mode, [])
+        if not jobs:
+            out.append(section(title, "_No diagnostics run changes this setting, so this case is missing._", level=4))
+            notes.append(f"12d: no run for '{title}'.")
+            continue
+        parts, figures = [], []
+        for job in jobs:
+            history, why = hist.get(job)
+            curve = Curve("this run", history) if history is not None else None
+            verdict = judge(mode, job, curve, ref, ref_curve, n_test)
+            shown += verdict.shows
+            parts.append(f"Run `{job.id}`: {_change(job.flat_params(), ref_flat)}.")
+            if curve is not None:
+                name = f"failure_{mode}_{slug(job.id)}.png"
+                plot_failure(view.figure_path(name), curve, ref_curve, f"{title[title.index(' ') + 1 :]}: {job.label}")
+                figures.append(name)
+                parts.append(f"![{title}]({name})")
+            else:
+                parts.append(f"_No curve: {why}._")
+            parts.append(("**Shows it.** " if verdict.shows else "**Does not show it.** ") + verdict.text)
+        out.append(section(title, parts, figures, level=4))
+    others = by_mode.get("other", [])
+    if others:
+        out[0]["body"] += (
+            "\n\nNot matched to a failure mode: " + ", ".join(f"`{j.id}` ({j.label})" for j in others) + "."
+        )
+    judged = sum(len(by_mode.get(m, [])) for m, _ in MODES)
+    out[0]["body"] += f"\n\n{shown} of {judged} run(s) show the failure they were meant to show."
+    return out, notes

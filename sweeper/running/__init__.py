@@ -1,0 +1,1 @@
+"""Running jobs: the work loop, how many workers, experiment tracking, progress lines."""

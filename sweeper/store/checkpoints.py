@@ -1,0 +1,527 @@
+"""Checkpoint and artifact stores: files under the state directory, or blobs in the database.
+
+A checkpoint is a dict of plain tensors and primitives, serialized with torch.save and loaded
+with torch.load(weights_only=True), so a crafted pickle cannot run code. Its sha256 goes into the
+database with it; restore verifies the bytes and falls back to the previous checkpoint when the
+newest is torn, missing or cannot be decoded. File names carry the sequence number and the full
+sha256 (`seq-<seq>.<sha256>.ckpt`), so a directory scan can order and verify a file without the
+database (used when recovering a mirrored state directory).
+
+Checkpoints are ordered by `seq`, never by a clock: the machines that write one job's checkpoints
+in turn need not agree on the time. A new checkpoint's seq is one more than every seq the job has
+in the database or in its directory, so a file written after the last database snapshot (mirrored
+mode) still sorts after everything the database knows.
+
+Every path built from a queue row (sweep, job id, artifact name, stored location) is checked by
+statepaths.py first: a row cannot make a worker write, read or delete outside the state directory.
+
+Files are written atomically (files.py): temp file in the same directory, fsync, rename, fsync of
+the directory. A crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sweeper import files
+from sweeper.errors import CheckpointError, LeaseLost, UnsafePath
+from sweeper.files import sha256_file
+from sweeper.store.db import artifacts as artifact_rows
+from sweeper.store.db import checkpoints as checkpoint_rows
+from sweeper.store.queue import Lease, Queue, add_event
+from sweeper.store.statepaths import check_name, check_sha256, inside, stored, under
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+SUFFIX = ".ckpt"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old file or the new one, never a mix."""
+    commit_staged(stage(path, data), path)
+
+
+def stage(path: Path, data: bytes) -> Path:
+    """Write `data` to a synced temporary file next to `path`; commit_staged() puts it in place."""
+    try:
+        ensure_dir(path.parent)
+        return files.stage(path, data, mode=FILE_MODE)
+    except OSError as exc:  # a read-only or full filesystem refuses the file itself
+        raise _cannot_write(path, exc) from None
+
+
+def commit_staged(tmp: Path, path: Path) -> None:
+    try:
+        files.commit(tmp, path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check free space and permissions of the state directory",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialization
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    import torch  # the worker has it loaded already; keep it out of the CLI's start-up path
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+class RefusedCheckpoint(CheckpointError):
+    """Bytes that would need more than tensors and plain values to load: possibly malicious."""
+
+
+def decode(data: bytes, what: str) -> dict[str, Any]:
+    """Load bytes written by `encode`, refusing anything but tensors and plain containers."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch names the class a pickle wanted to import ("unsupported GLOBAL posix.system"):
+        # that is code, refused. Anything else it could not unpickle is just not a checkpoint.
+        wants_code = [ln for ln in lines if "GLOBAL" in ln]
+        if not wants_code:
+            reason = next((ln for ln in lines if "Unsupported" in ln), lines[-1] if lines else "unreadable")
+            raise CheckpointError(f"{what} is not a readable checkpoint ({reason[:200]})") from None
+        reason = wants_code[0]
+        raise RefusedCheckpoint(
+            f"{what} refused: it holds objects other than tensors and plain values ({reason[:200]})",
+            hint="checkpoints are loaded with weights_only=True; a file that needs more may be malicious",
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(f"{what} is not a readable checkpoint: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The rows: what the database knows of each checkpoint and artifact. Writes go through the job's
+# lease (Queue.in_lease), so a zombie records nothing; reads ride out an outage like the writes do:
+# a database restart while a job restores must not count as the job's failure.
+
+
+@dataclass
+class StoredBlob:
+    """A checkpoint or artifact row (without its bytes unless asked)."""
+
+    id: int
+    job_id: str
+    name: str
+    sha256: str
+    size: int
+    location: str | None
+    created_at: float
+    attempt: int | None = None
+
+
+_LIST_CHECKPOINTS = (
+    sa.select(
+        checkpoint_rows.c.id,
+        checkpoint_rows.c.job_id,
+        checkpoint_rows.c.seq,
+        checkpoint_rows.c.sha256,
+        checkpoint_rows.c.size,
+        checkpoint_rows.c.location,
+        checkpoint_rows.c.created_at,
+        checkpoint_rows.c.attempt,
+    )
+    .where(checkpoint_rows.c.job_id == sa.bindparam("p_job"))
+    .order_by(checkpoint_rows.c.seq.desc())
+)
+
+
+def record_checkpoint(
+    queue: Queue,
+    lease: Lease,
+    *,
+    sha256: str,
+    size: int,
+    location: str | None,
+    blob: bytes | None,
+    keep: int = 2,
+    at_least: int = 1,
+) -> tuple[int, list[str]]:
+    """Record a checkpoint under the lease. Returns (seq, locations of pruned older files).
+
+    seq is one more than the job's newest, and at least `at_least` (the store names files
+    by seq, and may have seen newer files than the database knows: see the module docstring).
+    """
+    t = checkpoint_rows
+
+    def txn(conn: Connection) -> tuple[int, list[str]]:
+        newest = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(t.c.seq), 0)).where(t.c.job_id == lease.job_id)
+        ).scalar_one()
+        seq = max(newest + 1, at_least)
+        conn.execute(
+            t.insert().values(
+                job_id=lease.job_id,
+                seq=seq,
+                sha256=sha256,
+                size=size,
+                location=location,
+                blob=blob,
+                attempt=lease.attempt,
+                created_at=time.time(),
+            )
+        )
+        old = conn.execute(
+            sa.select(t.c.id, t.c.location).where(t.c.job_id == lease.job_id).order_by(t.c.seq.desc()).offset(keep)
+        ).all()
+        if old:
+            conn.execute(t.delete().where(t.c.id.in_([o.id for o in old])))
+        add_event(
+            conn,
+            lease.job_id,
+            "checkpointed",
+            worker=lease.worker_id,
+            attempt=lease.attempt,
+            detail=f"seq {seq}, {size} bytes",
+        )
+        return seq, [o.location for o in old if o.location]
+
+    return queue.in_lease(lease, "record a checkpoint", txn)
+
+
+def list_checkpoints(queue: Queue, job_id: str) -> list[StoredBlob]:
+    """The job's checkpoint rows, newest (highest seq) first; `name` is the seq."""
+    rows = queue.in_read("list checkpoints", lambda conn: conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all())
+    return [StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows]
+
+
+def read_blob(queue: Queue, table: sa.Table, row_id: int) -> bytes | None:
+    """The bytes stored in the database for row `row_id` of `table` (checkpoint_rows or artifact_rows)."""
+    return queue.in_read(
+        f"read stored {table.name}",
+        lambda conn: conn.execute(sa.select(table.c.blob).where(table.c.id == row_id)).scalar_one_or_none(),
+    )
+
+
+def record_artifact(
+    queue: Queue, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
+) -> None:
+    """Record (or replace) the job's artifact `name` under the lease."""
+    t = artifact_rows
+
+    def txn(conn: Connection) -> None:
+        conn.execute(t.delete().where(t.c.job_id == lease.job_id, t.c.name == name))
+        conn.execute(
+            t.insert().values(
+                job_id=lease.job_id,
+                name=name,
+                sha256=sha256,
+                size=size,
+                location=location,
+                blob=blob,
+                created_at=time.time(),
+            )
+        )
+
+    queue.in_lease(lease, "record an artifact", txn)
+
+
+def list_artifacts(queue: Queue, job_ids: Iterable[str]) -> list[StoredBlob]:
+    """The artifact rows of these jobs, by job and name."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    t = artifact_rows
+    rows = queue.in_read(
+        "list artifacts",
+        lambda conn: conn.execute(
+            sa.select(t.c.id, t.c.job_id, t.c.name, t.c.sha256, t.c.size, t.c.location, t.c.created_at)
+            .where(t.c.job_id.in_(ids))
+            .order_by(t.c.job_id, t.c.name)
+        ).all(),
+    )
+    return [StoredBlob(r.id, r.job_id, r.name, r.sha256, r.size, r.location, r.created_at) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class RestoredCheckpoint:
+    state: dict[str, Any]
+    sha256: str
+    seq: int | None
+    source: str  # "database", "directory scan"
+
+
+class CheckpointStore:
+    """Checkpoints of jobs, in files under `root` (mode 'files') or in the database ('db')."""
+
+    def __init__(
+        self, queue: Queue, root: Path, mode: str = "files", *, keep: int = 2, warn: Callable[[str], None] | None = None
+    ) -> None:
+        if mode not in ("files", "db"):
+            raise ValueError(f"unknown checkpoint store {mode!r}")
+        self.queue = queue
+        self.root = root
+        self.mode = mode
+        self.keep = keep
+        self.warn = warn or (lambda msg: None)
+
+    def job_dir(self, sweep: str, job_id: str) -> Path:
+        """The job's checkpoint directory. Raises UnsafePath for names that would lead outside."""
+        return under(self.root, "checkpoints", sweep, job_id)
+
+    def _next_seq(self, sweep: str, job_id: str) -> int:
+        known = [int(rec.name) for rec in list_checkpoints(self.queue, job_id)]
+        if self.mode == "files":
+            known += [seq for _, _, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)) if seq is not None]
+        return max(known, default=0) + 1
+
+    def save(self, lease: Lease, sweep: str, state: dict[str, Any]) -> int:
+        """Serialize, store and record a checkpoint. Raises LeaseLost if the job was taken over."""
+        data = encode(state)
+        digest = sha256_bytes(data)
+        location: str | None = None
+        blob: bytes | None = None
+        path: Path | None = None
+        # Only the lease holder records checkpoints of a job (fenced), so the seq read here is the
+        # one the database assigns, unless the lease is lost, when the record is refused anyway.
+        next_seq = self._next_seq(sweep, lease.job_id)
+        if self.mode == "files":
+            path = self.job_dir(sweep, lease.job_id) / f"seq-{next_seq:09d}.{digest}{SUFFIX}"
+            atomic_write(path, data)
+            location = str(path.relative_to(self.root).as_posix())
+        else:
+            blob = data
+        try:
+            seq, pruned = record_checkpoint(
+                self.queue,
+                lease,
+                sha256=digest,
+                size=len(data),
+                location=location,
+                blob=blob,
+                keep=self.keep,
+                at_least=next_seq,
+            )
+        except LeaseLost:
+            if path is not None:
+                path.unlink(missing_ok=True)  # a zombie leaves nothing behind
+            raise
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
+        for old in pruned:
+            try:
+                stored(self.root, old, "checkpoints", lease.job_id, sweep).unlink(missing_ok=True)
+            except UnsafePath as exc:
+                self.warn(f"not deleting an old checkpoint: {exc.message}")
+        return seq
+
+    def restore(self, sweep: str, job_id: str, *, scan: bool = False) -> RestoredCheckpoint | None:
+        """The newest checkpoint (by seq) whose bytes match their sha256 and decode, or None.
+
+        A checkpoint that is missing, torn, undecodable or stored at an unsafe location is skipped
+        with a warning, and the previous one is tried. Only when none is left and one was refused
+        as possibly malicious does this raise (RefusedCheckpoint): a job must not quietly start
+        over when someone tampered with its checkpoints.
+
+        With scan=True, files in the job's checkpoint directory that the database does not know
+        (written after the last database snapshot was taken) are considered too.
+        """
+        candidates: list[_Candidate] = []
+        for rec in list_checkpoints(self.queue, job_id):
+            seq = int(rec.name)
+            if rec.location:
+                try:
+                    path = stored(self.root, rec.location, "checkpoints", job_id, sweep)
+                except UnsafePath as exc:
+                    self.warn(f"skipping checkpoint seq {seq}: {exc.message}")
+                    continue
+                read = _reader(path)
+            else:
+                read = lambda rid=rec.id: read_blob(self.queue, checkpoint_rows, rid)  # noqa: E731
+            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
+        if scan:
+            known = {c.sha256 for c in candidates}
+            for path, digest, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
+                if digest in known:
+                    continue
+                try:
+                    inside(self.root, path, f"checkpoint file {path.name} of job {job_id}")
+                except UnsafePath as exc:
+                    self.warn(f"skipping a checkpoint file: {exc.message}")
+                    continue
+                # A file named before seqs were (<time_ns>.<sha256>.ckpt) sorts after every
+                # numbered one; among themselves such files keep their old order.
+                order = (seq, 0, 0) if seq is not None else (-1, 0, _legacy_time(path))
+                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), seq))
+        candidates.sort(key=lambda c: c.order, reverse=True)
+        refused: RefusedCheckpoint | None = None
+        for c in candidates:
+            what = f"checkpoint {c.sha256[:12]} of job {job_id}"
+            data = c.read()
+            if data is None:
+                self.warn(f"{what} is missing; trying the previous one")
+                continue
+            if sha256_bytes(data) != c.sha256:
+                self.warn(f"{what} fails its sha256 (torn write?); trying the previous one")
+                continue
+            try:
+                state = decode(data, what)
+            except CheckpointError as exc:
+                self.warn(f"{exc.message}; trying the previous one")
+                if isinstance(exc, RefusedCheckpoint):
+                    refused = refused or exc
+                continue
+            return RestoredCheckpoint(state, c.sha256, c.seq, c.source)
+        if refused is not None:
+            raise refused
+        return None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    order: tuple[int, int, int]  # (seq, recorded in the database, legacy file time): larger is newer
+    sha256: str
+    source: str
+    read: Callable[[], bytes | None]
+    seq: int | None
+
+
+def _reader(path: Path) -> Callable[[], bytes | None]:
+    def read() -> bytes | None:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    return read
+
+
+def _legacy_time(path: Path) -> int:
+    try:
+        return int(path.name.split(".", 1)[0])
+    except ValueError:
+        return 0
+
+
+def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
+    """(path, sha256, seq) from the names of the checkpoint files in `directory`, newest first.
+
+    seq is None for a file named by an older version (`<time_ns>.<sha256>.ckpt`).
+    """
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        parts = path.name.split(".")
+        if len(parts) != 3 or not path.name.endswith(SUFFIX) or len(parts[1]) != 64:
+            continue
+        head = parts[0]
+        # At most 9 digits: a seq goes into a 32-bit INTEGER column on PostgreSQL.
+        if head.startswith("seq-") and head[4:].isdigit() and len(head) <= 4 + 9:
+            found.append((path, parts[1], int(head[4:])))
+        elif head.isdigit():
+            found.append((path, parts[1], None))
+    return sorted(found, key=lambda p: (p[2] if p[2] is not None else -1, _legacy_time(p[0])), reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+
+
+class ArtifactStore:
+    """Output files of jobs, recorded with their sha256 so another machine can verify them."""
+
+    def __init__(self, queue: Queue, root: Path, mode: str = "files") -> None:
+        self.queue = queue
+        self.root = root
+        self.mode = mode
+
+    def put(self, lease: Lease, sweep: str, src: Path, name: str) -> dict[str, Any]:
+        src = Path(src)
+        check_name(name, f"artifact name of job {lease.job_id}")
+        try:
+            data = src.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"cannot read artifact {src}: {exc.strerror or exc}") from None
+        digest = sha256_bytes(data)
+        location: str | None = None
+        blob: bytes | None = None
+        staged: Path | None = None
+        if self.mode == "files":
+            # Staged next to its place, recorded under the lease, and only then renamed into place:
+            # a zombie (a worker frozen past its lease that wakes up) is refused by the record
+            # before its file could replace the one that the attempt which took the job over
+            # recorded.
+            dest = under(self.root, "artifacts", sweep, lease.job_id, name)
+            staged = stage(dest, data)
+            location = dest.relative_to(self.root).as_posix()
+        else:
+            blob = data
+        try:
+            record_artifact(self.queue, lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
+        except BaseException:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            raise
+        if staged is not None:
+            commit_staged(staged, dest)
+        return {"sha256": digest, "size": len(data), "location": location, "store": self.mode}
+
+    def fetch(self, job_id: str, name: str, info: dict[str, Any] | None = None) -> Path:
+        """A local, verified copy of an upstream job's artifact."""
+        rec = next((a for a in list_artifacts(self.queue, [job_id]) if a.name == name), None)
+        if rec is None:
+            raise CheckpointError(f"job {job_id} recorded no artifact named '{name}'")
+        if info and info.get("sha256") and info["sha256"] != rec.sha256:
+            raise CheckpointError(f"artifact '{name}' of job {job_id} changed since the hand-off was resolved")
+        if rec.location:
+            path = stored(self.root, rec.location, "artifacts", job_id)
+            if not path.exists():
+                raise CheckpointError(
+                    f"artifact '{name}' of job {job_id} is a file at {path}, which this machine does not have",
+                    hint="with several machines, store artifacts in the database: sweeper work --store db",
+                )
+        else:
+            digest = check_sha256(rec.sha256, f"artifact '{name}' of job {job_id}")
+            cache = self.root / "cache" / "artifacts" / digest / check_name(name, f"artifact name of job {job_id}")
+            path = inside(self.root, cache, f"the cached copy of artifact '{name}' of job {job_id}")
+            if not path.exists() or sha256_file(path) != rec.sha256:
+                data = read_blob(self.queue, artifact_rows, rec.id)
+                if data is None:
+                    raise CheckpointError(f"artifact '{name}' of job {job_id} has no stored bytes")
+                atomic_write(path, data)
+        if sha256_file(path) != rec.sha256:
+            raise CheckpointError(
+                f"artifact '{name}' of job {job_id} at {path} fails its sha256 check",
+                hint="the file was modified or truncated; re-run the upstream job",
+            )
+        return path

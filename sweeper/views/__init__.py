@@ -1,0 +1,1 @@
+"""What the user reads: `status`, `show`, `report`, `export`, the MLflow screenshot."""

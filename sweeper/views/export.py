@@ -1,0 +1,91 @@
+"""`sweeper export --csv FILE`: every job as one row, params and metrics flattened into columns.
+
+The columns follow MLflow's own CSV download, so tools built for it (Google Facets, pandas,
+a spreadsheet) read it as they are:
+
+    id, sweep, stage, kind, status, label, attempt, failures, interruptions,
+    started_at, finished_at, duration_s, error,        # ISO times (UTC); error: its summary line
+    params.<dotted key>...,                             # what the job ran with (resolved hand-offs
+                                                        # become the upstream job id)
+    metrics.<dotted key>...                             # the job's result
+
+Lists of scalars are written as JSON; tables inside results (lists of records, such as pruning
+triplets) are left out: `sweeper show JOB --json` has them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterable
+from typing import IO, Any
+
+from sweeper.errors import error_summary
+from sweeper.store.results import JobRecord, flatten
+
+FIXED = (
+    "id",
+    "sweep",
+    "stage",
+    "kind",
+    "status",
+    "label",
+    "attempt",
+    "failures",
+    "interruptions",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "error",
+)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _cell(v: Any) -> Any:
+    return "" if v is None else v
+
+
+def rows(records: Iterable[JobRecord]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(header, rows): the fixed columns, then params.* and metrics.* in order of first appearance."""
+    out: list[dict[str, Any]] = []
+    params: dict[str, None] = {}
+    metrics: dict[str, None] = {}
+    for j in records:
+        row: dict[str, Any] = {
+            "id": j.id,
+            "sweep": j.sweep,
+            "stage": j.stage,
+            "kind": j.kind,
+            "status": j.status,
+            "label": j.label,
+            "attempt": j.attempt,
+            "failures": j.failures,
+            "interruptions": j.interruptions,
+            "started_at": _iso(j.started_at),
+            "finished_at": _iso(j.finished_at),
+            "duration_s": round(j.duration_s, 3) if j.duration_s is not None else "",
+            "error": error_summary(j.error),
+        }
+        for k, v in flatten(j.params).items():
+            params.setdefault(k)
+            row[f"params.{k}"] = _cell(v)
+        for k, v in flatten(j.result).items():
+            metrics.setdefault(k)
+            row[f"metrics.{k}"] = _cell(v)
+        out.append(row)
+    header = [*FIXED, *(f"params.{k}" for k in params), *(f"metrics.{k}" for k in metrics)]
+    return header, out
+
+
+def write_csv(records: Iterable[JobRecord], stream: IO[str]) -> int:
+    """Write the CSV; returns the number of jobs written."""
+    header, data = rows(records)
+    writer = csv.DictWriter(stream, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(data)
+    return len(data)

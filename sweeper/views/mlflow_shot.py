@@ -1,0 +1,151 @@
+"""A screenshot of the MLflow UI's runs table, for a report: `sweeper report --mlflow-screenshot`.
+
+It starts `mlflow server` on the sweep's tracking store (bound to 127.0.0.1, a free port), opens
+the sweep's experiment in headless Chromium on the saved runs view (tracking.VIEW_KEY: stage and
+headline metrics as columns) and saves a PNG. Everything is local: the UI's pages ship inside the
+mlflow package, so it works with no internet. The server is stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from sweeper.errors import UsageError
+from sweeper.running.tracking import VIEW_KEY
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# Chromium renders on a virtual clock: this much page time for MLflow's JS to load and fetch the runs.
+RENDER_BUDGET_MS = 20_000
+
+
+def find_chromium() -> str | None:
+    """$SWEEPER_CHROMIUM if set (UsageError when it is not a program), else the first of CHROMIUM_NAMES."""
+    override = os.environ.get("SWEEPER_CHROMIUM")
+    if override:
+        found = shutil.which(override)
+        if found is None:
+            raise UsageError(f"SWEEPER_CHROMIUM={override} is not a program that can be run: fix or unset it")
+        return found
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+def take_screenshot(
+    tracking_uri: str,
+    experiment: str,
+    out: Path,
+    *,
+    size: tuple[int, int] = (2000, 1100),
+    start_timeout_s: float = 90.0,
+) -> Path:
+    """Save the runs table of MLflow experiment `experiment` to `out` (PNG); UsageError when it cannot."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise UsageError(
+            "--mlflow-screenshot needs Chromium, which was not found "
+            f"(looked for {', '.join(CHROMIUM_NAMES)}; or set SWEEPER_CHROMIUM). "
+            "On Debian or Ubuntu: apt-get install chromium. Or leave out --mlflow-screenshot."
+        )
+    experiment_id = _experiment_id(tracking_uri, experiment)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sweeper-shot-") as tmp:
+        port = _free_port()
+        log_path = Path(tmp) / "mlflow-server.log"
+        with open(log_path, "wb") as log:
+            command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
+            command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            server = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: uvicorn's children stop with it
+            )
+        try:
+            _wait_healthy(server, port, start_timeout_s, log_path)
+            url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+            _chromium(chromium, url, out, size, Path(tmp) / "profile")
+        finally:
+            _stop(server)
+    return out
+
+
+def _experiment_id(tracking_uri: str, name: str) -> str:
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(name)
+    if found is None:
+        raise UsageError(
+            f"the tracking store has no MLflow experiment {name!r}: was the sweep run with tracking off "
+            "(--no-tracking)? Leave out --mlflow-screenshot, or point --tracking-uri at its store."
+        )
+    return str(found.experiment_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(server: subprocess.Popen, port: int, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+    why = "exited" if server.poll() is not None else f"did not answer within {timeout_s:g} s"
+    raise UsageError(f"mlflow server for the screenshot {why}; its last lines:\n  " + "\n  ".join(tail))
+
+
+def _chromium(chromium: str, url: str, out: Path, size: tuple[int, int], profile: Path) -> None:
+    args = [
+        chromium,
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--window-size={size[0]},{size[1]}",
+        f"--virtual-time-budget={RENDER_BUDGET_MS}",
+        f"--screenshot={out}",
+        url,
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox on
+    out.unlink(missing_ok=True)
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise UsageError(f"Chromium did not finish the screenshot within {exc.timeout:g} s") from None
+    if not out.is_file() or out.stat().st_size == 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise UsageError(f"Chromium wrote no screenshot (exit {done.returncode}):\n  " + "\n  ".join(tail))
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=15)
