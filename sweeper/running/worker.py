@@ -30,7 +30,7 @@ from sweeper.errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafeP
 from sweeper.grid import registry
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
-from sweeper.running.tracking import RunInfo, make_tracker
+from sweeper.running.tracking import RunInfo, make_tracker, open_job_run
 from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
@@ -377,13 +377,15 @@ class Worker:
         LeaseLost and DatabaseUnavailable propagate: neither is the job's fault.
         """
         try:
-            run_id = tracker.start(
+            # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
+            open_job_run(
+                tracker,
+                queue,
                 RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                job.lease,
                 job.tracking_run_id,
+                mask_password(self.opts.settings.tracking_uri or ""),
             )
-            if run_id and run_id != job.tracking_run_id:
-                # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
-                queue.set_tracking_run(job.lease, run_id, mask_password(self.opts.settings.tracking_uri or ""))
             recorded = self._recorded_result(job)
             if recorded is not None:
                 return recorded, None, False
