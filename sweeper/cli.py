@@ -198,7 +198,7 @@ def _open(settings: Settings, *, create: bool):
     from sweeper.store.db import OutagePolicy, open_database
 
     # Interactive commands give up on an unreachable database quickly; workers wait longer.
-    return open_database(settings.db_url, create=create, outage=OutagePolicy(limit_s=10.0))
+    return open_database(settings.db_url, create=create, outage=OutagePolicy.interactive())
 
 
 @app.command()
@@ -231,14 +231,13 @@ def enqueue(
 
 
 def _dry_run_diff(settings: Settings, spec: Any) -> Any:
-    from sweeper.store.db import open_database
     from sweeper.store.queue import EnqueueDiff, Queue
 
     if settings.is_sqlite:
         path = settings.db_url.split(":///", 1)[-1]
         if not os.path.exists(path):
             return EnqueueDiff(sweep=spec.name, new=list(spec.jobs), dry_run=True)
-    database = open_database(settings.db_url, create=False)
+    database = _open(settings, create=False)
     try:
         diff = Queue(database).diff(spec)
     finally:

@@ -500,7 +500,25 @@ def run_workers(opts: WorkerOptions) -> int:
         finally:
             if worker.view is not None:
                 worker.view.close()
-    return _supervise(opts, plan)
+    code = _open_once(opts)
+    return code if code is not None else _supervise(opts, plan)
+
+
+def _open_once(opts: WorkerOptions) -> int | None:
+    """Open the queue before starting the worker processes: a URL that cannot work (a host that
+    does not resolve, a missing database, a refused login) is one error here, not one per worker,
+    and an outage at start is waited out (with its lines) once. Returns an exit code, or None."""
+
+    def log(line: str) -> None:
+        _stderr_line(f"{time.strftime('%H:%M:%S')} {mask_password(line)}")
+
+    try:
+        db = open_database(opts.settings.db_url, create=True, outage=OutagePolicy(limit_s=opts.db_outage_s, log=log))
+    except SweeperError as exc:
+        log(str(exc))
+        return exc.exit_code
+    db.dispose()
+    return None
 
 
 def _supervise(opts: WorkerOptions, plan: WorkerPlan) -> int:

@@ -314,6 +314,56 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# A connection that fails for one of these reasons will not work on a retry: the URL or the
+# server's setup is wrong. They fail at once with what to check (connect_problem).
+_NO_HOST = (
+    "failed to resolve host",
+    "could not translate host name",
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+)
+_NO_LOGIN = ("password authentication failed", "no pg_hba.conf entry", "authentication failed", "no password supplied")
+
+
+def connect_problem(
+    exc: BaseException, url: sa.URL, display_url: str, *, first_contact: bool
+) -> DatabaseUnavailable | None:
+    """The error to stop at once with when `exc` is a misconfiguration, not an outage; else None.
+
+    A host name that does not resolve is judged only on the first contact of the process: once
+    the database answered, the name resolved, and a failure to resolve it again is the network's
+    (a laptop waking up, a VPN reconnecting), an outage to wait out like a refused connection.
+    """
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    prefix = f"cannot use database {display_url}"
+    reason = _first_line(exc)
+    if "FATAL:" in reason:  # psycopg: 'connection failed: connection to server at ... failed: FATAL:  ...'
+        reason = reason.split("FATAL:", 1)[1].strip()
+    if first_contact and any(p in low for p in _NO_HOST):
+        return DatabaseUnavailable(
+            f"{prefix}: the host name '{url.host}' does not resolve ({reason})",
+            hint="check the host in --db (or SWEEPER_DB) for a typo; a name on a private network or VPN "
+            "resolves only on machines connected to it",
+        )
+    if 'database "' in low and "does not exist" in low:
+        return DatabaseUnavailable(
+            f"{prefix}: {reason} on {where}",
+            hint=f"create it once (createdb -h {url.host or 'localhost'} -p {url.port or 5432} "
+            f"-U {url.username or 'postgres'} {url.database}, or CREATE DATABASE), or fix the database name "
+            "at the end of the URL",
+        )
+    if ('role "' in low and "does not exist" in low) or any(p in low for p in _NO_LOGIN):
+        return DatabaseUnavailable(
+            f"{prefix}: the server at {where} refused user '{url.username}': {reason}",
+            hint="check the user and password in the URL (percent-encode @ : / in a password), or "
+            "PGPASSWORD / ~/.pgpass; the server's pg_hba.conf must let this machine in as that user",
+        )
+    return None
+
+
 @dataclass
 class OutagePolicy:
     """How long a worker keeps retrying a database that does not answer."""
@@ -325,6 +375,19 @@ class OutagePolicy:
     # PostgreSQL restart outlived the leases of the jobs being run).
     max_delay_s: float = 1.0
     log: Callable[[str], None] | None = None
+    # While an outage lasts, a line with the reason and the time left at least this often: a
+    # worker that sits silent for two minutes looks hung.
+    remind_every_s: float = 10.0
+
+    @classmethod
+    def interactive(cls) -> OutagePolicy:
+        """status, show, export, report, enqueue, retry, cancel: someone waits at the prompt.
+
+        A refused or dropped connection is retried for 3 s (a PostgreSQL restart takes 1-2 s),
+        then the command says what did not answer; running it again is cheap. Workers wait out
+        outages (120 s by default) because giving up costs a running job its lease.
+        """
+        return cls(limit_s=3.0)
 
 
 @dataclass
@@ -336,6 +399,15 @@ class Database:
     # threads (job, heartbeat) were waiting on it.
     _outage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _outage_announced: bool = field(default=False, repr=False)
+    # What the reminder thread says while an outage lasts: the latest reason, when it began, when
+    # the first caller that met it gives up.
+    _outage_reason: str = field(default="", repr=False)
+    _outage_since: float = field(default=0.0, repr=False)
+    _outage_deadline: float = field(default=0.0, repr=False)
+    _outage_over: threading.Event | None = field(default=None, repr=False)
+    # Whether the database ever answered this process: until then a name that does not resolve
+    # is a typo, afterwards a network that went away (connect_problem).
+    reached: bool = field(default=False, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -365,10 +437,14 @@ class Database:
         while True:
             try:
                 result = fn()
+                self.reached = True
                 if self._outage_announced:
                     self._announce_back()
                 return result
             except sa.exc.DBAPIError as exc:
+                problem = connect_problem(exc, self.engine.url, self.display_url, first_contact=not self.reached)
+                if problem is not None:
+                    raise problem from None
                 if not is_transient(exc):
                     raise
                 now = time.monotonic()
@@ -381,37 +457,63 @@ class Database:
                             hint="free space on the disk that holds the queue database; the jobs resume "
                             "from their checkpoints when a worker starts again",
                         ) from None
+                    refused = "refused" in str(exc).lower()
+                    url = self.engine.url
                     raise DatabaseUnavailable(
                         f"database {self.display_url} did not answer for {self.outage.limit_s:.0f}s "
                         f"while trying to {what}: {_first_line(exc)}",
-                        hint="check that the database server is running and reachable",
+                        hint=f"nothing accepts connections at {url.host or 'localhost'}:{url.port or 5432}: "
+                        "check that the database server is running there and that the port is right"
+                        if refused
+                        else "check that the database server is running and reachable",
                     ) from None
                 locked = "locked" in str(exc).lower() or "busy" in str(exc).lower()
                 if not locked:
-                    self._announce_down(what, exc)
+                    self._announce_down(what, exc, deadline)
                 time.sleep(delay)
                 delay = min(delay * 2, self.outage.max_delay_s)
 
-    def _announce_down(self, what: str, exc: BaseException) -> None:
+    def _announce_down(self, what: str, exc: BaseException, deadline: float) -> None:
         with self._outage_lock:
+            self._outage_reason = _first_line(exc)
             if self._outage_announced:
                 return
             self._outage_announced = True
+            self._outage_since, self._outage_deadline = time.monotonic(), deadline
+            over = self._outage_over = threading.Event()
         if self.outage.log:
             problem = "database cannot be written" if _disk_full(exc) else "database unreachable"
             self.outage.log(
                 f"{problem} while trying to {what} ({_first_line(exc)}); retrying for up to {self.outage.limit_s:.0f}s"
             )
+            threading.Thread(target=self._remind, args=(over,), name="sweeper-outage", daemon=True).start()
+
+    def _remind(self, over: threading.Event) -> None:
+        """Every remind_every_s while the outage lasts: how long so far, why, and the time left."""
+        assert self.outage.log is not None
+        while not over.wait(self.outage.remind_every_s):
+            with self._outage_lock:
+                if not self._outage_announced:
+                    return
+                now = time.monotonic()
+                since, left, reason = now - self._outage_since, self._outage_deadline - now, self._outage_reason
+            if left <= 0:
+                return  # the caller that met the outage first gives up now, with its own message
+            self.outage.log(f"database still unreachable after {since:.0f}s ({reason}); giving up in {left:.0f}s")
 
     def _announce_back(self) -> None:
         with self._outage_lock:
             if not self._outage_announced:
                 return
             self._outage_announced = False
+            if self._outage_over is not None:
+                self._outage_over.set()
         if self.outage.log:
             self.outage.log(f"database is back ({self.display_url}); carrying on")
 
     def dispose(self) -> None:
+        if self._outage_over is not None:
+            self._outage_over.set()
         self.engine.dispose()
 
 
