@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -225,9 +226,9 @@ def sqlite_path(url: str | sa.URL | None) -> Path | None:
     return Path(url.database)
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
+def _sqlite_engine(url: sa.URL, *, create: bool = True, readonly: bool = False) -> Engine:
     path = sqlite_path(url)
-    if path is not None:
+    if path is not None and create:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. --state names a file, or a directory we may not write
@@ -235,6 +236,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
                 f"cannot create the directory of the queue database {url.database}: {exc.strerror or exc}",
                 hint="point --state (or --db sqlite:///...) at a directory you can write",
             ) from None
+    if readonly and path is not None:
+        return _sqlite_readonly_engine(path)
     engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, json_serializer=json_dumps)
 
     @sa.event.listens_for(engine, "connect")
@@ -261,6 +264,41 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
+def writable(path: Path) -> bool:
+    """Whether this process may write the SQLite file `path` and create its -wal/-shm next to it.
+
+    os.access asks the kernel, so a read-only mount says no even to root (chmod does not stop root).
+    """
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _sqlite_readonly_engine(path: Path) -> Engine:
+    """The queue opened for reading only, on a state directory this process may not write.
+
+    SQLite opens a database in WAL mode read-only only where its -wal and -shm files exist or can
+    be created. Without a -wal file in a directory nobody can write, no writer can be at work (it
+    would need that file), so the file is opened as immutable: no locks, no -shm.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not os.path.exists(f"{path}-wal") and not os.access(path.parent, os.W_OK):
+        uri += "&immutable=1"
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False),
+        json_serializer=json_dumps,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # as in _sqlite_engine: transactions are ours to begin
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 def _pg_engine(url: sa.URL) -> Engine:
     return sa.create_engine(
         url,
@@ -272,7 +310,8 @@ def _pg_engine(url: sa.URL) -> Engine:
     )
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True, readonly: bool = False) -> Engine:
+    """`create`: a SQLite file's directory may be made; `readonly`: open a SQLite file read-only."""
     try:
         parsed = sa.make_url(url)
     except Exception:
@@ -282,7 +321,7 @@ def make_engine(url: str) -> Engine:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, create=create, readonly=readonly)
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -309,6 +348,7 @@ def is_transient(exc: BaseException) -> bool:
             "does not exist",
             "password authentication failed",
             "unable to open database",
+            "readonly database",
         )
         return not any(p in text for p in permanent)
     return False
@@ -544,17 +584,34 @@ def _schema_lock(conn: Connection) -> None:
     # SQLite: BEGIN IMMEDIATE already holds the write lock.
 
 
-def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None = None) -> Database:
-    """Connect, then create the schema, migrate an older one, or refuse a newer one."""
-    engine = make_engine(url)
-    db = Database(url=url, engine=engine, outage=outage or OutagePolicy())
-    if engine.dialect.name == "sqlite" and not create:
-        path = sqlite_path(engine.url)
-        if path is not None and not os.path.exists(path):
+def open_database(
+    url: str, *, create: bool = True, outage: OutagePolicy | None = None, readonly: bool = False
+) -> Database:
+    """Connect, then create the schema, migrate an older one, or refuse a newer one.
+
+    `create=False`: the queue must exist (nothing is created, not even its directory).
+    `readonly`: the caller only reads (status, show, export, report); a SQLite queue in a
+    directory this process may not write is then opened read-only instead of refused.
+    """
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        missing = "" if path.parent.is_dir() else f": the directory {path.parent} does not exist"
+        raise UsageError(
+            f"no queue database at {path}{missing}",
+            hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",
+        )
+    if path is not None and path.parent.is_dir() and not writable(path):
+        if not readonly:
             raise UsageError(
-                f"no queue database at {path}",
-                hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",
+                f"the state directory {path.parent} is not writable here, so its queue can only be read",
+                hint="`sweeper status`, `show`, `export` and `report` work on it; to enqueue, work, retry or "
+                "cancel, make the directory writable (a read-only mount? its permissions?) or copy it somewhere "
+                "writable and point --state there",
             )
+    else:
+        readonly = False  # a directory we can write: the usual engine, which readers share with workers
+    engine = make_engine(url, create=create, readonly=readonly)
+    db = Database(url=url, engine=engine, outage=outage or OutagePolicy())
 
     def current_version() -> int | None:
         """The schema version in a read transaction, or None when there is no sweeper schema yet."""
