@@ -56,10 +56,8 @@ def test_a_bad_db_url_is_a_clear_error(tmp_path: Path, url: str, code: int, need
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
     for args in (("status",), ("enqueue", str(grid)), ("work", "--no-tracking")):
-        if args[0] == "status" and url.startswith("sqlite"):
-            needle_here = "no queue database"  # status creates nothing, not even the directory
-        else:
-            needle_here = needle
+        # status creates nothing, not even the directory
+        needle_here = "no queue database" if args[0] == "status" and url.startswith("sqlite") else needle
         check(run_cli(*args, "--db", url, "--state", str(tmp_path / "state")), code, needle_here)
 
 
