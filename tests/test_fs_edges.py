@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 import sweeper.store.db as dbmod
 from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
 
 from .conftest import cli_env, run_cli
 from .inproc import invoke
@@ -154,6 +155,8 @@ def test_the_read_only_engine_reads_and_refuses_writes(finished, tmp_path, monke
             assert conn.execute(sa.text("SELECT count(*) FROM jobs WHERE status = 'done'")).scalar_one() == 2
         with pytest.raises(sa.exc.OperationalError, match="readonly"), db.write() as conn:
             conn.execute(sa.text("UPDATE jobs SET label = 'x'"))
+        with pytest.raises(dbmod.UsageError, match="is open read-only"):  # said at once, not retried
+            Queue(db).register_worker("w:1", "host", 1, 1)
     finally:
         db.dispose()
     # The directory is writable after all, so SQLite made its -shm (the mount test covers the rest).

@@ -21,6 +21,7 @@ any machine. A tracking server (http://...) stores files where it is configured 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,7 +138,9 @@ def open_job_run(
         try:
             record.set_tracking_run(lease, run_id, uri)
         except LeaseLost:
-            tracker.withdraw(record.tracking_run(run.job_id))
+            # Best effort: when the store or the queue went away too, the job is lost all the same.
+            with contextlib.suppress(Exception):
+                tracker.withdraw(record.tracking_run(run.job_id))
             raise
     if run_id:
         tracker.drop_strays()

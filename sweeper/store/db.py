@@ -348,7 +348,6 @@ def is_transient(exc: BaseException) -> bool:
             "does not exist",
             "password authentication failed",
             "unable to open database",
-            "readonly database",
         )
         return not any(p in text for p in permanent)
     return False
@@ -448,6 +447,7 @@ class Database:
     # Whether the database ever answered this process: until then a name that does not resolve
     # is a typo, afterwards a network that went away (connect_problem).
     reached: bool = field(default=False, repr=False)
+    readonly: bool = False  # a SQLite queue opened read-only (open_database(readonly=True))
 
     @property
     def dialect(self) -> str:
@@ -485,6 +485,12 @@ class Database:
                 problem = connect_problem(exc, self.engine.url, self.display_url, first_contact=not self.reached)
                 if problem is not None:
                     raise problem from None
+                if self.readonly and "readonly database" in str(exc).lower():
+                    raise UsageError(
+                        f"cannot {what}: the queue {self.display_url} is open read-only (its directory is not "
+                        "writable here)",
+                        hint="make the state directory writable, or copy it somewhere writable and point --state there",
+                    ) from None
                 if not is_transient(exc):
                     raise
                 now = time.monotonic()
@@ -611,7 +617,7 @@ def open_database(
     else:
         readonly = False  # a directory we can write: the usual engine, which readers share with workers
     engine = make_engine(url, create=create, readonly=readonly)
-    db = Database(url=url, engine=engine, outage=outage or OutagePolicy())
+    db = Database(url=url, engine=engine, outage=outage or OutagePolicy(), readonly=readonly)
 
     def current_version() -> int | None:
         """The schema version in a read transaction, or None when there is no sweeper schema yet."""
