@@ -113,7 +113,7 @@ class StepRecord:
     units: int | None = None
     # magnitude
     amount: float | None = None
-    density: float | None = None
+    density: dict[str, float] | None = None  # non-zero fraction of each weight layer
     nonzero_params: int | None = None
     effective_macs: int | None = None
 
