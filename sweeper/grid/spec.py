@@ -421,21 +421,28 @@ def _set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
         node[last] = _copy(value)
 
 
-def apply_axis(params: dict[str, Any], axis: str, value: Any) -> dict[str, Any]:
+def apply_axis(
+    params: dict[str, Any], axis: str, value: Any, kind_params: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Set one grid axis value on params.
 
     * `conv1.kernel: 5` sets a nested value.
     * `conv1: {channels: 8, kernel: 3}` merges into the mapping `conv1` holds.
     * `optim: {lr: 0.01, momentum: 0.9}`, where `optim` is not a param but `lr` and `momentum` are,
       is a tied group: both keys are set together at the top level.
+
+    A key "is a param" when params already hold it or when it is one of `kind_params` (the
+    fields of the kind's param model): a tied group of params left at the kind's defaults is
+    still a tied group.
     """
     out = _copy(params)
+    known = set(params) | set(kind_params or ())
     is_tied_group = (
         isinstance(value, Mapping)
         and value
         and "." not in axis
-        and axis not in params
-        and all(str(k) in params for k in value)
+        and axis not in known
+        and all(str(k) in known for k in value)
     )
     if is_tied_group:
         for key, v in value.items():
@@ -563,11 +570,11 @@ def _expand_stage(
             params = _copy(base)
             overrides: list[tuple[str, Any]] = []
             for axis, value in point:
-                params = apply_axis(params, axis, value)
+                params = apply_axis(params, axis, value, known)
                 overrides.append((axis, value))
             if config is not None:
                 for key, value in config.items():
-                    params = apply_axis(params, str(key), value)
+                    params = apply_axis(params, str(key), value, known)
                     overrides.append((str(key), value))
             _validate_params(r, stage, params, model, raw)
             job_id = job_identity(sweep, name, stage.kind, params)
