@@ -404,6 +404,8 @@ def work(
         finally:
             database.dispose()
         _print_diff(diff, settings, listing=False)
+    if stage or sweep:
+        _check_selection(_open(settings, create=False), stage, sweep, dispose=True)
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -468,10 +470,9 @@ def status(
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        if sweep:
-            from sweeper.store.results import require_sweep
+        from sweeper.store.results import require_selection
 
-            require_sweep(database, sweep)
+        require_selection(database, sweep)
         if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
             from sweeper.views.dashboard import check_metric
 
@@ -543,7 +544,7 @@ def export(
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
     from sweeper.store.db import STATUSES
-    from sweeper.store.results import load_jobs
+    from sweeper.store.results import load_jobs, require_selection
     from sweeper.views.export import write_csv
 
     bad = [s for s in status_filter or [] if s not in STATUSES]
@@ -552,10 +553,7 @@ def export(
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        if sweep:
-            from sweeper.store.results import require_sweep
-
-            require_sweep(database, sweep)
+        require_selection(database, sweep, stage)
         records = load_jobs(database, sweep, stage, status_filter or None)
     finally:
         database.dispose()
@@ -623,7 +621,7 @@ def report(
     (except for --mlflow-screenshot).
     """
     from sweeper.grid.ranking import parse_metric
-    from sweeper.store.results import SweepView, only_sweep
+    from sweeper.store.results import SweepView, only_sweep, require_selection
     from sweeper.views.report import ReportOptions, write_report
 
     opts = ReportOptions(
@@ -637,6 +635,7 @@ def report(
     database = _open(settings, create=False)
     try:
         name = sweep or only_sweep(database)
+        require_selection(database, name)
         from sweeper.views.dashboard import check_metric
 
         # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
@@ -734,14 +733,15 @@ def cancel(
     _print_untouched(notes, "cancel takes jobs that have not finished")
 
 
-def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
+def _check_selection(database: Any, stage: Any, sweep: str | None, dispose: bool = False) -> None:
     """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
-    from sweeper.store.results import require_stage, require_sweep
+    from sweeper.store.results import require_selection
 
-    if sweep:
-        require_sweep(database, sweep)
-    if stage:
-        require_stage(database, stage, sweep)
+    try:
+        require_selection(database, sweep, stage)
+    finally:
+        if dispose:
+            database.dispose()
 
 
 def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:
