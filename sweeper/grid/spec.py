@@ -264,6 +264,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
         job_counts[stage.name] = len(jobs)
         spec.jobs.extend(jobs)
     _check_refs(r, spec, job_counts)
+    _check_handoff_names(r, spec)
     return spec
 
 
@@ -667,6 +668,76 @@ def _check_refs(r: _Reader, spec: SweepSpec, job_counts: Mapping[str, int]) -> N
                     f"result_of '{ref.stages[0]}' is ambiguous: that stage has {count} jobs",
                     f"use best_of: {ref.stages[0]} with a metric and mode",
                 )
+
+
+def _check_handoff_names(r: _Reader, spec: SweepSpec) -> None:
+    """Every metric a hand-off ranks by, and every key `inherit` copies, must exist upstream.
+
+    Checked against what the upstream kinds declare (registry.declared_metrics, param models), so
+    `metric: test_acc` or `keys: [convv2]` stops `enqueue` instead of failing the dependent jobs
+    hours later, when the upstream stage has finished. Over several upstream stages a metric must
+    be reported by one of them (resolution ranks the jobs that report it) and an inherited key
+    must be a param of all of them (the chosen job may come from any). A kind that declares
+    nothing is left to the check at resolution time.
+    """
+    stages = {s.name: s for s in spec.stages}
+    checked: set[str] = set()
+
+    def check_metric(metric: str, targets: Iterable[str], what: str, *where: object, stage: str, key: str) -> None:
+        declared = [registry.declared_metrics(stages[t].kind) for t in targets]
+        if any(d is None for d in declared):
+            return
+        known: set[str] = set().union(*declared)  # type: ignore[arg-type]
+        if metric in known:
+            return
+        kinds = sorted({stages[t].kind for t in targets})
+        raise r.error(
+            f"{what} ranks by metric '{metric}', which {_stage_names(targets)} (kind {', '.join(kinds)}) "
+            f"{'does' if len(set(targets)) == 1 else 'do'} not report",
+            *where,
+            stage=stage,
+            key=key,
+            hint=_suggest(metric, sorted(known)) or f"metrics it reports: {', '.join(sorted(known))}",
+        )
+
+    for stage in spec.stages:
+        if stage.repeat is not None:
+            rep = stage.repeat
+            check_metric(
+                rep.by, [rep.stage], "repeat", "stages", stage.name, "repeat", "by", stage=stage.name, key="repeat.by"
+            )
+        if stage.inherit is not None:
+            inherit = stage.inherit
+            where = ("stages", stage.name, "inherit")
+            check_metric(inherit.metric, inherit.from_stages, "inherit", *where, stage=stage.name, key="inherit.metric")
+            for key in inherit.keys:
+                for source in (*inherit.from_stages, None):
+                    names = registry.param_names(stages[source].kind if source else stage.kind)
+                    if names is None or key in names:
+                        continue
+                    whose = f"stage '{source}' (kind {stages[source].kind})" if source else f"kind '{stage.kind}'"
+                    raise r.error(
+                        f"inherit key '{key}' is not a param of {whose}",
+                        *where,
+                        stage=stage.name,
+                        key="inherit.keys",
+                        hint=_suggest(key, sorted(names)) or f"params it takes: {', '.join(sorted(names))}",
+                    )
+    for job in spec.jobs:
+        if job.stage in checked:
+            continue
+        checked.add(job.stage)
+        stage = stages[job.stage]
+        for path, ref in _safe_refs(r, stage, job.params):
+            if ref.metric is None or ref.form == "all_of":  # all_of hands on every job; it ranks nothing
+                continue
+            where = ("stages", stage.name, "params", path.split(".")[0])
+            check_metric(ref.metric, ref.stages, ref.form, *where, stage=stage.name, key=path)
+
+
+def _stage_names(names: Iterable[str]) -> str:
+    names = list(names)
+    return ("stage " if len(names) == 1 else "stages ") + ", ".join(f"'{n}'" for n in names)
 
 
 # ---------------------------------------------------------------------------------------------
