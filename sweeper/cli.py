@@ -678,6 +678,10 @@ def retry(
     failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
     sweep: SweepOpt = None,
+    stale: Annotated[
+        bool,
+        typer.Option("--stale", help="Run the finished jobs whose upstream stage changed since (stale) again."),
+    ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
@@ -686,6 +690,13 @@ def retry(
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
 
+    if stale:
+        from sweeper.store.stale import rerun_stale
+
+        where = _settings(ctx, state, db, tracking=False).state_dir
+        picked = _change_jobs(ctx, state, db, job_ids, lambda q, ids: rerun_stale(q, where, ids, stage, sweep))
+        out.print(f"running {len(picked)} stale job(s) again" + (f": {', '.join(picked[:20])}" if picked else ""))
+        return
     _selection(job_ids, failed, stage, sweep, "retry")
     wanted = ("failed",) if failed else ("failed", "cancelled")
     notes: list[str] = []
