@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # The numeric metrics the kind's result holds, by name: `enqueue` checks every hand-off
-    # (best_of, inherit, repeat, result_of) that ranks this kind's jobs against them, so a typo
-    # fails before any compute. None: not declared, checked when the hand-off resolves.
+    # The numbers the kind's result holds (not booleans: hand-offs do not rank by them).
+    # `enqueue` checks every hand-off (best_of, inherit, repeat, result_of) that ranks this
+    # kind's jobs against them, so a typo fails before any compute. None: not declared; such
+    # hand-offs are checked when they resolve.
     metrics: ClassVar[frozenset[str] | None] = None
 
 
@@ -73,7 +74,6 @@ class TrainParams(StrictParams):
             "train_loss",
             "time_to_target_s",
             "images_to_target",
-            "reached",
             "target_step",
             "epochs",
             "total_train_s",
@@ -196,7 +196,7 @@ class BenchmarkParams(StrictParams):
     """`kind: benchmark` (see docs/jobs.md, "kind: benchmark")."""
 
     # the numbers of jobs/kinds/benchmark_result.py's BenchmarkResult at its top level
-    metrics: ClassVar[frozenset[str] | None] = frozenset({"min_test_accuracy", "matmul_allclose", "test_images"})
+    metrics: ClassVar[frozenset[str] | None] = frozenset({"min_test_accuracy", "test_images"})
 
     models: Any = None  # a hand-off: {all_of: [prune_conv1, prune_conv2, prune_fc1]} (or best_of / result_of)
     # a hand-off to the Step 1 network, e.g. {result_of: baseline}: timed with nn modules in the same
