@@ -143,3 +143,57 @@ def test_retry_stale_leaves_jobs_that_are_not_stale_alone(queue):
     finish(queue, "pick")
     pick = job(queue, "pick")
     assert queue.retry_stale([pick.id]) == [] and job(queue, "pick").status == "done"
+
+
+def test_status_show_report_name_the_stale_job_and_retry_stale_runs_it_again(tmp_path):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    state = tmp_path / "state"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    runner = CliRunner()
+    assert runner.invoke(app, ["enqueue", str(grid), "--state", str(state)]).exit_code == 0
+    db = open_database(f"sqlite:///{state / 'queue.db'}")
+    try:
+        q = Queue(db, retry_backoff_s=0.0)
+        spec = parse_spec(GRID, "grid.yaml")
+        two = spec.jobs[1].id
+        q.cancel([two])
+        finish(q, "search")
+        finish(q, "pick")
+        pick = job(q, "pick").id
+        # a checkpoint file of the old run, which a rerun must not resume from
+        old_ckpt = state / "checkpoints" / "st" / pick / "1.ckpt"
+        old_ckpt.parent.mkdir(parents=True)
+        old_ckpt.write_bytes(b"old")
+        assert runner.invoke(app, ["retry", two, "--state", str(state)]).exit_code == 0
+
+        def cli(*args: str) -> str:
+            result = runner.invoke(app, [*args, "--state", str(state)])
+            assert result.exit_code == 0, (args, result.output, result.exception)
+            return " ".join(result.output.split())
+
+        assert "1 stale (upstream changed): sweeper retry --stale" in cli("status")
+        stages = {s["stage"]: s for s in json.loads(cli("status", "--json"))["stages"]}
+        assert stages["pick"]["stale"] == 1 and stages["search"]["stale"] == 0
+        assert f"stale: upstream job(s) {two} retried since it ran" in cli("show", pick)
+        assert json.loads(cli("show", pick, "--json"))["stale"] == f"upstream job(s) {two} retried"
+        cli("report", "--out", str(tmp_path / "report"), "--no-plots")
+        report = Path(tmp_path / "report" / "report.md").read_text()
+        assert "**Stale:** 1 job(s)" in report and f"`{pick}`" in report
+
+        finish(q, "search")
+        assert f"running 1 stale job(s) again: {pick}" in cli("retry", "--stale")
+        assert not old_ckpt.exists()
+        assert job(q, "pick").status == "pending"
+        assert json.loads(cli("show", pick, "--json"))["stale"] is None
+        assert "stale (upstream changed)" not in cli("status")
+        refused = runner.invoke(app, ["retry", "--stale", pick, "--state", str(state)])
+        assert getattr(refused.exception, "exit_code", None) == 2 and "not stale" in refused.exception.message
+    finally:
+        db.dispose()

@@ -271,6 +271,7 @@ class SweepView:
             ]
         self._jobs = load_jobs(db, sweep)
         self._artifacts: dict[str, list[str]] | None = None
+        self._stale: dict[str, str] | None = None
         self._store: Any = None
 
     # -- jobs --------------------------------------------------------------------------------
@@ -283,6 +284,15 @@ class SweepView:
 
     def job(self, job_id: str) -> JobRecord | None:
         return next((j for j in self._jobs if j.id == job_id), None)
+
+    def stale(self) -> dict[str, str]:
+        """Job id -> why, for the sweep's jobs that ran on a hand-off whose upstream changed since."""
+        if self._stale is None:
+            from sweeper.store.stale import stale_jobs
+
+            with self.db.read() as conn:
+                self._stale = stale_jobs(conn, sweep=self.sweep)
+        return self._stale
 
     # -- artifacts ---------------------------------------------------------------------------
 

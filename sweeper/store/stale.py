@@ -60,6 +60,20 @@ def stale_jobs(
     return {r.job_id: r.detail or "" for r in rows}
 
 
+def stale_in_history(history: Iterable[tuple[str, str | None]]) -> str | None:
+    """Why a job is stale, from its events (type, detail) oldest first; None when it is not.
+
+    The rule of `stale_jobs`, for a job whose events are already read (`sweeper show`).
+    """
+    why: str | None = None
+    for type_, detail in history:
+        if type_ == MARK:
+            why = detail or "its upstream stage changed"
+        elif type_ == CLEAR:
+            why = None
+    return why
+
+
 def _ids_of(sweep: str | None, stage: str | None) -> sa.Select:
     cond = []
     if sweep:
