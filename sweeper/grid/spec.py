@@ -687,7 +687,7 @@ def _check_handoff_names(r: _Reader, spec: SweepSpec) -> None:
         declared = [registry.declared_metrics(stages[t].kind) for t in targets]
         if any(d is None for d in declared):
             return
-        known: set[str] = set().union(*declared)  # type: ignore[arg-type]
+        known = set().union(*(d or () for d in declared))
         if metric in known:
             return
         kinds = sorted({stages[t].kind for t in targets})
