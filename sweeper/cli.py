@@ -693,8 +693,10 @@ def retry(
     if stale:
         from sweeper.store.stale import rerun_stale
 
-        where = _settings(ctx, state, db, tracking=False).state_dir
-        picked = _change_jobs(ctx, state, db, job_ids, lambda q, ids: rerun_stale(q, where, ids, stage, sweep))
+        st = _settings(ctx, state, db)
+        warn = lambda m: err.print(Text.assemble(("warning: ", "yellow"), m))  # noqa: E731
+        rerun = lambda q, ids: rerun_stale(q, st.state_dir, ids, stage, sweep, st.tracking_uri, warn)  # noqa: E731
+        picked = _change_jobs(ctx, state, db, job_ids, rerun)
         out.print(f"running {len(picked)} stale job(s) again" + (f": {', '.join(picked[:20])}" if picked else ""))
         return
     _selection(job_ids, failed, stage, sweep, "retry")

@@ -187,8 +187,19 @@ def test_status_show_report_name_the_stale_job_and_retry_stale_runs_it_again(tmp
         report = Path(tmp_path / "report" / "report.md").read_text()
         assert "**Stale:** 1 job(s)" in report and f"`{pick}`" in report
 
+        # the MLflow run the job logged to: a rerun must open a run of its own, not continue this one
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
+        exp = client.create_experiment("st", artifact_location=(tmp_path / "mlartifacts").as_uri())
+        old_run = client.create_run(exp, tags={"job_id": pick, "stage": "pick"}).info.run_id
+
         finish(q, "search")
         assert f"running 1 stale job(s) again: {pick}" in cli("retry", "--stale")
+        tags = client.get_run(old_run).data.tags
+        assert tags["job_id"] == f"{pick}/stale" and tags["sweeper.superseded"] == "true"
+        with db.read() as conn:
+            assert conn.execute(sa.select(jobs.c.tracking_run_id).where(jobs.c.id == pick)).scalar() is None
         assert not old_ckpt.exists()
         assert job(q, "pick").status == "pending"
         assert json.loads(cli("show", pick, "--json"))["stale"] is None

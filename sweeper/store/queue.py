@@ -765,10 +765,10 @@ class Queue(Settling):
         """Run stale jobs (stale.py) again from scratch, on their upstream's current results.
 
         A done or failed stale job goes back to `blocked` with its resolution, result, error,
-        counts and checkpoint rows dropped; the settle below resolves it again at once when its
+        counts, MLflow run id and checkpoint rows dropped; the settle below resolves it again at once when its
         upstream is terminal. Its own dependents are reopened in turn. A stale job still running
-        or waiting is left alone: retry it once it has finished. The caller deletes the jobs'
-        checkpoint files first (stale.forget_checkpoint_files).
+        or waiting is left alone: retry it once it has finished. The caller sets the jobs'
+        checkpoint files and MLflow runs aside first (stale.rerun_stale).
         """
         statuses = ("done", "failed")
 
@@ -796,6 +796,7 @@ class Queue(Settling):
                         finished_at=None,
                         progress=None,
                         progress_message=None,
+                        tracking_run_id=None,  # a new MLflow run (stale.supersede_tracking_runs)
                         updated_at=db_now(),
                     )
                     .returning(jobs.c.sweep, jobs.c.stage)

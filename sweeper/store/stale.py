@@ -110,13 +110,49 @@ def forget_checkpoint_files(state_dir: Path, jobs_by_sweep: Sequence[tuple[str, 
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def supersede_tracking_runs(tracking_uri: str | None, jobs_by_sweep: Sequence[tuple[str, str]]) -> str | None:
+    """Retag the MLflow runs of (sweep, job id) pairs about to run again, so the rerun opens a run of its own.
+
+    A worker continues the run tagged with its job id (one run per job across attempts, its
+    logged steps never repeated); a rerun on changed input is a new run. The old runs keep their
+    history, tagged `sweeper.superseded` and with `job_id` set to `<id>/stale`. Called before the
+    queue transaction, while the jobs are done or failed. Returns a warning when the store could
+    not be reached (the rerun then continues the old run), None otherwise.
+    """
+    if not tracking_uri or not jobs_by_sweep:
+        return None
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():
+        return None  # no MLflow store: nothing was tracked
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        for sweep, job_id in jobs_by_sweep:
+            exp = client.get_experiment_by_name(sweep)
+            if exp is None:
+                continue
+            for run in client.search_runs([exp.experiment_id], filter_string=f"tags.job_id = '{job_id}'"):
+                client.set_tag(run.info.run_id, "sweeper.superseded", "true")
+                client.set_tag(run.info.run_id, "job_id", f"{job_id}/stale")
+    except Exception as exc:  # the queue is what matters; MLflow only gets a second run or not
+        return f"could not mark the old MLflow runs as superseded ({type(exc).__name__}: {exc})"
+    return None
+
+
 def rerun_stale(
-    queue: Any, state_dir: Path, ids: Sequence[str] = (), stage: str | None = None, sweep: str | None = None
+    queue: Any,
+    state_dir: Path,
+    ids: Sequence[str] = (),
+    stage: str | None = None,
+    sweep: str | None = None,
+    tracking_uri: str | None = None,
+    warn: Any = None,
 ) -> list[str]:
     """`sweeper retry --stale`: the stale done or failed jobs (of `ids`, or within stage/sweep) run again.
 
-    Their checkpoint files go first, while no worker can write there (see forget_checkpoint_files);
-    then `Queue.retry_stale` resets them in one transaction. Returns the ids it reset.
+    Their checkpoint files and MLflow runs are set aside first, while no worker can write there
+    (forget_checkpoint_files, supersede_tracking_runs); then `Queue.retry_stale` resets them in
+    one transaction. Returns the ids it reset.
     """
     from sweeper.store.results import require_selection
 
@@ -131,5 +167,9 @@ def rerun_stale(
         rows = conn.execute(
             sa.select(jobs.c.id, jobs.c.sweep).where(jobs.c.id.in_(list(stale)), jobs.c.status.in_(("done", "failed")))
         ).all()
-    forget_checkpoint_files(state_dir, [(r.sweep, r.id) for r in rows])
+    pairs = [(r.sweep, r.id) for r in rows]
+    forget_checkpoint_files(state_dir, pairs)
+    problem = supersede_tracking_runs(tracking_uri, pairs)
+    if problem and warn is not None:
+        warn(problem)
     return queue.retry_stale([r.id for r in rows], stage=stage, sweep=sweep) if rows else []
