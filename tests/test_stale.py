@@ -208,3 +208,18 @@ def test_status_show_report_name_the_stale_job_and_retry_stale_runs_it_again(tmp
         assert getattr(refused.exception, "exit_code", None) == 2 and "not stale" in refused.exception.message
     finally:
         db.dispose()
+
+
+def test_a_plain_retry_of_a_stale_failed_job_keeps_it_stale(queue):
+    # a plain retry runs the job on the same, old hand-off: only `retry --stale` chooses again
+    two, _ = settled_with_one_of_two(queue)
+    claimed = queue.claim("w", 30, stages_filter=["pick"])
+    queue.fail(claimed.lease, "boom", retry=False)
+    queue.retry([two])
+    assert set(stale(queue)) == {claimed.id}
+    assert queue.retry([claimed.id]) == [claimed.id]
+    assert job(queue, "pick").status == "pending" and set(stale(queue)) == {claimed.id}
+    finish(queue, "search")
+    finish(queue, "pick")
+    assert job(queue, "pick").status == "done" and set(stale(queue)) == {claimed.id}
+    assert queue.retry_stale([claimed.id]) == [claimed.id] and not stale(queue)

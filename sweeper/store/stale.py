@@ -3,9 +3,10 @@
 When `retry` (or an enqueue that adds jobs) reopens an upstream stage, settle.py's `_reopen`
 sends the dependents that have not started back to `blocked` (they resolve again when the stage
 settles) and marks those that already ran with a `stale` event: their result came from an
-upstream choice that may no longer be the best. A later `retried` event clears the mark, so the
-state lives in the job's history and needs no column of its own: a job is stale when its newest
-`stale` event is newer than its newest `retried` one. `sweeper retry --stale` runs them again.
+upstream choice that may no longer be the best. `sweeper retry --stale` runs them again and
+records a `rerun` event, which clears the mark. So the state lives in the job's history and
+needs no column (no schema change): a job is stale when its newest `stale` event is newer than
+its newest `rerun` one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from sweeper.store.db import events, jobs
 from sweeper.store.statepaths import under
 
 MARK = "stale"  # the event that marks a job stale; its detail says which stage reopened and why
-CLEAR = "retried"  # the event that clears the mark (any retry starts the job over on fresh input)
+# The event that clears the mark: `retry --stale` starts the job over on its upstream's current
+# results. Not `retried`: a plain retry (or a failure's automatic one) runs on the same old input.
+CLEAR = "rerun"
 
 
 def stale_jobs(
