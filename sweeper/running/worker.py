@@ -35,7 +35,7 @@ from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
 from sweeper.store.queue import ClaimedJob, Queue
-from sweeper.store.readmodel import work_summary
+from sweeper.store.readmodel import failed_job_ids, work_summary
 
 
 @dataclass(frozen=True)
@@ -281,9 +281,14 @@ class Worker:
                 if (left.running or left.blocked)
                 else "queue is empty"
             )
+            failed = queue.in_read(
+                "read the queue",
+                lambda conn: failed_job_ids(conn, stages_filter=opts.stages or None, sweep=opts.sweep),
+            )
             self.log(
                 f"no runnable job left ({what}); exiting"
                 + ("; use --wait to keep polling" if left.running or left.blocked else "")
+                + failed_note(failed)
             )
             return
         self.log("stopped")
@@ -478,6 +483,16 @@ def pin_gpu(gpu: str | None) -> None:
     """Before torch is imported: this process sees only its GPU, as cuda:0."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def failed_note(failed: list[str]) -> str:
+    """The end of a worker's last line when jobs it could have run failed: how many, and how to see why."""
+    if not failed:
+        return ""
+    return (
+        f"; {len(failed)} job(s) failed: `sweeper status` lists them, "
+        f"`sweeper show {failed[0]}` says why, `sweeper retry --failed` runs them again"
+    )
 
 
 def run_workers(opts: WorkerOptions) -> int:

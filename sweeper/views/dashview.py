@@ -157,6 +157,8 @@ def _stages(snap: StatusSnapshot, width: int) -> Any:
         detail.append(" · ".join(bits) if bits else s.kind)
         if s.waiting_on:
             detail.append(f" · {s.waiting_on}", style="yellow")
+        if s.stale:
+            detail.append(f" · {s.stale} stale (upstream changed): sweeper retry --stale", style="yellow")
         table.add_row(Text(name, style="bold cyan"), top)
         table.add_row("", detail)
     legend = Text("  ".join(f"{BAR[s][0]} {s}" for s in BAR_ORDER), style="dim")

@@ -181,6 +181,14 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
         intro += f" · {len(failed)} failed"
     if info and info.description:
         intro = f"{info.description}\n\n{intro}"
+    stale = [(j, why) for j in view.jobs(stage, status=None) if (why := view.stale().get(j.id))]
+    if stale:
+        rows = [[f"`{j.id}`", j.label or "-", j.status, md_escape(why)] for j, why in stale]
+        intro += (
+            f"\n\n**Stale:** {len(stale)} job(s) ran on a hand-off whose upstream stage changed since; their "
+            "results below may not be what the stage would give now (`sweeper retry --stale` runs them again).\n\n"
+            + md_table(["job", "params", "status", "why"], rows)
+        )
     failures = ""
     if failed:
         rows = [[f"`{j.id}`", j.label or "-", error_summary(j.error)] for j in failed]
@@ -428,4 +436,6 @@ def write_report(
     atomic_write(path, ("\n".join(lines).rstrip() + "\n").encode("utf-8"))
     figures = [out_dir / f for s in [*sections, *plugin_sections] for f in s.figures]
     notes = [s.title for s in plugin_sections if s.title.startswith("Plug-in")]
+    if view.stale():
+        notes.append(f"{len(view.stale())} stale job(s): their upstream stage changed since they ran")
     return ReportResult(path, figures, [s.title for s in [*sections, *plugin_sections]], notes)

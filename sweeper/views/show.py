@@ -22,6 +22,7 @@ from sweeper.errors import JobNotFound, error_summary
 from sweeper.store.db import Database, artifacts, checkpoints, db_now, events, jobs
 from sweeper.store.readmodel import JobParams
 from sweeper.store.results import flatten, is_handoff, is_outcome, is_reference
+from sweeper.store.stale import stale_in_history
 from sweeper.views.dashview import duration
 
 JSON_SCHEMA = "sweeper.job/1"
@@ -110,6 +111,8 @@ class JobDetail:
     events: list[EventRow] = field(default_factory=list)
     checkpoints: list[StoredFile] = field(default_factory=list)
     artifacts: list[StoredFile] = field(default_factory=list)
+    # why the job ran on a hand-off whose upstream stage changed since (store/stale.py); None: it did not
+    stale: str | None = None
 
 
 def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> JobDetail:
@@ -179,6 +182,7 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
     detail.params = param_rows(detail.params_written, detail.params_resolved, detail.provenance)
     detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail and mask_password(e.detail)) for e in ev]
     detail.attempts = attempts_from_events(detail.events, r.status)
+    detail.stale = stale_in_history((e.type, e.detail) for e in detail.events)
     detail.checkpoints = [
         StoredFile(f"seq {c.seq}", c.sha256, c.size, *_where(c.location, state_dir), c.created_at, c.attempt)
         for c in ckpts
@@ -309,6 +313,8 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         head.append(f"\nprogress {pct} {d.progress_message or ''} on {d.worker or '?'}")
         if d.lease_expires_in_s is not None:
             head.append(f" (lease {duration(d.lease_expires_in_s)} left)", style="dim")
+    if d.stale:
+        head.append(f"\nstale: {d.stale} since it ran; `sweeper retry --stale {d.id}` runs it again", style="yellow")
     if d.not_before_in_s:
         head.append(f"\nnext retry in {duration(d.not_before_in_s)}")
     times = f"\nenqueued {_when(d.created_at)}"
