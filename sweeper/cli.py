@@ -679,6 +679,14 @@ def retry(
     failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
     sweep: SweepOpt = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Start jobs whose checkpoints were refused as possibly malicious over without them "
+            "(they stay in quarantine/); without it such a job fails again at once.",
+        ),
+    ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
@@ -693,7 +701,7 @@ def retry(
 
     def change(queue: Any, ids: list[str]) -> list[str]:
         _check_selection(queue.db, stage, sweep)
-        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed, from_scratch=from_scratch)
         notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
         return picked
 

@@ -51,6 +51,7 @@ from sweeper.store.db import (
     sweeps,
     workers,
 )
+from sweeper.store.quarantine import FROM_SCRATCH
 from sweeper.store.settle import Settling
 
 
@@ -715,8 +716,13 @@ class Queue(Settling):
         stage: str | None = None,
         sweep: str | None = None,
         include_cancelled: bool = True,
+        from_scratch: bool = False,
     ) -> list[str]:
-        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
+        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts.
+
+        from_scratch: the jobs may start over without the checkpoints that were refused and
+        quarantined (quarantine.py); without it such a job fails again at once.
+        """
         statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
 
         def txn(conn: Connection) -> list[str]:
@@ -748,6 +754,8 @@ class Queue(Settling):
                     continue
                 retried.append(job_id)
                 add_event(conn, job_id, "retried", detail="by user")
+                if from_scratch:
+                    add_event(conn, job_id, FROM_SCRATCH, detail="by user: refused checkpoints stay in quarantine")
                 touched.setdefault(row.sweep, set()).add(row.stage)
             for sweep_name, names in touched.items():
                 for name in names:
