@@ -136,13 +136,15 @@ class RefusedCheckpoint(CheckpointError):
         job_id: str | None = None,
         more: int = 0,
     ) -> None:
+        # The first line is the summary (status, the CSV, the worker log): the file, the reason and
+        # where it went. File names of the store carry the sha256; the next line states it whole.
         message = f"{what} refused as possibly malicious: {reason}"
-        if more:
-            message += f" (and {more} older checkpoint(s) refused too)"
-        if sha256:
-            message += f"; sha256 {sha256}"
         if quarantine:
-            message += f"; kept in {quarantine}"
+            message += f"; kept in {quarantine.rsplit('/', 1)[0]}/"
+        if more:
+            message += f" (and {more} older one(s))"
+        if sha256 or quarantine:
+            message += "\n " + (f" sha256 {sha256}" if sha256 else "") + (f"  at {quarantine}" if quarantine else "")
         hint = (
             "checkpoints load only as torch.save files of tensors and plain values; inspect the file before trusting it"
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -140,12 +141,16 @@ def decode(data: bytes, what: str) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        # torch names the class a pickle wanted to import ("Unsupported global: GLOBAL posix.system").
-        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
-        raise RefusedCheckpoint(what, f"it needs more than tensors and plain values to load ({reason[:200]})") from None
+        # torch names the class a pickle wanted ("unsupported GLOBAL posix.system whose module ...").
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        if wanted:
+            reason = f"loading it would call {wanted.group(1)[:80]}"
+        else:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            reason = f"weights_only unpickling refused it ({(lines[0] if lines else '')[:80]})"
+        raise RefusedCheckpoint(what, reason) from None
     except Exception as exc:
-        raise RefusedCheckpoint(what, f"torch.load failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise RefusedCheckpoint(what, f"torch.load failed: {type(exc).__name__}: {str(exc)[:80]}") from None
     if not isinstance(state, dict):
         raise RefusedCheckpoint(what, f"it holds a {type(state).__name__}, not a dict")
     return state
@@ -463,11 +468,8 @@ class CheckpointStore:
 
     def _quarantine(self, sweep: str, job_id: str, c: _Candidate, data: bytes, reason: str) -> RefusedCheckpoint:
         """Keep a refused checkpoint aside (quarantine.py) and say what was kept where."""
-        what = (
-            f"checkpoint file {c.name} of job {job_id}"
-            if c.path is not None
-            else (f"checkpoint seq {c.seq} of job {job_id} (a database blob)")
-        )
+        # A blob is named as its file would be (seq-<seq>.<sha256>.ckpt): the name it gets in quarantine/.
+        what = f"checkpoint {c.name} of job {job_id}" + (" (a database blob)" if c.path is None else "")
         try:
             dest = quarantine.keep(self.root, sweep, job_id, c.name, path=c.path, data=data)
             place = dest.relative_to(self.root).as_posix()
