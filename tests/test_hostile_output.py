@@ -221,3 +221,74 @@ def test_worker_log_lines_show_hostile_values_as_text():
     for line in lines:
         assert raw_control(line) == [], line
         assert "\n" not in line  # a message cannot forge a second log line
+
+
+# ---------------------------------------------------------------------------------------------
+# Names at enqueue, and errors that quote them
+
+
+@pytest.mark.parametrize(
+    "grid, key, message",
+    [
+        ("sweep: " + "a" * 300 + "\nstages:\n  s: {kind: noop}\n", "key 'sweep'", "300 characters long"),
+        ('sweep: ".."\nstages:\n  s: {kind: noop}\n', "key 'sweep'", "must be a name"),
+        ("sweep: .hidden\nstages:\n  s: {kind: noop}\n", "key 'sweep'", "must be a name"),
+        ("sweep: s\nstages:\n  " + "b" * 201 + ": {kind: noop}\n", "stage 'bbbb", "201 characters long"),
+        ('sweep: s\nstages:\n  "a\\e[2J\\u202eb": {kind: noop}\n', "stage 'a\\x1b[2J\\u202eb'", "a stage name is"),
+        ("sweep: s\nstages:\n  s: {kind: " + "k" * 301 + "}\n", "key 'kind'", "301 characters long"),
+    ],
+)
+def test_enqueue_refuses_names_the_queue_or_a_file_cannot_hold(tmp_path, monkeypatch, capsys, grid, key, message):
+    (tmp_path / "g.yaml").write_text(grid)
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    code, out, err = cli(monkeypatch, capsys, "enqueue", str(tmp_path / "g.yaml"), "--db", url)
+    assert code == 2, out + err
+    assert "g.yaml" in err and key in err and message in err, err
+    assert "Traceback" not in out + err and raw_control(out + err) == []
+    if (tmp_path / "queue.db").exists():  # nothing enqueued
+        db = open_database(url)
+        with db.read() as conn:
+            assert conn.execute(sweeps.select()).all() == []
+        db.dispose()
+
+
+def test_name_limits_match_the_queue_columns():
+    from sweeper.grid.spec import KIND_MAX, NAME_MAX
+    from sweeper.store.db import jobs as job_rows
+    from sweeper.store.db import stages
+
+    assert sweeps.c.name.type.length == job_rows.c.sweep.type.length == NAME_MAX
+    assert stages.c.name.type.length == job_rows.c.stage.type.length == NAME_MAX
+    assert job_rows.c.kind.type.length == KIND_MAX
+
+
+# ---------------------------------------------------------------------------------------------
+# `show` checks a stored location before it looks
+
+
+@pytest.mark.parametrize("location", ["../" * 12 + "etc/passwd", "/etc/passwd", "artifacts/hostile/other-job/x"])
+def test_show_refuses_an_unsafe_location_without_looking_at_it(tmp_path, monkeypatch, capsys, location):
+    state = tmp_path / "state"
+    state.mkdir()
+    url = f"sqlite:///{state / 'queue.db'}"
+    db = open_database(url)
+    queue = Queue(db)
+    queue.enqueue(parse_spec(GRID.format(values="1"), "g.yaml"))
+    job = queue.claim("w", 60)
+    record_artifact(queue, job.lease, name="model.pt", sha256="0" * 64, size=1, location=location, blob=None)
+    db.dispose()
+    looked: list[str] = []
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        looked.append(str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    code, out, err = cli(monkeypatch, capsys, "show", job.id, "--db", url, "--state", str(state), "--json")
+    assert code == 0, err
+    art = json.loads(out)["artifacts"][0]
+    assert art["present"] is None and art["refused"], art  # not "present": true for /etc/passwd
+    assert not [p for p in looked if "passwd" in p or "other-job" in p], looked
+    code, out, err = cli(monkeypatch, capsys, "show", job.id, "--db", url, "--state", str(state))
+    assert code == 0 and "refused, not looked at" in out, out + err
