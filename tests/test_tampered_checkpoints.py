@@ -199,3 +199,23 @@ def test_a_job_whose_every_checkpoint_is_tampered_fails_once_and_restarts_only_f
     assert sorted(p.name for p in (state / "quarantine" / "s" / job.id).iterdir()) == sorted(names)
     assert not marker.exists()
     db.dispose()
+
+
+def test_the_summary_of_a_refused_checkpoint_traceback_names_the_file():
+    # A kind that lets the error out as a traceback: the summary is its exception line, not the hint.
+    error = RefusedCheckpoint(
+        "checkpoint seq-000000003.ab.ckpt of job j1",
+        "a bare pickle (protocol 4), not a torch.save file",
+        sha256="ab" * 32,
+        quarantine="quarantine/s/j1/seq-000000003.ab.ckpt",
+        job_id="j1",
+    )
+    trace = (
+        "Traceback (most recent call last):\n"
+        '  File "/x/noop.py", line 28, in run\n'
+        "    state = ctx.restore()\n"
+        f"sweeper.errors.RefusedCheckpoint: {error}\n"
+    )
+    summary = error_summary(trace)
+    assert summary.startswith("sweeper.errors.RefusedCheckpoint: checkpoint seq-000000003.ab.ckpt of job j1 refused")
+    assert "protocol 4" in summary and "quarantine/s/j1/" in summary
