@@ -130,6 +130,28 @@ def test_status_prints_every_hostile_value_as_text(hostile_queue, monkeypatch, c
     assert "[link=http://x]y[/link]" in out  # the progress message, literally
 
 
+def test_the_issue_example_shows_and_lists_literally(tmp_path, monkeypatch, capsys):
+    """The must-show of issue 19: markup in a result and in a worker's host name, printed as is."""
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    db = open_database(url)
+    queue = Queue(db)
+    queue.enqueue(parse_spec(GRID.format(values="1, 2"), "g.yaml"))
+    queue.register_worker("w", "x[/]y", 1, 1)
+    job = queue.claim("w", 60)
+    queue.complete(
+        job.lease, {"device_note": "[/dev/nvidia0] busy", "link": "[link=http://x]y[/link]", "gpu": "[cuda]"}
+    )
+    queue.claim("w", 60)  # a running job, so the worker has one
+    db.dispose()
+    code, out, err = cli(monkeypatch, capsys, "show", job.id, "--db", url)
+    assert_safe_text(code, out, err)
+    for literal in ("[/dev/nvidia0] busy", "[link=http://x]y[/link]", "[cuda]"):
+        assert literal in out, out
+    code, out, err = cli(monkeypatch, capsys, "status", "--db", url)
+    assert_safe_text(code, out, err)
+    assert "x[/]y" in out, out
+
+
 @pytest.mark.parametrize("name", [*HOSTILE, "running"])
 def test_show_prints_every_hostile_value_as_text(hostile_queue, monkeypatch, capsys, name):
     tmp, url, ids = hostile_queue
