@@ -219,3 +219,23 @@ def test_the_summary_of_a_refused_checkpoint_traceback_names_the_file():
     summary = error_summary(trace)
     assert summary.startswith("sweeper.errors.RefusedCheckpoint: checkpoint seq-000000003.ab.ckpt of job j1 refused")
     assert "protocol 4" in summary and "quarantine/s/j1/" in summary
+
+
+def test_a_tampered_file_only_the_directory_scan_finds_is_quarantined_too(claimed, state_dir, marker):
+    """Mirrored mode: a checkpoint file newer than the last database snapshot has no row to flag."""
+    queue, job = claimed
+    store = CheckpointStore(queue, state_dir, "files")
+    store.save(job.lease, "s", {"step": 1})
+    with queue.db.write() as conn:  # the snapshot was taken before the checkpoint was recorded
+        conn.execute(checkpoints.delete().where(checkpoints.c.job_id == job.id))
+    data = payload("protocol-4", marker)
+    (old,) = (state_dir / "checkpoints" / "s" / job.id).iterdir()
+    old.unlink()
+    planted = old.with_name(f"seq-000000001.{hashlib.sha256(data).hexdigest()}.ckpt")
+    planted.write_bytes(data)
+    with pytest.raises(RefusedCheckpoint, match=planted.name):
+        store.restore("s", job.id, scan=True)
+    assert not planted.exists() and (state_dir / "quarantine" / "s" / job.id / planted.name).read_bytes() == data
+    with pytest.raises(RefusedCheckpoint, match="refused in an earlier attempt"):
+        store.restore("s", job.id, scan=True)  # the file is gone from the scan; the event remembers
+    assert not marker.exists()

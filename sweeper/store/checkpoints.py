@@ -412,6 +412,7 @@ class CheckpointStore:
                 read = _reader(path)
             else:
                 read = lambda rid=rec.id: read_blob(self.queue, checkpoint_rows, rid)  # noqa: E731
+            name = path.name if path is not None else name  # a file keeps its own name in quarantine/
             candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq, rec.id, path, name))
         if scan:
             known = {c.sha256 for c in candidates}
