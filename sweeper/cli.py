@@ -21,6 +21,7 @@ from rich.text import Text
 
 from sweeper.config import Settings, mask_password, resolve_settings
 from sweeper.errors import SweeperError, UsageError
+from sweeper.views import safe_text
 
 app = typer.Typer(
     help="Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report.",
@@ -271,7 +272,7 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
     for col in ("", "job", "stage", "params"):
         table.add_column(col)
     for row in rows[:limit]:
-        table.add_row(*row)
+        table.add_row(*(safe_text.text(cell) for cell in row))  # labels hold values: text, not markup
     out.print(table)
     if limit is not None and len(rows) > limit:
         out.print(f"... and {len(rows) - limit} more (use --dry-run to list them all)")
@@ -645,11 +646,11 @@ def report(
         view = SweepView(database, settings.state_dir, name, out_dir)
         if mlflow_screenshot:
             view.mlflow_screenshot = _mlflow_screenshot(settings, name, out_dir)
-        result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
+        result = write_report(view, out_dir, opts, log=lambda msg: err.print(safe_text.text(msg, "dim")))
     finally:
         database.dispose()
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {safe_text.markup(note)}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
 
 
@@ -682,6 +683,14 @@ def retry(
         bool,
         typer.Option("--stale", help="Run the finished jobs whose upstream stage changed since (stale) again."),
     ] = False,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Start jobs whose checkpoints were refused as possibly malicious over without them "
+            "(they stay in quarantine/); without it such a job fails again at once.",
+        ),
+    ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
@@ -705,7 +714,7 @@ def retry(
 
     def change(queue: Any, ids: list[str]) -> list[str]:
         _check_selection(queue.db, stage, sweep)
-        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed, from_scratch=from_scratch)
         notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
         return picked
 

@@ -48,7 +48,13 @@ DEFAULT_MAX_FAILURES = 3
 DEFAULT_MAX_INTERRUPTIONS = 20
 # Far above any real sweep; a grid past it is a mistake (a typo'd axis) that would exhaust memory.
 MAX_JOBS_PER_STAGE = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # so never "..", never a leading "."
+# Sweep and stage names go into VARCHAR(200) columns (store/db.py: sweeps.name, stages.name,
+# jobs.sweep, jobs.stage; PostgreSQL refuses longer, SQLite would keep them) and the sweep name
+# becomes a directory under the state directory (a file name: 255 bytes). A kind goes into
+# VARCHAR(300). Checked here, so that enqueue refuses the file instead of every job failing later.
+NAME_MAX = 200
+KIND_MAX = 300
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # as sweeper/grid/ranking.py reads metric names
 
 
@@ -203,6 +209,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             key="sweep",
             hint="for example: sweep: fmnist-assignment",
         )
+    _check_length(r, name, "the sweep name", "sweep", key="sweep")
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise r.error("'defaults' must be a mapping of param names to values", "defaults", key="defaults")
@@ -218,6 +225,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             raise r.error(
                 "a stage name is made of letters, digits, '_', '-' or '.'", "stages", stage_name, stage=stage_name
             )
+        _check_length(r, stage_name, "a stage name", "stages", stage_name, stage=stage_name[:40] + "...")
         if not isinstance(raw, Mapping):
             raise r.error("a stage must be a mapping with at least 'kind'", "stages", stage_name, stage=stage_name)
         r.check_keys(raw, STAGE_KEYS, "stages", stage_name, stage=stage_name, what="stage")
@@ -268,6 +276,16 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     return spec
 
 
+def _check_length(r: _Reader, value: str, what: str, *path: object, limit: int = NAME_MAX, **where: Any) -> None:
+    if len(value) > limit:
+        raise r.error(
+            f"{what} is {len(value)} characters long; at most {limit} fit the queue (and a file name)",
+            *path,
+            hint=f"shorten it to {limit} characters or fewer",
+            **where,
+        )
+
+
 def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
     kind = raw.get("kind")
     if not isinstance(kind, str) or not kind:
@@ -278,6 +296,7 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
             stage=name,
             key="kind",
         )
+    _check_length(r, kind, "'kind'", "stages", name, "kind", limit=KIND_MAX, stage=name, key="kind")
     try:
         registry.lookup(kind)
     except registry.KindError as exc:

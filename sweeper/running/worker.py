@@ -26,7 +26,7 @@ from typing import Any
 from sweeper import mappings
 from sweeper.config import Settings, mask_password
 from sweeper.context import Interrupted, JobContext, JobFailed
-from sweeper.errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
+from sweeper.errors import DatabaseUnavailable, LeaseLost, RefusedCheckpoint, SweeperError, UnsafePath, error_summary
 from sweeper.grid import registry
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
@@ -36,6 +36,7 @@ from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
 from sweeper.store.queue import ClaimedJob, Queue
 from sweeper.store.readmodel import failed_job_ids, work_summary
+from sweeper.views.safe_text import visible
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ class Worker:
 
     def log(self, message: str) -> None:
         who = f"worker {self.id.split(':')[1]}"
-        self._print(f"{time.strftime('%H:%M:%S')} {who} {mask_password(message)}")
+        # Messages quote the queue (job labels, errors, progress): control characters made visible.
+        self._print(f"{time.strftime('%H:%M:%S')} {who} {visible(mask_password(message), lines=True)}")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -400,7 +402,7 @@ class Worker:
             raise
         except JobFailed as exc:
             return None, exc.message, exc.retry
-        except (registry.KindError, UnsafePath) as exc:  # neither gets better on a retry
+        except (registry.KindError, UnsafePath, RefusedCheckpoint) as exc:  # none gets better on a retry
             return None, str(exc), False
         except Exception:
             if self.heartbeat.db_down is not None:

@@ -52,6 +52,7 @@ from sweeper.store.db import (
     workers,
 )
 from sweeper.store.db import checkpoints as checkpoint_rows
+from sweeper.store.quarantine import FROM_SCRATCH
 from sweeper.store.settle import Settling
 from sweeper.store.stale import CLEAR, stale_jobs
 
@@ -722,8 +723,13 @@ class Queue(Settling):
         stage: str | None = None,
         sweep: str | None = None,
         include_cancelled: bool = True,
+        from_scratch: bool = False,
     ) -> list[str]:
-        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
+        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts.
+
+        from_scratch: the jobs may start over without the checkpoints that were refused and
+        quarantined (quarantine.py); without it such a job fails again at once.
+        """
         statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
 
         def txn(conn: Connection) -> list[str]:
@@ -755,6 +761,8 @@ class Queue(Settling):
                     continue
                 retried.append(job_id)
                 add_event(conn, job_id, "retried", detail="by user")
+                if from_scratch:
+                    add_event(conn, job_id, FROM_SCRATCH, detail="by user: refused checkpoints stay in quarantine")
                 touched.setdefault(row.sweep, set()).add(row.stage)
             self._reopen_and_settle(conn, touched, _retried_why(retried))
             return retried
