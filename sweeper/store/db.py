@@ -358,6 +358,15 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one read transaction, retried through an outage like the writes are."""
+
+        def txn() -> T:
+            with self.read() as conn:
+                return fn(conn)
+
+        return self.retrying(txn, what)
+
     def retrying(self, fn: Callable[[], T], what: str) -> T:
         """Run fn, retrying transient errors with exponential backoff up to the outage limit."""
         delay = self.outage.first_delay_s
@@ -504,3 +513,13 @@ def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None 
     except sa.exc.DBAPIError as exc:
         raise DatabaseUnavailable(f"cannot use database {db.display_url}: {_first_line(exc)}") from None
     return db
+
+
+@contextmanager
+def open_db(url: str, *, create: bool = True, outage: OutagePolicy | None = None) -> Iterator[Database]:
+    """open_database() for the length of a `with` block: its connections are closed at the end."""
+    db = open_database(url, create=create, outage=outage)
+    try:
+        yield db
+    finally:
+        db.dispose()

@@ -245,12 +245,7 @@ class Queue(Settling):
 
     def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one read transaction, retried through an outage like the writes are."""
-
-        def txn() -> T:
-            with self.db.read() as conn:
-                return fn(conn)
-
-        return self.db.retrying(txn, what)
+        return self.db.in_read(what, fn)
 
     def in_lease(self, lease: Lease, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one write transaction while `lease` still owns its job: the fencing helper for
