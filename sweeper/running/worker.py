@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sweeper import mappings
@@ -56,7 +56,6 @@ class WorkerOptions:
     db_outage_s: float = 120.0
     data_dir: str | None = None
     progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
-    extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
     scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
     mirror_lineage: str | None = None  # record each result in a file first (recovery.py)
@@ -224,8 +223,9 @@ class Worker:
             return exc.exit_code
         queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s, reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
         self.queue = queue
-        self.checkpoints = CheckpointStore(queue, settings.state_dir, self.opts.store_mode, warn=self.log)
-        self.artifacts = ArtifactStore(queue, settings.state_dir, self.opts.store_mode)
+        mode = self.opts.store_mode
+        self.checkpoints = CheckpointStore(db, settings.state_dir, mode, fence=queue.in_lease, warn=self.log)
+        self.artifacts = ArtifactStore(db, settings.state_dir, mode, fence=queue.in_lease)
         try:
             queue.register_worker(self.id, socket.gethostname(), os.getpid(), self.opts.threads)
             self.log(
@@ -305,7 +305,7 @@ class Worker:
             tracker=tracker,
             threads=opts.threads,
             state_dir=settings.state_dir,
-            options={"data_dir": opts.data_dir, **opts.extra},
+            options={"data_dir": opts.data_dir},
             log=self.log,
             scan_checkpoints=opts.scan_checkpoints,
         )
