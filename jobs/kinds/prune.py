@@ -152,7 +152,7 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
         "sha256": info["sha256"],
     }
     ctx.log_metrics(step_metrics(input_record, acc), step=0)
-    state = {
+    state: dict[str, Any] = {
         "version": STATE_VERSION,
         "method": p.method,
         "layer": p.layer,
@@ -199,7 +199,7 @@ def uses_control(p: PruneParams) -> bool:
 
 
 def unit_count(p: PruneParams, arch: Arch) -> int | None:
-    return surgery.unit_count(arch, p.layer) if p.method == "structured" else None
+    return surgery.unit_count(arch, p.layer_name) if p.method == "structured" else None
 
 
 def model_of(arch: dict[str, Any], state_dict: dict[str, Any]) -> CNN:
@@ -213,7 +213,7 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
     k = len(state["steps"]) + 1
     if p.method == "structured":
         current = model_of(state["current"]["arch"], state["current"]["state_dict"])
-        units = surgery.unit_count(current.arch, p.layer)
+        units = surgery.unit_count(current.arch, p.layer_name)
         stop = None
         if units <= 1:
             stop = f"one unit left in {p.layer}"
@@ -223,9 +223,9 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
             state["done"], state["stop_reason"] = True, stop
             ctx.checkpoint(state)
             return
-        scores = surgery.importance(current, p.layer)
+        scores = surgery.importance(current, p.layer_name)
         unit = int(scores.argmin())
-        pruned = surgery.remove_units(current, p.layer, [unit])
+        pruned = surgery.remove_units(current, p.layer_name, [unit])
         before = state["current"]["accuracy"]
         pending: dict[str, Any] = {
             "step": k,
@@ -241,7 +241,7 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
             return
         original = load_input(state)
         amount = p.amounts[k - 1]
-        pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
+        pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer_name), amount)
         before = state["input"]["test_accuracy"]
         pending = {"step": k, "amount": amount, "masks": masks}
     _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
@@ -298,7 +298,7 @@ def finetune(
         # fit() counts its steps from 1 again on every call
         metric_prefix=f"control/step{k}/" if control else f"finetune/step{k}/",
     )
-    masks = None if control else pending["masks"]
+    masks = (None if control else pending["masks"]) or {}  # none: structured steps and the control
     if masks:
         masks = {name: m.to(data.train.x.device) for name, m in masks.items()}
 

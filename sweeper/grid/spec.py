@@ -751,7 +751,7 @@ def _expand_repeat(r: _Reader, sweep: str, stage: StageSpec, source_jobs: list[J
     model = registry.load_params_model(stage.kind)
     field = model.model_fields.get(handoff.SEED_KEY) if model is not None else None
     default = field.default if field is not None else None  # the seed a job that sets none runs with
-    used = sorted({j.params.get(handoff.SEED_KEY, default) for j in source_jobs} & set(rep.seeds))
+    used = sorted(set(rep.seeds) & {j.params.get(handoff.SEED_KEY, default) for j in source_jobs})
     if used:
         raise r.error(
             f"repeat seed(s) {used} are already seeds of stage '{rep.stage}': a repeat would rerun the same job",

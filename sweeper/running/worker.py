@@ -293,6 +293,10 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
 
+    def _heartbeat(self) -> Heartbeat:
+        assert self.heartbeat is not None, "started before the first claim"
+        return self.heartbeat
+
     def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
         opts = self.opts
         settings = opts.settings
@@ -317,7 +321,8 @@ class Worker:
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
         if self.view is not None:
             ctx.on_progress = self.view.updater(job)
-        self.heartbeat.attach(ctx)
+        heartbeat = self._heartbeat()
+        heartbeat.attach(ctx)
         run_status = "FAILED"
         # The run is shared by every attempt of the job. Each ending below first checks that this
         # worker still holds the lease, then closes the run, then records the ending in the queue:
@@ -325,7 +330,7 @@ class Worker:
         # worker frozen past its lease) never touches the run: not its status, not its points.
         try:
             result, error, retry = self._call(queue, job, ctx, tracker)
-            self.heartbeat.detach()  # from here on no renewal races the final write
+            heartbeat.detach()  # from here on no renewal races the final write
             if error is not None:
                 queue.verify_lease(job.lease)
                 self._end_run(tracker, job, "FAILED")
@@ -358,7 +363,7 @@ class Worker:
             run_status = "LOST"
             raise
         finally:
-            self.heartbeat.detach()
+            heartbeat.detach()
             self._ctx = None
             if self.view is not None:
                 self.view.remove(job)
@@ -398,8 +403,8 @@ class Worker:
         except (registry.KindError, UnsafePath) as exc:  # neither gets better on a retry
             return None, str(exc), False
         except Exception:
-            if self.heartbeat.db_down is not None:
-                raise self.heartbeat.db_down from None
+            if (down := self._heartbeat().db_down) is not None:
+                raise down from None
             return None, traceback.format_exc(), True
 
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot,

@@ -24,6 +24,7 @@ fence for its writes; a reader (the report) passes none and can only read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
@@ -392,11 +393,11 @@ class CheckpointStore:
                     continue
                 read = _reader(path)
             else:
-                read = lambda rid=rec.id: read_blob(self.db, checkpoint_rows, rid)  # noqa: E731
+                read = functools.partial(read_blob, self.db, checkpoint_rows, rec.id)
             candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
         if scan:
             known = {c.sha256 for c in candidates}
-            for path, digest, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
+            for path, digest, file_seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
                 if digest in known:
                     continue
                 try:
@@ -406,8 +407,8 @@ class CheckpointStore:
                     continue
                 # A file named before seqs were (<time_ns>.<sha256>.ckpt) sorts after every
                 # numbered one; among themselves such files keep their old order.
-                order = (seq, 0, 0) if seq is not None else (-1, 0, _legacy_time(path))
-                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), seq))
+                order = (file_seq, 0, 0) if file_seq is not None else (-1, 0, _legacy_time(path))
+                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), file_seq))
         candidates.sort(key=lambda c: c.order, reverse=True)
         refused: RefusedCheckpoint | None = None
         for c in candidates:
@@ -471,7 +472,7 @@ def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
     """
     if not directory.is_dir():
         return []
-    found = []
+    found: list[tuple[Path, str, int | None]] = []
     for path in directory.iterdir():
         parts = path.name.split(".")
         if len(parts) != 3 or not path.name.endswith(SUFFIX) or len(parts[1]) != 64:

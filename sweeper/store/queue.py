@@ -694,7 +694,7 @@ class Queue(Settling):
     def _select_ids(
         self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
     ) -> list[str]:
-        cond = [jobs.c.status.in_(list(statuses))]
+        cond: list[sa.ColumnElement[bool]] = [jobs.c.status.in_(list(statuses))]
         if ids:
             cond.append(jobs.c.id.in_(list(ids)))
         if stage:

@@ -205,7 +205,11 @@ def why_untouched(
             return [f"job {i} is {status[i]}" for i in ids if i not in picked and i in status]
         if picked:
             return []
-        cond = [c for c in (stage and jobs.c.stage == stage, sweep and jobs.c.sweep == sweep) if c is not None]
+        cond: list[sa.ColumnElement[bool]] = []
+        if stage:
+            cond.append(jobs.c.stage == stage)
+        if sweep:
+            cond.append(jobs.c.sweep == sweep)
         query = sa.select(jobs.c.status, sa.func.count()).where(*cond).group_by(jobs.c.status)
         counts = {status: n for status, n in conn.execute(query)}
     scope = " and ".join([*([f"stage '{stage}'"] if stage else []), *([f"sweep '{sweep}'"] if sweep else [])])

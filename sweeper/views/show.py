@@ -385,10 +385,10 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
             ("stored", {"overflow": "fold"}),
         )
         for f in files:
-            where = Text(f.where)
+            stored_at = Text(f.where)
             if f.present is False:
-                where.append("  (missing on this machine)", style="red")
-            t.add_row(f.name, _size(f.size), f.sha256[:12], where)
+                stored_at.append("  (missing on this machine)", style="red")
+            t.add_row(f.name, _size(f.size), f.sha256[:12], stored_at)
         parts.append(titled(title, t))
 
     if d.error:
@@ -403,7 +403,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     return Group(*parts)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
