@@ -171,6 +171,12 @@ class PruneParams(StrictParams):
     eval_batch_size: int = Field(1000, ge=1)
     device: Device = "auto"  # evaluation and fine-tuning; the pruning itself is cheap and stays on the CPU
 
+    @property
+    def layer_name(self) -> str:
+        """`layer` as validated: never None ("all" when a magnitude job names none)."""
+        assert self.layer is not None, "filled in by _layer_fits_method"
+        return self.layer
+
     @field_validator("layer")
     @classmethod
     def _layer_fits_method(cls, layer: str | None, info: ValidationInfo) -> str | None:

@@ -131,7 +131,8 @@ def init_weights(model: nn.Module, init: str) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fn(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # every layer of CNN has one
+                nn.init.zeros_(module.bias)
 
 
 def build(arch: Arch, init: str, seed: int) -> CNN:

@@ -419,15 +419,6 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _get_path(params: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = params
@@ -750,8 +741,8 @@ def _check_handoff_names(r: _Reader, spec: SweepSpec) -> None:
         for path, ref in _safe_refs(r, stage, job.params):
             if ref.metric is None or ref.form == "all_of":  # all_of hands on every job; it ranks nothing
                 continue
-            where = ("stages", stage.name, "params", path.split(".")[0])
-            check_metric(ref.metric, ref.stages, ref.form, *where, stage=stage.name, key=path)
+            at = ("stages", stage.name, "params", path.split(".")[0])
+            check_metric(ref.metric, ref.stages, ref.form, *at, stage=stage.name, key=path)
 
 
 def _stage_names(names: Iterable[str]) -> str:
@@ -857,7 +848,7 @@ def _expand_repeat(r: _Reader, sweep: str, stage: StageSpec, source_jobs: list[J
     model = registry.load_params_model(stage.kind)
     field = model.model_fields.get(handoff.SEED_KEY) if model is not None else None
     default = field.default if field is not None else None  # the seed a job that sets none runs with
-    used = sorted({j.params.get(handoff.SEED_KEY, default) for j in source_jobs} & set(rep.seeds))
+    used = sorted(set(rep.seeds) & {j.params.get(handoff.SEED_KEY, default) for j in source_jobs})
     if used:
         raise r.error(
             f"repeat seed(s) {used} are already seeds of stage '{rep.stage}': a repeat would rerun the same job",

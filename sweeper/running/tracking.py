@@ -22,6 +22,7 @@ any machine. A tracking server (http://...) stores files where it is configured 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -385,7 +386,7 @@ class MLflowTracker:
             if EXPERIMENT_KIND.keys() - exp.tags.keys():  # an experiment made by an older sweeper
                 for key, value in experiment_tags().items():
                     _retry_transient(
-                        lambda k=key, v=value: self.client.set_experiment_tag(exp.experiment_id, k, v), "tag"
+                        functools.partial(self.client.set_experiment_tag, exp.experiment_id, key, value), "tag"
                     )
             return exp.experiment_id
         location = self.artifact_location or (self.artifact_root.resolve().as_uri() if self.artifact_root else None)
@@ -472,7 +473,7 @@ class MLflowTracker:
         for other in found:
             if other.info.run_id != self._run_id:
                 _retry_transient(
-                    lambda r=other.info.run_id: self.client.delete_run(r), "delete a second run of the job"
+                    functools.partial(self.client.delete_run, other.info.run_id), "delete a second run of the job"
                 )
 
     def _log_params(self, run: RunInfo) -> None:
@@ -481,7 +482,7 @@ class MLflowTracker:
         items = [Param(k, v) for k, v in sorted(flatten_params(run.params).items())]
         for i in range(0, len(items), 100):
             _retry_transient(
-                lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
+                functools.partial(self.client.log_batch, self._run_id, params=items[i : i + 100]), "log params"
             )
 
     def _run_of_job(self, exp_id: str, job_id: str) -> Any:
@@ -499,7 +500,9 @@ class MLflowTracker:
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
         floor = {}
         for key in keys:
-            history = _retry_transient(lambda k=key: self.client.get_metric_history(run_id, k), "read metric history")
+            history = _retry_transient(
+                functools.partial(self.client.get_metric_history, run_id, key), "read metric history"
+            )
             if history:
                 floor[key] = max(m.step for m in history)
         return floor
@@ -534,7 +537,7 @@ class MLflowTracker:
             chunk = points[i : i + self.BATCH]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
             try:
-                _retry_transient(lambda m=metrics: self.client.log_batch(self._run_id, metrics=m), "log metrics")
+                _retry_transient(functools.partial(self.client.log_batch, self._run_id, metrics=metrics), "log metrics")
             except BaseException:
                 self._buffer = points[i:] + self._buffer  # not written: a later flush tries them again
                 raise

@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sweeper import mappings
@@ -57,7 +57,6 @@ class WorkerOptions:
     db_outage_s: float = 120.0
     data_dir: str | None = None
     progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
-    extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
     scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
     mirror_lineage: str | None = None  # record each result in a file first (recovery.py)
@@ -226,8 +225,9 @@ class Worker:
             return exc.exit_code
         queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s, reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
         self.queue = queue
-        self.checkpoints = CheckpointStore(queue, settings.state_dir, self.opts.store_mode, warn=self.log)
-        self.artifacts = ArtifactStore(queue, settings.state_dir, self.opts.store_mode)
+        mode = self.opts.store_mode
+        self.checkpoints = CheckpointStore(db, settings.state_dir, mode, fence=queue.in_lease, warn=self.log)
+        self.artifacts = ArtifactStore(db, settings.state_dir, mode, fence=queue.in_lease)
         try:
             queue.register_worker(self.id, socket.gethostname(), os.getpid(), self.opts.threads)
             self.log(
@@ -300,6 +300,10 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
 
+    def _heartbeat(self) -> Heartbeat:
+        assert self.heartbeat is not None, "started before the first claim"
+        return self.heartbeat
+
     def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
         opts = self.opts
         settings = opts.settings
@@ -312,7 +316,7 @@ class Worker:
             tracker=tracker,
             threads=opts.threads,
             state_dir=settings.state_dir,
-            options={"data_dir": opts.data_dir, **opts.extra},
+            options={"data_dir": opts.data_dir},
             log=self.log,
             scan_checkpoints=opts.scan_checkpoints,
         )
@@ -324,7 +328,8 @@ class Worker:
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
         if self.view is not None:
             ctx.on_progress = self.view.updater(job)
-        self.heartbeat.attach(ctx)
+        heartbeat = self._heartbeat()
+        heartbeat.attach(ctx)
         run_status = "FAILED"
         # The run is shared by every attempt of the job. Each ending below first checks that this
         # worker still holds the lease, then closes the run, then records the ending in the queue:
@@ -332,7 +337,7 @@ class Worker:
         # worker frozen past its lease) never touches the run: not its status, not its points.
         try:
             result, error, retry = self._call(queue, job, ctx, tracker)
-            self.heartbeat.detach()  # from here on no renewal races the final write
+            heartbeat.detach()  # from here on no renewal races the final write
             if error is not None:
                 queue.verify_lease(job.lease)
                 self._end_run(tracker, job, "FAILED")
@@ -365,7 +370,7 @@ class Worker:
             run_status = "LOST"
             raise
         finally:
-            self.heartbeat.detach()
+            heartbeat.detach()
             self._ctx = None
             if self.view is not None:
                 self.view.remove(job)
@@ -407,8 +412,8 @@ class Worker:
         except (registry.KindError, UnsafePath, RefusedCheckpoint) as exc:  # none gets better on a retry
             return None, str(exc), False
         except Exception:
-            if self.heartbeat.db_down is not None:
-                raise self.heartbeat.db_down from None
+            if (down := self._heartbeat().db_down) is not None:
+                raise down from None
             return None, traceback.format_exc(), True
 
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot,

@@ -470,6 +470,15 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one read transaction, retried through an outage like the writes are."""
+
+        def txn() -> T:
+            with self.read() as conn:
+                return fn(conn)
+
+        return self.retrying(txn, what)
+
     def retrying(self, fn: Callable[[], T], what: str) -> T:
         """Run fn, retrying transient errors with exponential backoff up to the outage limit."""
         delay = self.outage.first_delay_s
@@ -669,3 +678,15 @@ def open_database(
     except sa.exc.DBAPIError as exc:
         raise DatabaseUnavailable(f"cannot use database {db.display_url}: {_first_line(exc)}") from None
     return db
+
+
+@contextmanager
+def open_db(
+    url: str, *, create: bool = True, outage: OutagePolicy | None = None, readonly: bool = False
+) -> Iterator[Database]:
+    """open_database() for the length of a `with` block: its connections are closed at the end."""
+    db = open_database(url, create=create, outage=outage, readonly=readonly)
+    try:
+        yield db
+    finally:
+        db.dispose()

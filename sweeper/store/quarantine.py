@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from sweeper.store.db import add_event, events
+from sweeper.store.db import Database, add_event, events
 from sweeper.store.db import checkpoints as checkpoint_rows
 from sweeper.store.statepaths import under
-
-if TYPE_CHECKING:
-    from sweeper.store.queue import Queue
 
 AREA = "quarantine"
 QUARANTINED = "quarantined"  # event: a file was refused and kept aside
@@ -32,7 +28,7 @@ FROM_SCRATCH = "from_scratch"  # event: the user restarted the job without its r
 
 
 def is_quarantined(location: str | None) -> bool:
-    return bool(location) and location.split("/", 1)[0] == AREA
+    return location is not None and location.split("/", 1)[0] == AREA
 
 
 def keep(root: Path, sweep: str, job_id: str, name: str, *, path: Path | None, data: bytes) -> Path:
@@ -48,22 +44,22 @@ def keep(root: Path, sweep: str, job_id: str, name: str, *, path: Path | None, d
     return dest
 
 
-def record(queue: Queue, job_id: str, row_id: int | None, location: str, detail: str) -> None:
+def record(db: Database, job_id: str, row_id: int | None, location: str, detail: str) -> None:
     """Flag the checkpoint row (its location now in quarantine) and record the event, in one transaction.
 
     Not fenced by the job's lease: keeping evidence is right whoever holds the job.
     """
 
     def txn() -> None:
-        with queue.db.write() as conn:
+        with db.write() as conn:
             if row_id is not None:
                 conn.execute(checkpoint_rows.update().where(checkpoint_rows.c.id == row_id).values(location=location))
             add_event(conn, job_id, QUARANTINED, detail=detail)
 
-    queue.db.retrying(txn, "record a quarantined checkpoint")
+    db.retrying(txn, "record a quarantined checkpoint")
 
 
-def pending_refusal(queue: Queue, job_id: str) -> str | None:
+def pending_refusal(db: Database, job_id: str) -> str | None:
     """The detail of the job's newest `quarantined` event, unless `retry --from-scratch` came after it."""
 
     def read(conn: sa.Connection) -> str | None:
@@ -75,4 +71,4 @@ def pending_refusal(queue: Queue, job_id: str) -> str | None:
         ).first()
         return row.detail or "" if row is not None and row.type == QUARANTINED else None
 
-    return queue.in_read("read quarantine events", read)
+    return db.in_read("read quarantine events", read)

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from sweeper.config import mask_password
 from sweeper.errors import LeaseLost, error_summary
 from sweeper.grid.spec import JobSpec, StageSpec, SweepSpec
+from sweeper.mappings import summary_line
 from sweeper.store.db import (
     ACTIVE,
     INSERT_EVENT,
@@ -248,12 +249,7 @@ class Queue(Settling):
 
     def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one read transaction, retried through an outage like the writes are."""
-
-        def txn() -> T:
-            with self.db.read() as conn:
-                return fn(conn)
-
-        return self.db.retrying(txn, what)
+        return self.db.in_read(what, fn)
 
     def in_lease(self, lease: Lease, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one write transaction while `lease` still owns its job: the fencing helper for
@@ -445,6 +441,21 @@ class Queue(Settling):
             return reaped
 
         return self._in_write("reap expired leases", txn)
+
+    def release_all_running(self) -> list[str]:
+        """Put every running job back, as if each worker's lease had run out: an interruption each,
+        their stages settled by the reaper. Only for a caller that knows no worker runs them: a
+        mirrored session that holds the state lease (recovery.py). Returns the jobs' ids."""
+
+        def txn(conn: Connection) -> list[str]:
+            running = list(conn.execute(sa.select(jobs.c.id).where(jobs.c.status == "running")).scalars())
+            conn.execute(jobs.update().where(jobs.c.status == "running").values(lease_expires_at=0.0))
+            return running
+
+        running = self._in_write("expire the leases of running jobs", txn)
+        while self.reap_expired():
+            pass
+        return running
 
     def _reap_expired(self, conn: Connection) -> int:
         # A plain read (no row locks yet): a lease past its interruption limit ends the job, which
@@ -653,12 +664,6 @@ class Queue(Settling):
             self._settle(conn, r.sweep, {r.stage})
         return status
 
-    def record_event(self, lease: Lease, type_: str, detail: str) -> None:
-        def txn(conn: Connection) -> None:
-            add_event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
-
-        self._in_write("record an event", txn)
-
     # -----------------------------------------------------------------------------------------
     # Workers
 
@@ -704,7 +709,7 @@ class Queue(Settling):
     def _select_ids(
         self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
     ) -> list[str]:
-        cond = [jobs.c.status.in_(list(statuses))]
+        cond: list[sa.ColumnElement[bool]] = [jobs.c.status.in_(list(statuses))]
         if ids:
             cond.append(jobs.c.id.in_(list(ids)))
         if stage:
@@ -875,8 +880,6 @@ def _retried_why(ids: Sequence[str]) -> str:
 
 
 def _summary(result: dict[str, Any]) -> str:
-    from sweeper.mappings import summary_line  # may move to the top with issue 11's rework of this module
-
     return summary_line(result, limit=6)
 
 

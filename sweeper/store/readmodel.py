@@ -148,7 +148,7 @@ def work_summary(
     conn: sa.Connection, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None
 ) -> WorkSummary:
     """What is left for a worker with these filters: whether to claim again, wait, or exit."""
-    cond = []
+    cond: list[sa.ColumnElement[bool]] = []
     if stages_filter:
         cond.append(jobs.c.stage.in_(list(stages_filter)))
     if sweep:

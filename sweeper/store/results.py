@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -23,6 +23,9 @@ from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
 from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
 from sweeper.store.readmodel import JobParams, read_stages, read_sweeps
+
+if TYPE_CHECKING:
+    from sweeper.store.checkpoints import ArtifactStore
 
 Scalar = str | int | float | bool | None
 
@@ -218,7 +221,11 @@ def why_untouched(
             return [f"job {i} is {status[i]}" for i in ids if i not in picked and i in status]
         if picked:
             return []
-        cond = [c for c in (stage and jobs.c.stage == stage, sweep and jobs.c.sweep == sweep) if c is not None]
+        cond: list[sa.ColumnElement[bool]] = []
+        if stage:
+            cond.append(jobs.c.stage == stage)
+        if sweep:
+            cond.append(jobs.c.sweep == sweep)
         query = sa.select(jobs.c.status, sa.func.count()).where(*cond).group_by(jobs.c.status)
         counts = {status: n for status, n in conn.execute(query)}
     scope = " and ".join([*([f"stage '{stage}'"] if stage else []), *([f"sweep '{sweep}'"] if sweep else [])])
@@ -272,7 +279,7 @@ class SweepView:
         self._jobs = load_jobs(db, sweep)
         self._artifacts: dict[str, list[str]] | None = None
         self._stale: dict[str, str] | None = None
-        self._store: Any = None
+        self._store: ArtifactStore | None = None
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -296,30 +303,26 @@ class SweepView:
 
     # -- artifacts ---------------------------------------------------------------------------
 
-    def _queue_and_store(self) -> Any:
+    def _artifact_store(self) -> ArtifactStore:
         if self._store is None:
             from sweeper.store.checkpoints import ArtifactStore
-            from sweeper.store.queue import Queue
 
-            queue = Queue(self.db)
-            self._store = (queue, ArtifactStore(queue, self.state_dir))
+            self._store = ArtifactStore(self.db, self.state_dir)  # no fence: it can only read
         return self._store
 
     def artifact_names(self, job_id: str) -> list[str]:
         if self._artifacts is None:
             from sweeper.store.checkpoints import list_artifacts
 
-            queue, _ = self._queue_and_store()
             found: dict[str, list[str]] = {}
-            for rec in list_artifacts(queue, [j.id for j in self._jobs]):
+            for rec in list_artifacts(self.db, [j.id for j in self._jobs]):
                 found.setdefault(rec.job_id, []).append(rec.name)
             self._artifacts = found
         return list(self._artifacts.get(job_id, []))
 
     def artifact(self, job_id: str, name: str) -> Path:
         """A local copy of the artifact, verified against its sha256. Raises CheckpointError."""
-        _, store = self._queue_and_store()
-        return store.fetch(job_id, name)
+        return self._artifact_store().fetch(job_id, name)
 
     def read_json(self, job_id: str, name: str) -> Any:
         path = self.artifact(job_id, name)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any
 
 from sweeper.errors import error_summary
@@ -106,6 +108,16 @@ def rows(records: Iterable[JobRecord]) -> tuple[list[str], list[dict[str, Any]]]
         out.append(row)
     header = [*FIXED, *(f"params.{k}" for k in params), *(f"metrics.{k}" for k in metrics)]
     return header, out
+
+
+def write_csv_file(records: Iterable[JobRecord], path: Path) -> int:
+    """Write the CSV to `path` atomically (a reader never sees half a file); returns the number of jobs."""
+    from sweeper.store.checkpoints import atomic_write  # CheckpointError, with a hint, when it cannot
+
+    buf = io.StringIO()
+    n = write_csv(records, buf)
+    atomic_write(path, buf.getvalue().encode("utf-8"))
+    return n
 
 
 def write_csv(records: Iterable[JobRecord], stream: IO[str]) -> int:

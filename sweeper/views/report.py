@@ -23,6 +23,7 @@ the rest of the report is still written.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -364,7 +365,7 @@ def pick_plugins(names: list[str] | None) -> list[Plugin]:
         elif ":" in name:
             from sweeper.grid.registry import load_target
 
-            picked.append(Plugin(name, name, lambda n=name: load_target(n)))
+            picked.append(Plugin(name, name, functools.partial(load_target, name)))
         else:
             raise UsageError(
                 f"no report plug-in named '{name}'",
@@ -445,11 +446,11 @@ def write_report(
     leading = [s for s in plugin_sections if s.lead]
     ordered = [*leading, *sections, *(s for s in plugin_sections if not s.lead)]
     generic = {id(s) for s in sections}
-    for s in ordered:
-        if leading and s is sections[0]:
+    for part in ordered:
+        if leading and part is sections[0]:
             lines += ["## Appendix: every stage in detail", ""]
-        level = max(2, s.level) + (1 if leading and id(s) in generic else 0)
-        lines += [f"{'#' * level} {s.title}", "", s.body.strip(), ""]
+        level = max(2, part.level) + (1 if leading and id(part) in generic else 0)
+        lines += [f"{'#' * level} {part.title}", "", part.body.strip(), ""]
     path = out_dir / "report.md"
     # The last line of defence for what plug-ins wrote: no control character reaches the file raw.
     text = visible("\n".join(lines).rstrip() + "\n", lines=True)

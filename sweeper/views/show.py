@@ -435,7 +435,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     return Group(*parts)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
