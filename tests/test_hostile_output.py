@@ -24,7 +24,7 @@ from sweeper.grid.spec import parse_spec
 from sweeper.running.progress import LineView
 from sweeper.running.worker import Worker
 from sweeper.store.checkpoints import record_artifact
-from sweeper.store.db import jobs, open_database, sweeps
+from sweeper.store.db import add_event, jobs, open_database, sweeps
 from sweeper.store.queue import Queue
 from sweeper.views.export import spreadsheet_safe
 from sweeper.views.safe_text import is_clean, visible
@@ -83,8 +83,9 @@ def hostile_queue(tmp_path_factory) -> tuple[Path, str, dict[str, str]]:
         queue.register_worker(worker, s if name != "markup_close" else "x[/]y", 100 + i, 1)
         job = queue.claim(worker, 60)
         ids[name] = job.id
-        queue.record_event(job.lease, "note", s)
-        record_artifact(queue, job.lease, name=s, sha256="0" * 64, size=1, location=None, blob=b"x")
+        with db.write() as conn:  # an event row as any writer of the queue could leave it
+            add_event(conn, job.id, "note", worker=worker, attempt=job.lease.attempt, detail=s)
+        record_artifact(queue.in_lease, job.lease, name=s, sha256="0" * 64, size=1, location=None, blob=b"x")
         if i % 2:
             queue.fail(job.lease, s, retry=False)
         else:
@@ -105,6 +106,8 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     from sweeper import cli as sweeper_cli
 
     monkeypatch.setenv("COLUMNS", "250")
+    for console in (sweeper_cli.out, sweeper_cli.err):  # rich reads COLUMNS once, when the console is made
+        monkeypatch.setattr(console, "_width", 250)
     monkeypatch.setattr(sys, "argv", ["sweeper", *args])
     try:
         sweeper_cli.main()
@@ -297,7 +300,7 @@ def test_show_refuses_an_unsafe_location_without_looking_at_it(tmp_path, monkeyp
     queue = Queue(db)
     queue.enqueue(parse_spec(GRID.format(values="1"), "g.yaml"))
     job = queue.claim("w", 60)
-    record_artifact(queue, job.lease, name="model.pt", sha256="0" * 64, size=1, location=location, blob=None)
+    record_artifact(queue.in_lease, job.lease, name="model.pt", sha256="0" * 64, size=1, location=location, blob=None)
     db.dispose()
     looked: list[str] = []
     real_stat = Path.stat

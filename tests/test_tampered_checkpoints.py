@@ -97,7 +97,7 @@ def test_a_tampered_checkpoint_in_any_protocol_is_refused_quarantined_and_never_
     claimed, state_dir, marker, mode, kind
 ):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, mode, keep=2)
+    store = CheckpointStore(queue.db, state_dir, mode, keep=2, fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     store.save(job.lease, "s", {"step": 2})
     data = payload(kind, marker)
@@ -150,7 +150,7 @@ def test_a_job_whose_every_checkpoint_is_tampered_fails_once_and_restarts_only_f
     queue = Queue(db)
     queue.enqueue(parse_spec(textwrap.dedent(GRID), "g.yaml"))
     job = queue.claim("earlier-session", 30)
-    store = CheckpointStore(queue, state, "files")
+    store = CheckpointStore(queue.db, state, "files", fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 2, "resumed_from": None})
     store.save(job.lease, "s", {"step": 3, "resumed_from": None})
     queue.release(job.lease, "the earlier session ended")
@@ -224,7 +224,7 @@ def test_the_summary_of_a_refused_checkpoint_traceback_names_the_file():
 def test_a_tampered_file_only_the_directory_scan_finds_is_quarantined_too(claimed, state_dir, marker):
     """Mirrored mode: a checkpoint file newer than the last database snapshot has no row to flag."""
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, "files")
+    store = CheckpointStore(queue.db, state_dir, "files", fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     with queue.db.write() as conn:  # the snapshot was taken before the checkpoint was recorded
         conn.execute(checkpoints.delete().where(checkpoints.c.job_id == job.id))
