@@ -44,6 +44,8 @@ from sweeper.store.db import (
     WAITING,
     Database,
     add_event,
+    attempts,
+    checkpoints,
     db_now,
     events,
     jobs,
@@ -637,6 +639,80 @@ class Queue(Settling):
         if status == "failed":
             self._settle(conn, r.sweep, {r.stage})
         return status
+
+    def start_attempt(self, lease: Lease, effective: dict[str, Any], provenance: dict[str, Any]) -> str | None:
+        """Record the params the job runs with and where this attempt runs (fenced).
+
+        Returns a warning when the job's newest checkpoint was written under other code than this
+        attempt runs (the `code` hash differs); it is also recorded as a `code_changed` event.
+        """
+
+        def txn(conn: Connection) -> str | None:
+            self._fenced(conn, lease, params_effective=effective)
+            conn.execute(
+                attempts.delete().where(attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt)
+            )
+            conn.execute(
+                attempts.insert().values(
+                    job_id=lease.job_id,
+                    attempt=lease.attempt,
+                    code=provenance.get("code"),
+                    provenance=provenance,
+                    created_at=_now(),
+                )
+            )
+            last = conn.execute(
+                sa.select(sa.func.max(checkpoints.c.attempt)).where(
+                    checkpoints.c.job_id == lease.job_id, checkpoints.c.attempt < lease.attempt
+                )
+            ).scalar()
+            if last is None:
+                return None
+            before = conn.execute(
+                sa.select(attempts.c.code).where(attempts.c.job_id == lease.job_id, attempts.c.attempt == last)
+            ).scalar()
+            now = provenance.get("code")
+            if before is None or now is None or before == now:
+                return None
+            warning = (
+                f"job {lease.job_id} resumes from a checkpoint of attempt {last}, written under code {before}; "
+                f"this attempt runs code {now} (the job kind's source changed in between)"
+            )
+            add_event(conn, lease.job_id, "code_changed", worker=lease.worker_id, attempt=lease.attempt, detail=warning)
+            return warning
+
+        return self._in_write("record the attempt's params and provenance", txn)
+
+    def add_provenance(self, lease: Lease, fields: dict[str, Any]) -> dict[str, Any]:
+        """Merge `fields` into this attempt's provenance (ctx.add_provenance). Returns the whole of it."""
+
+        def txn(conn: Connection) -> dict[str, Any]:
+            self._fenced(conn, lease)
+            row = conn.execute(
+                sa.select(attempts.c.provenance).where(
+                    attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt
+                )
+            ).first()
+            merged = {**(row.provenance if row is not None else {}), **fields}
+            if row is None:
+                conn.execute(
+                    attempts.insert().values(
+                        job_id=lease.job_id,
+                        attempt=lease.attempt,
+                        code=merged.get("code"),
+                        provenance=merged,
+                        created_at=_now(),
+                    )
+                )
+            else:
+                conn.execute(
+                    attempts.update()
+                    .where(attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt)
+                    .values(provenance=merged, code=merged.get("code"))
+                )
+            return merged
+
+        return self._in_write("record the attempt's provenance", txn)
 
     def record_event(self, lease: Lease, type_: str, detail: str) -> None:
         def txn(conn: Connection) -> None:

@@ -96,21 +96,29 @@ def read_stages(conn: sa.Connection, sweep: str | None = None) -> list[StageReco
 
 @dataclass(frozen=True)
 class JobParams:
-    """A job's params as the grid file wrote them and as hand-offs resolved them."""
+    """A job's params as the grid file wrote them, as hand-offs resolved them, and as the job ran them."""
 
     written: dict[str, Any]
     resolved: dict[str, Any] | None  # None until every upstream job has finished (a blocked job)
     provenance: dict[str, str]  # resolved path -> the upstream job id its value came from
+    # Every param the job ran with, its kind's defaults filled in; None until an attempt started
+    # (and for jobs that ran before sweeper recorded them).
+    effective: dict[str, Any] | None = None
 
     @property
     def ran_with(self) -> dict[str, Any]:
         """What the job runs with: resolved when it has hand-offs, else as written."""
         return self.resolved if self.resolved is not None else self.written
 
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """The most complete record there is: effective once a job started, else what it will run with."""
+        return self.effective if self.effective is not None else self.ran_with
+
     @classmethod
     def of(cls, row: Any) -> JobParams:
-        """From a jobs row that has the params, resolved_params and provenance columns."""
-        return cls(row.params or {}, row.resolved_params, row.provenance or {})
+        """From a jobs row that has the params, resolved_params and provenance (and params_effective) columns."""
+        return cls(row.params or {}, row.resolved_params, row.provenance or {}, getattr(row, "params_effective", None))
 
 
 def newest_event_detail(conn: sa.Connection, type_: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sweeper import mappings
 from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
+from sweeper.masking import Secrets, mask_params
 from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
 from sweeper.store.readmodel import JobParams, read_stages, read_sweeps
 
@@ -81,7 +82,9 @@ class JobRecord:
     kind: str
     status: str
     label: str
-    params: dict[str, Any]  # what the job ran with: resolved when it had hand-offs, else as written
+    # What the job ran with: its effective params (the kind's defaults filled in) once it started,
+    # else resolved or as written. Secrets masked (sweeper/masking.py), as everything read here.
+    params: dict[str, Any]
     params_written: dict[str, Any]
     provenance: dict[str, str]
     result: dict[str, Any]
@@ -118,18 +121,19 @@ class StageInfo:
 
 def _record(r: sa.Row) -> JobRecord:
     params = JobParams.of(r)
+    secrets = Secrets.of(params.written, params.resolved)
     return JobRecord(
         id=r.id,
         sweep=r.sweep,
         stage=r.stage,
         kind=r.kind,
         status=r.status,
-        label=r.label or "",
-        params=params.ran_with,
-        params_written=params.written,
+        label=secrets.scrub(r.label or "") or "",
+        params=mask_params(params.recorded),
+        params_written=mask_params(params.written),
         provenance=params.provenance,
         result=r.result if isinstance(r.result, dict) else {},
-        error=r.error,
+        error=secrets.scrub(r.error),
         attempt=r.attempt,
         failures=r.failures,
         interruptions=r.interruptions,
