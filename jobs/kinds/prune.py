@@ -58,6 +58,7 @@ from jobs.kinds.params import PruneParams, parse
 from jobs.ml import magnitude, surgery
 from jobs.ml.data import Dataset, load_dataset
 from jobs.ml.device import cpu_state, on_device, pick_device
+from jobs.ml.device import describe as describe_device
 from jobs.ml.flops import model_cost
 from jobs.ml.model import CNN, Arch, count_params, load_model, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer
@@ -97,6 +98,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     # Models are built and cut on the CPU (cheap); they move to `device` to be measured and
     # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/ml/device.py).
     device = pick_device(p.device)
+    ctx.add_provenance({"device": describe_device(device)})  # recorded with the attempt (sweeper show, MLflow)
     data = load_dataset(
         s["dataset"],
         data_dir=p.data_dir or ctx.options.get("data_dir"),

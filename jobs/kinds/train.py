@@ -23,6 +23,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     arch = Arch.from_params(p.model_dump())
     arch.validate()  # kernel too large for the input etc.: fail now, not after loading data
     device = pick_device(p.device)  # device: cuda without a GPU fails here, before any work
+    ctx.add_provenance({"device": describe(device)})  # recorded with the attempt (sweeper show, MLflow)
 
     data = load_dataset(
         p.dataset,

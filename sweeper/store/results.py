@@ -23,7 +23,7 @@ from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
 from sweeper.masking import Secrets, mask_params
 from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
-from sweeper.store.readmodel import JobParams, read_stages, read_sweeps
+from sweeper.store.readmodel import JobParams, read_stages, read_sweeps, stage_code_versions
 
 Scalar = str | int | float | bool | None
 
@@ -117,6 +117,8 @@ class StageInfo:
     needs: list[str]
     description: str
     counts: dict[str, int] = field(default_factory=dict)
+    # code hash -> done jobs, only when they ran under more than one version of the job code
+    code_versions: dict[str, int] = field(default_factory=dict)
 
 
 def _record(r: sa.Row) -> JobRecord:
@@ -253,8 +255,17 @@ class SweepView:
             self.sweep: str = found[0].name
             self.description: str = found[0].description
             self.spec_file: str | None = found[0].spec_file
+            mixed = stage_code_versions(conn, sweep)
             self.stages: list[StageInfo] = [
-                StageInfo(s.sweep, s.name, s.kind, list(s.spec.needs), s.spec.description, s.counts)
+                StageInfo(
+                    s.sweep,
+                    s.name,
+                    s.kind,
+                    list(s.spec.needs),
+                    s.spec.description,
+                    s.counts,
+                    mixed.get((s.sweep, s.name), {}),
+                )
                 for s in read_stages(conn, sweep)
             ]
         self._jobs = load_jobs(db, sweep)

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from sweeper.errors import UsageError, error_summary
 from sweeper.grid.ranking import Metric, is_seconds
 from sweeper.store.checkpoints import atomic_write
+from sweeper.store.readmodel import code_warning
 from sweeper.store.results import JobRecord, Scalar, SweepView
 from sweeper.views.dashview import duration
 
@@ -181,6 +182,8 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
         intro += f" · {len(failed)} failed"
     if info and info.description:
         intro = f"{info.description}\n\n{intro}"
+    if info and info.code_versions:
+        intro += f"\n\n**Warning:** {code_warning(stage, info.code_versions)}."
     failures = ""
     if failed:
         rows = [[f"`{j.id}`", j.label or "-", error_summary(j.error)] for j in failed]
@@ -303,6 +306,9 @@ def overview(view: SweepView) -> Section:
         ["l", "l", "l", "r", "r", "r", "r", "r"],
     )
     body = table
+    warnings = [code_warning(s.name, s.code_versions) for s in view.stages if s.code_versions]
+    if warnings:
+        body += "\n\n" + "\n".join(f"- **Warning:** {w}." for w in warnings)
     if view.mlflow_screenshot:
         body += (
             f"\n\nThe sweep's runs in the MLflow UI (`mlflow server` on its tracking store):\n\n"
