@@ -25,6 +25,7 @@ from sweeper.grid import handoff, registry
 from sweeper.grid.yamlfile import LineIndex, load_yaml
 from sweeper.mappings import deep_copy as _copy
 from sweeper.mappings import flatten
+from sweeper.masking import mask_params
 
 TOP_KEYS = ("sweep", "description", "defaults", "stages")
 STAGE_KEYS = (
@@ -456,7 +457,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def _label(overrides: list[tuple[str, Any]]) -> str:
     parts = []
     for axis, value in overrides:
-        for key, v in _flatten(value, f"{axis}.").items():
+        # The label is shown everywhere (status, logs, MLflow run names): secrets masked in it.
+        for key, v in _flatten(mask_params(value, axis), f"{axis}.").items():
             parts.append(f"{key}={v}")
     return " ".join(parts)
 
