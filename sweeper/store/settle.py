@@ -239,6 +239,7 @@ class Settling:
                 result=r.result,
                 artifacts=arts.get(r.id, {}),
                 position=r.position,
+                ran_with=_ran_with(r),
             )
             for r in rows
         ]
