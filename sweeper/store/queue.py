@@ -200,6 +200,30 @@ _WORKER_BEAT = (
     .values(last_heartbeat=sa.bindparam("p_now", type_=sa.Float), current_job=sa.bindparam("p_current"))
 )
 
+# An attempt starts (worker.py): the params the job runs with, and where it runs.
+_START = (
+    jobs.update()
+    .where(_OWNED)
+    .values(params_effective=sa.bindparam("p_effective", type_=jobs.c.params_effective.type), updated_at=db_now())
+    .returning(jobs.c.id)
+)
+_INSERT_ATTEMPT = attempts.insert().values(
+    job_id=sa.bindparam("p_job"),
+    attempt=sa.bindparam("p_attempt"),
+    code=sa.bindparam("p_code"),
+    provenance=sa.bindparam("p_provenance", type_=attempts.c.provenance.type),
+    created_at=sa.bindparam("p_now", type_=sa.Float),
+)
+# The attempt that wrote the job's newest checkpoint before this one, and its code hash.
+_LAST_CHECKPOINTED = (
+    sa.select(sa.func.max(checkpoints.c.attempt))
+    .where(checkpoints.c.job_id == sa.bindparam("p_job"), checkpoints.c.attempt < sa.bindparam("p_attempt"))
+    .scalar_subquery()
+)
+_CHECKPOINTED_UNDER = sa.select(attempts.c.attempt, attempts.c.code).where(
+    attempts.c.job_id == sa.bindparam("p_job"), attempts.c.attempt == _LAST_CHECKPOINTED
+)
+
 # Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
 # `max_failures: 20` waited about 15 days.
 MAX_RETRY_BACKOFF_S = 600.0
@@ -645,38 +669,25 @@ class Queue(Settling):
 
         Returns a warning when the job's newest checkpoint was written under other code than this
         attempt runs (the `code` hash differs); it is also recorded as a `code_changed` event.
+        Prebuilt statements, as on the hot path: a no-op job pays for this write on every attempt.
         """
 
         def txn(conn: Connection) -> str | None:
-            self._fenced(conn, lease, params_effective=effective)
+            keys = {"p_job": lease.job_id, "p_token": lease.token, "p_attempt": lease.attempt}
+            if conn.execute(_START, {**keys, "p_effective": effective}).first() is None:
+                raise lease_lost(lease, "not starting it")
             conn.execute(
-                attempts.delete().where(attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt)
+                _INSERT_ATTEMPT, {**keys, "p_code": provenance.get("code"), "p_provenance": provenance, "p_now": _now()}
             )
-            conn.execute(
-                attempts.insert().values(
-                    job_id=lease.job_id,
-                    attempt=lease.attempt,
-                    code=provenance.get("code"),
-                    provenance=provenance,
-                    created_at=_now(),
-                )
-            )
-            last = conn.execute(
-                sa.select(sa.func.max(checkpoints.c.attempt)).where(
-                    checkpoints.c.job_id == lease.job_id, checkpoints.c.attempt < lease.attempt
-                )
-            ).scalar()
-            if last is None:
-                return None
-            before = conn.execute(
-                sa.select(attempts.c.code).where(attempts.c.job_id == lease.job_id, attempts.c.attempt == last)
-            ).scalar()
+            if lease.attempt <= 1:
+                return None  # no checkpoint of an earlier attempt to compare with
+            last = conn.execute(_CHECKPOINTED_UNDER, keys).first()
             now = provenance.get("code")
-            if before is None or now is None or before == now:
+            if last is None or last.code is None or now is None or last.code == now:
                 return None
             warning = (
-                f"job {lease.job_id} resumes from a checkpoint of attempt {last}, written under code {before}; "
-                f"this attempt runs code {now} (the job kind's source changed in between)"
+                f"job {lease.job_id} resumes from a checkpoint of attempt {last.attempt}, written under code "
+                f"{last.code}; this attempt runs code {now} (the job kind's source changed in between)"
             )
             add_event(conn, lease.job_id, "code_changed", worker=lease.worker_id, attempt=lease.attempt, detail=warning)
             return warning
