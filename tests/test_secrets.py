@@ -86,6 +86,9 @@ stages:
     seen["mlflow"] = json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs])
 
     failed = json.loads(seen["show --json failed"])
+    # a kind without a param model records what it was given (masked when shown)
+    assert failed["params_effective"] == {**failed["params_written"], "api_token": MASK}
+    assert failed["params_effective"]["api_key"] == MASK and failed["params_effective"]["mode"] == "fail"
     assert "could not log in to postgresql://alice:***@db.example.org/x with ***" in failed["error"]
     assert "connecting to postgresql://alice:***@" in seen["work log"]
     for where, text in seen.items():

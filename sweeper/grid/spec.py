@@ -622,9 +622,8 @@ def _validate_params(r: _Reader, stage: StageSpec, params: dict[str, Any], model
             raise r.error(
                 f"unknown param '{loc}' for kind '{stage.kind}'", *where, stage=stage.name, key=loc, hint=hint
             ) from None
-        raise r.error(
-            f"param '{loc}': {first.get('msg')} (got {first.get('input')!r})", *where, stage=stage.name, key=loc
-        ) from None
+        got = mask_params(first.get("input"), loc)  # a mistyped secret is still a secret
+        raise r.error(f"param '{loc}': {first.get('msg')} (got {got!r})", *where, stage=stage.name, key=loc) from None
 
 
 def _safe_refs(r: _Reader, stage: StageSpec, params: Mapping[str, Any]) -> list[tuple[str, handoff.Ref]]:
