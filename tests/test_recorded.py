@@ -276,3 +276,31 @@ def test_the_grid_label_masks_secret_values():
     )
     assert spec.jobs[0].label == "value=1 counter_dir=postgresql://alice:***@h/x"
     assert spec.jobs[0].params["counter_dir"] == "postgresql://alice:S3cretPW@h/x"  # the job gets the real one
+
+
+def test_the_code_hash_covers_what_the_kind_imports_from_its_package(tmp_path: Path, monkeypatch):
+    """Edit a module the kind imports: a new hash. Edit one it does not: the same hash."""
+    from sweeper.running.provenance import _code_provenance
+
+    pkg = tmp_path / "mykinds"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kind.py").write_text(
+        "from . import helper\nfrom mykinds.deep import tools\nimport json\n\ndef run(ctx, p):\n    return {}\n"
+    )
+    (pkg / "helper.py").write_text("X = 1\n")
+    (pkg / "deep").mkdir()
+    (pkg / "deep" / "__init__.py").write_text("")
+    (pkg / "deep" / "tools.py").write_text("import torch\n")
+    (pkg / "unrelated.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    first = _code_provenance("mykinds.kind")
+    assert first["code_files"] == 5 and first["torch_version"]  # kind, helper, deep/tools and two __init__
+    (pkg / "unrelated.py").write_text("Y = 2\n")
+    assert _code_provenance("mykinds.kind")["code"] == first["code"]
+    (pkg / "deep" / "tools.py").write_text("import torch  # edited\n")
+    second = _code_provenance("mykinds.kind")["code"]
+    assert second != first["code"]
+    (pkg / "helper.py").write_text("X = 2\n")
+    assert _code_provenance("mykinds.kind")["code"] not in (first["code"], second)

@@ -47,10 +47,12 @@ def attempt_provenance(kind: str, device: str = "cpu") -> dict[str, Any]:
 @cache
 def code_provenance(kind: str) -> dict[str, Any]:
     try:
-        target = registry.lookup(kind).target
-    except Exception:  # an unknown kind fails the job anyway (registry.load_run says why)
-        return {"code": None}
-    module = target.partition(":")[0]
+        return _code_provenance(registry.lookup(kind).target.partition(":")[0])
+    except Exception:  # an unknown kind fails the job anyway (registry.load_run says why); an
+        return {"code": None}  # unreadable file must not fail a job that would run
+
+
+def _code_provenance(module: str) -> dict[str, Any]:
     files, imports = _module_files(module)
     digest = hashlib.sha256()
     root = _package_root(module)
