@@ -82,8 +82,8 @@ class JobRecord:
     kind: str
     status: str
     label: str
-    # What the job ran with: its effective params (the kind's defaults filled in) once it started,
-    # else resolved or as written. Secrets masked (sweeper/masking.py), as everything read here.
+    # What the job ran with as the grid gave it: resolved when it had hand-offs, else as written.
+    # Secrets masked (sweeper/masking.py), as everything read here.
     params: dict[str, Any]
     params_written: dict[str, Any]
     provenance: dict[str, str]
@@ -95,6 +95,13 @@ class JobRecord:
     position: int
     started_at: float | None
     finished_at: float | None
+    # Every param it ran with, the kind's defaults filled in; None until an attempt started.
+    params_effective: dict[str, Any] | None = None
+
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """The fullest record of its params: effective once it started, else `params`."""
+        return self.params_effective if self.params_effective is not None else self.params
 
     @property
     def duration_s(self) -> float | None:
@@ -107,6 +114,10 @@ class JobRecord:
 
     def flat_params(self) -> dict[str, Scalar]:
         return flatten(self.params)
+
+    def flat_recorded(self) -> dict[str, Scalar]:
+        """`recorded` flattened: the CSV's and the generic report's params."""
+        return flatten(self.recorded)
 
 
 @dataclass
@@ -131,7 +142,8 @@ def _record(r: sa.Row) -> JobRecord:
         kind=r.kind,
         status=r.status,
         label=secrets.scrub(r.label or "") or "",
-        params=mask_params(params.recorded),
+        params=mask_params(params.ran_with),
+        params_effective=mask_params(params.effective) if params.effective is not None else None,
         params_written=mask_params(params.written),
         provenance=params.provenance,
         result=r.result if isinstance(r.result, dict) else {},

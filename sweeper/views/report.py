@@ -123,7 +123,7 @@ def varying_params(records: list[JobRecord]) -> list[str]:
     """Flattened param keys whose value differs between the stage's jobs, in first-seen order."""
     values: dict[str, set[str]] = {}
     order: list[str] = []
-    flats = [j.flat_params() for j in records]
+    flats = [j.flat_recorded() for j in records]
     for flat in flats:
         for k in flat:
             if k not in values:
@@ -144,7 +144,7 @@ def ranked(records: list[JobRecord], m: Metric) -> list[JobRecord]:
 def top_table(records: list[JobRecord], keys: list[str], metrics: list[Metric]) -> str:
     """The seed's top-3 layout: one column per job (#1 #2 #3), one row per param and metric."""
     header = ["", *(f"#{i}" for i in range(1, len(records) + 1))]
-    flats = [j.flat_params() for j in records]
+    flats = [j.flat_recorded() for j in records]
     rows = [[k, *(fmt(k, f.get(k)) for f in flats)] for k in keys]
     rows += [[m.name, *(fmt(m.name, j.metric(m.name)) for j in records)] for m in metrics]
     rows.append(["job", *(f"`{j.id}`" for j in records)])
@@ -155,11 +155,11 @@ def full_table(records: list[JobRecord], keys: list[str], metrics: list[Metric],
     header = ["#", *keys, *(m.name for m in metrics), "job"]
     rows = []
     for i, j in enumerate(records, 1):
-        flat = j.flat_params()
+        flat = j.flat_recorded()
         rows.append([str(i), *(fmt(k, flat.get(k)) for k in keys), *(fmt(m.name, j.metric(m.name)) for m in metrics)])
         rows[-1].append(f"`{j.id}`")
     for j in missing:  # no value for the sort metric (target never reached): listed last
-        flat = j.flat_params()
+        flat = j.flat_recorded()
         rows.append(["-", *(fmt(k, flat.get(k)) for k in keys), *(fmt(m.name, j.metric(m.name)) for m in metrics)])
         rows[-1].append(f"`{j.id}`")
     return md_table(header, rows, ["r"] + ["l"] * len(keys) + ["r"] * len(metrics) + ["l"])
@@ -200,7 +200,7 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
 
     if len(done) == 1:
         j = done[0]
-        rows = [[k, fmt(k, v)] for k, v in j.flat_params().items()]
+        rows = [[k, fmt(k, v)] for k, v in j.flat_recorded().items()]
         rows += [[f"**{k}**", fmt(k, v)] for k, v in _scalars(j.result).items()]
         parts.append(f"Job `{j.id}`:\n\n" + md_table(["", "value"], rows, ["l", "r"]))
     elif not metrics:
@@ -255,7 +255,7 @@ def _stage_plots(
     for key in keys:
         name = f"scatter_{slug(stage)}_{slug(key)}.png"
         log(f"drawing {name}")
-        values = [j.flat_params().get(key) for j in both]
+        values = [j.flat_recorded().get(key) for j in both]
         scatter_by(view.figure_path(name), points, values, key, x, y, f"{stage}: by {key}")
         names.append(name)
     return names
@@ -273,7 +273,7 @@ def _strip_plots(
         log(f"drawing {name}")
         strip_by(
             view.figure_path(name),
-            [j.flat_params().get(key) for j in have],
+            [j.flat_recorded().get(key) for j in have],
             [j.metric(m.name) or 0.0 for j in have],
             key,
             m,
