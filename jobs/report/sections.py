@@ -23,14 +23,13 @@ from typing import Any
 
 from jobs.ml.classes import CLASSES
 from jobs.ml.figures import plot_confusion
-from jobs.report.sections.compress import step3, step4
-from jobs.report.sections.curves import Histories
-from jobs.report.sections.failures import q12d
-from jobs.report.sections.md import arch_text, pct, plain, section, table
-from jobs.report.sections.roles import Roles, find_roles
-from jobs.report.sections.search import grid_title, noise, q12a, q12b, q12c
-
-from .report_step1 import step1
+from jobs.report.compress import step3, step4
+from jobs.report.curves import Histories
+from jobs.report.failures import q12d
+from jobs.report.md import arch_text, pct, plain, section, table
+from jobs.report.roles import Roles, find_roles
+from jobs.report.search import grid_title, noise, q12a, q12b, q12c
+from jobs.report.step1 import step1
 
 
 def sections(view: Any) -> list[dict[str, Any]]:
