@@ -29,6 +29,13 @@ def mask_password(text: str) -> str:
     return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", text)
 
 
+def passwords_in(text: str) -> list[str]:
+    """The passwords mask_password hides in `text` (sweeper/masking.py scrubs them from other text)."""
+    found = [m["pw"] for m in _PASSWORD_IN_URL.finditer(text)]
+    found += [m["pw"].strip("'") for m in _PASSWORD_PARAM.finditer(text)]
+    return [p for p in found if p]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations for one command. Built once in the CLI and passed down."""

@@ -10,6 +10,7 @@
             return ctx.interrupted()
         ctx.checkpoint(state)                             # atomic, verified on restore
         ctx.log_artifact(path)                            # recorded with its sha256
+        ctx.add_provenance({"device": "cuda (A100)"})    # recorded with the attempt (show, MLflow tags)
         return {"test_accuracy": 0.91}
 
 A job kind's entry point imports this module. Its helpers import only light modules of
@@ -186,6 +187,21 @@ class JobContext:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step)
+
+    def add_provenance(self, fields: Mapping[str, Any]) -> None:
+        """Record more about where this attempt runs (its device, numerics settings such as TF32).
+
+        Merged into the attempt's provenance (`sweeper show`, `attempts[].provenance` in --json)
+        and set as `provenance.<key>` tags on the MLflow run. Values should be JSON scalars.
+        Raises LeaseLost for a zombie.
+        """
+        if self._lease_lost.is_set():
+            raise LeaseLost(f"job {self.job_id}: lease lost; not recording provenance")
+        plain = {str(k): v for k, v in fields.items()}
+        self.queue.add_provenance(self.job.lease, plain)
+        from sweeper.running.tracking import provenance_tags
+
+        self.tracker.set_tags(provenance_tags(plain))
 
     def log_artifact(self, path: str | Path, name: str | None = None, *, track: bool = True) -> dict[str, Any]:
         """Store a file as this job's output (sha256 in the database) and attach it to the run."""

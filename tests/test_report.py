@@ -147,7 +147,9 @@ def test_report_api_reads_artifacts_verified(sweep, tmp_path):
         assert len(view.jobs("search")) == 8 and view.jobs("never") == []
         assert [j.stage for j in view.jobs("never", status="failed")] == ["never"]
         pick = view.jobs("pick")[0]
-        best = next(j for j in view.jobs("search") if j.params == {"value": 0.9, "steps": 1})
+        best = next(j for j in view.jobs("search") if j.params_written == {"value": 0.9, "steps": 1})
+        assert best.params == {"value": 0.9, "steps": 1}  # as the grid gave it
+        assert best.recorded["value"] == 0.9 and best.recorded["checkpoint"] is True  # effective: defaults too
         assert pick.provenance["upstream"] == best.id  # the first job with the best value
         assert view.artifact_names(pick.id) == []
         assert view.figure_path("x.png") == tmp_path / "x.png"

@@ -43,12 +43,12 @@ def history(store, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_a_job_gets_one_run_named_after_its_stage_and_params_with_tags_and_flat_params(store):
+def test_a_job_gets_one_run_named_after_its_grid_values_and_stage_with_tags_and_flat_params(store):
     t = tracker(store)
     run_id = t.start(info("job-tags"), None)
     t.end("FINISHED")
     run = MlflowClient(store[0]).get_run(run_id)
-    assert run.info.run_name == "model_search lr=0.01 conv1.channels=8"
+    assert run.info.run_name == "lr=0.01 c1.ch=8 · model_search"  # what differs leads (issue 18)
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in ("sweep", "stage", "job_id", "kind", "attempt")} == {
         "sweep": "sweep-a",

@@ -71,7 +71,7 @@ from jobs.kinds.prune_state import (
 )
 from jobs.ml import magnitude, surgery
 from jobs.ml.data import Dataset, load_dataset
-from jobs.ml.device import cpu_state, job_numerics, on_device, pick_device
+from jobs.ml.device import cpu_state, job_numerics, numerics, on_device, pick_device
 from jobs.ml.flops import model_cost
 from jobs.ml.model import CNN, Arch, count_params, load_model, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer
@@ -124,6 +124,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/ml/device.py).
     device = pick_device(p.device)
     with job_numerics(device):  # deterministic kernels on a GPU, for this job only
+        ctx.add_provenance(numerics(device))  # device, tf32, deterministic: with the attempt (show, MLflow)
         return prune(ctx, p, ref, device)
 
 

@@ -14,7 +14,7 @@ from jobs.kinds import outputs
 from jobs.kinds.params import TrainParams, parse
 from jobs.ml import figures
 from jobs.ml.data import load_dataset
-from jobs.ml.device import describe, job_numerics, on_device, pick_device
+from jobs.ml.device import describe, job_numerics, numerics, on_device, pick_device
 from jobs.ml.model import Arch, build, count_params, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer, predict, window_batches
 from sweeper.context import Interrupted, JobContext
@@ -26,6 +26,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     arch.validate()  # kernel too large for the input etc.: fail now, not after loading data
     device = pick_device(p.device)  # device: cuda without a GPU fails here, before any work
     with job_numerics(device):  # deterministic kernels on a GPU, for this job only
+        ctx.add_provenance(numerics(device))  # device, tf32, deterministic: with the attempt (show, MLflow)
         return train(ctx, p, arch, device)
 
 

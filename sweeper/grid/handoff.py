@@ -211,6 +211,10 @@ class Outcome:
     result: dict[str, Any] | None
     artifacts: dict[str, dict[str, Any]]
     position: int
+    # `params` are the effective params (the kind's defaults filled in: what inherit and best_of
+    # hand on); `ran_with` the params as written and resolved, which a repeat job copies, so that
+    # it stays the configuration as written with another seed. None: the same as params.
+    ran_with: dict[str, Any] | None = None
 
     def as_value(self) -> dict[str, Any]:
         return {
@@ -379,7 +383,7 @@ def resolve_params(
     if rank_of is not None:
         # A repeat: the source job's params (already resolved) with the seed set over them.
         source = resolve_rank_of(rank_of, outcomes)
-        resolved = _deep_copy(source.params)
+        resolved = _deep_copy(source.ran_with if source.ran_with is not None else source.params)
         resolved.update({k: _deep_copy(v) for k, v in params.items() if k != RANK_KEY})
         return resolved, {RANK_KEY: source.job_id}
     resolved = _deep_copy(params)

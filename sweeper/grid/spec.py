@@ -25,6 +25,7 @@ from sweeper.grid import handoff, registry
 from sweeper.grid.yamlfile import LineIndex, load_yaml
 from sweeper.mappings import deep_copy as _copy
 from sweeper.mappings import flatten
+from sweeper.masking import mask_params
 
 TOP_KEYS = ("sweep", "description", "defaults", "stages")
 STAGE_KEYS = (
@@ -474,7 +475,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def _label(overrides: list[tuple[str, Any]]) -> str:
     parts = []
     for axis, value in overrides:
-        for key, v in _flatten(value, f"{axis}.").items():
+        # The label is shown everywhere (status, logs, MLflow run names): secrets masked in it.
+        for key, v in _flatten(mask_params(value, axis), f"{axis}.").items():
             parts.append(f"{key}={v}")
     return " ".join(parts)
 
@@ -638,9 +640,8 @@ def _validate_params(r: _Reader, stage: StageSpec, params: dict[str, Any], model
             raise r.error(
                 f"unknown param '{loc}' for kind '{stage.kind}'", *where, stage=stage.name, key=loc, hint=hint
             ) from None
-        raise r.error(
-            f"param '{loc}': {first.get('msg')} (got {first.get('input')!r})", *where, stage=stage.name, key=loc
-        ) from None
+        got = mask_params(first.get("input"), loc)  # a mistyped secret is still a secret
+        raise r.error(f"param '{loc}': {first.get('msg')} (got {got!r})", *where, stage=stage.name, key=loc) from None
 
 
 def _safe_refs(r: _Reader, stage: StageSpec, params: Mapping[str, Any]) -> list[tuple[str, handoff.Ref]]:

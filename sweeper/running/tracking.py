@@ -26,15 +26,17 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from sweeper.errors import LeaseLost
 from sweeper.mappings import flatten
+from sweeper.masking import mask_params, mask_text
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class RunInfo:
     kind: str
     label: str
     attempt: int
-    params: Mapping[str, Any]
+    params: Mapping[str, Any]  # the effective params; masked (sweeper/masking.py) before they are logged
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # the attempt's, logged as provenance.* tags
 
 
 class Tracker(Protocol):
@@ -58,6 +61,9 @@ class Tracker(Protocol):
         """Buffer metric points; nothing is written until flush()."""
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the run (masked; values as text)."""
 
     def flush(self) -> None: ...
 
@@ -87,6 +93,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
     def flush(self) -> None:
@@ -165,6 +174,11 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
+def provenance_tags(provenance: Mapping[str, Any]) -> dict[str, str]:
+    """An attempt's provenance as MLflow tags: provenance.code, provenance.host, ... (masked text)."""
+    return {f"provenance.{k}": mask_text(str(v))[:5000] for k, v in provenance.items() if v is not None}
+
+
 def _is_handoff(value: Mapping[str, Any]) -> bool:
     return "job" in value and "stage" in value
 
@@ -177,7 +191,43 @@ def _int(text: str | None) -> int:
 
 
 def run_name(run: RunInfo) -> str:
-    return f"{run.stage} {run.label}".strip()[:250]
+    """What tells the stage's runs apart first (its grid values, compact), then the stage.
+
+    The runs table cuts names at about 20 characters: `model_search conv1.channels=8 ...` showed
+    the same text for every run of a stage. So the values lead, with short keys
+    (`c1.ch=8 c2.ch=16 de=64 · model_search`); the stage is a tag and a column of the saved view too.
+    """
+    compact = compact_label(mask_text(run.label))
+    return (f"{compact} · {run.stage}" if compact else run.stage)[:250]
+
+
+_LABEL_KEY = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_.\-]*)=")
+
+
+def compact_label(label: str) -> str:
+    """'conv1.channels=8 dense=64' -> 'c1.ch=8 de=64'; full keys where two short ones would collide."""
+    marks = list(_LABEL_KEY.finditer(label))
+    if not marks:
+        return label.strip()
+    pairs = []
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(label)
+        pairs.append((m.group(1), label[m.end() : end].strip()))
+    short = [".".join(_short(part) for part in key.split(".")) for key, _ in pairs]
+    if len(set(short)) < len(short):
+        short = [key for key, _ in pairs]
+    return " ".join(f"{k}={v}" for k, (_, v) in zip(short, pairs, strict=True))
+
+
+def _short(part: str) -> str:
+    """A key part, short: conv1 -> c1, channels -> ch, batch_size -> bs, lr -> lr."""
+    if len(part) <= 3:
+        return part
+    words = [w for w in part.split("_") if w]
+    if len(words) > 1:
+        return "".join(w[0] for w in words)
+    letters, digits = re.match(r"([^\d]*)(\d*)", part).groups()  # type: ignore[union-attr]
+    return letters[0] + digits if digits else part[:2]
 
 
 # Errors worth waiting out: SQLite's lock contention under concurrent workers, and a database
@@ -411,6 +461,7 @@ class MLflowTracker:
         }
         if not self.log_files:
             tags["sweeper.files"] = FILES_IN_QUEUE
+        tags.update(provenance_tags(run.provenance))
         existing = None
         if run_id is not None:
             try:
@@ -434,6 +485,7 @@ class MLflowTracker:
             _retry_transient(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen the run")
             if _int(existing.data.tags.get("attempt")) < run.attempt:
                 _retry_transient(lambda: self.client.set_tag(run_id, "attempt", str(run.attempt)), "tag the run")
+            self.set_tags(provenance_tags(run.provenance))  # this attempt's: the newest attempt wins
             if not existing.data.params:  # the attempt that created the run died before logging them
                 self._log_params(run)
             return run_id
@@ -479,7 +531,7 @@ class MLflowTracker:
     def _log_params(self, run: RunInfo) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in sorted(flatten_params(run.params).items())]
+        items = [Param(k, v) for k, v in sorted(flatten_params(mask_params(dict(run.params))).items())]
         for i in range(0, len(items), 100):
             _retry_transient(
                 functools.partial(self.client.log_batch, self._run_id, params=items[i : i + 100]), "log params"
@@ -521,6 +573,14 @@ class MLflowTracker:
         for key, value, ts, step in points:
             if int(step) > self._floor.get(str(key), -1):
                 self._buffer.append((str(key), float(value), int(ts), int(step)))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self._run_id is None or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), mask_text(str(v))[:5000]) for k, v in tags.items()]
+        _retry_transient(lambda: self.client.log_batch(self._run_id, tags=items), "tag the run")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._run_id is None or not self.log_files:

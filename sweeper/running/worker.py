@@ -28,8 +28,11 @@ from sweeper.config import Settings, mask_password
 from sweeper.context import Interrupted, JobContext, JobFailed
 from sweeper.errors import DatabaseUnavailable, LeaseLost, RefusedCheckpoint, SweeperError, UnsafePath, error_summary
 from sweeper.grid import registry
+from sweeper.grid.effective import effective_params
+from sweeper.masking import Secrets
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
+from sweeper.running.provenance import attempt_provenance, worker_device
 from sweeper.running.tracking import RunInfo, make_tracker, open_job_run
 from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
@@ -181,13 +184,15 @@ class Worker:
         self.jobs_run = 0
         self.view: Any = None
         self.heartbeat: Heartbeat | None = None
+        self._secrets = Secrets()  # of the job being run: scrubbed from every line and error
 
     # -- logging -----------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
         who = f"worker {self.id.split(':')[1]}"
-        # Messages quote the queue (job labels, errors, progress): control characters made visible.
-        self._print(f"{time.strftime('%H:%M:%S')} {who} {visible(mask_password(message), lines=True)}")
+        # Messages quote the queue (job labels, errors, progress): control characters made visible,
+        # the running job's secret params and every URL password masked (sweeper/masking.py).
+        self._print(f"{time.strftime('%H:%M:%S')} {who} {visible(self._secrets.scrub(message) or '', lines=True)}")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -323,6 +328,7 @@ class Worker:
         if self._stop.is_set():
             ctx.request_stop()
         self._ctx = ctx
+        self._secrets = Secrets.of(job.params)
         started = time.monotonic()
         resumed = f", resuming after {job.interruptions} interruption(s)" if job.interruptions else ""
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
@@ -372,6 +378,7 @@ class Worker:
         finally:
             heartbeat.detach()
             self._ctx = None
+            self._secrets = Secrets()
             if self.view is not None:
                 self.view.remove(job)
             if run_status not in ("LOST", "CLOSED"):
@@ -389,11 +396,12 @@ class Worker:
         LeaseLost and DatabaseUnavailable propagate: neither is the job's fault.
         """
         try:
+            effective, provenance = self._start_attempt(queue, job)
             # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
             open_job_run(
                 tracker,
                 queue,
-                RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, effective, provenance),
                 job.lease,
                 job.tracking_run_id,
                 mask_password(self.opts.settings.tracking_uri or ""),
@@ -415,6 +423,15 @@ class Worker:
             if (down := self._heartbeat().db_down) is not None:
                 raise down from None
             return None, traceback.format_exc(), True
+
+    def _start_attempt(self, queue: Queue, job: ClaimedJob) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Record the job's effective params and this attempt's provenance; say so when the code changed."""
+        effective = effective_params(job.kind, job.params)
+        provenance = attempt_provenance(job.kind, worker_device(self.opts.gpu))
+        warning = queue.start_attempt(job.lease, effective, provenance)
+        if warning:
+            self.log(f"warning: {warning}")
+        return effective, provenance
 
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot,
     # so a completion is also written to a file there first (recovery.py).
@@ -439,6 +456,7 @@ class Worker:
         record_result(self.opts.settings.state_dir, lineage, job.sweep, job.id, job.attempt, result)
 
     def _record_failure(self, queue: Queue, job: ClaimedJob, error: str, *, retry: bool) -> None:
+        error = self._secrets.scrub(error) or error  # a traceback or a params error may quote a secret
         try:
             status = queue.fail(job.lease, error, retry=retry)
         except LeaseLost as exc:

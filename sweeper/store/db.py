@@ -26,7 +26,7 @@ from sweeper.config import mask_password
 from sweeper.errors import DatabaseUnavailable, SchemaMismatch, UsageError
 from sweeper.mappings import finite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 T = TypeVar("T")
 
@@ -71,6 +71,9 @@ jobs = sa.Table(
     sa.Column("params", sa.JSON, nullable=False),  # as written in the grid file
     sa.Column("resolved_params", sa.JSON),  # after hand-offs; what the job runs with
     sa.Column("provenance", sa.JSON),  # resolved path -> upstream job id
+    # Every param the job ran with: the kind's defaults filled in (params.py models), hand-offs
+    # resolved. Written when an attempt starts; NULL until then (and in queues of schema 1).
+    sa.Column("params_effective", sa.JSON),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("priority", sa.Integer, nullable=False, default=0),
     sa.Column("position", sa.Integer, nullable=False),  # FIFO order within a priority
@@ -125,6 +128,18 @@ events = sa.Table(
     sa.Column("worker", sa.String(200)),
     sa.Column("attempt", sa.Integer),
     sa.Column("detail", sa.Text),
+)
+
+# Where and on what each attempt ran (sweeper/running/provenance.py): versions, host, device and
+# `code`, the hash of the job kind's source. One row per claim that started the job's code.
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(64)),  # provenance["code"], a column of its own for `status`
+    sa.Column("provenance", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 checkpoints = sa.Table(
@@ -587,8 +602,16 @@ def _first_line(exc: BaseException) -> str:
 # Schema version
 
 
+def _v1_to_v2(conn: Connection) -> None:
+    """Effective params on the job and provenance per attempt (issue 18). Both start empty: the
+    views read NULL as "not recorded" (jobs that ran before the upgrade)."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN params_effective JSON"))
+    attempts.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     # version n -> n + 1. Add an entry (and bump SCHEMA_VERSION) when the schema changes.
+    1: _v1_to_v2,
 }
 
 

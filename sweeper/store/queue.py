@@ -45,6 +45,8 @@ from sweeper.store.db import (
     WAITING,
     Database,
     add_event,
+    attempts,
+    checkpoints,
     db_now,
     events,
     jobs,
@@ -200,6 +202,34 @@ _WORKER_BEAT = (
     workers.update()
     .where(workers.c.id == sa.bindparam("p_worker"))
     .values(last_heartbeat=sa.bindparam("p_now", type_=sa.Float), current_job=sa.bindparam("p_current"))
+)
+
+# An attempt starts (worker.py): the params the job runs with, and where it runs.
+_START = (
+    jobs.update()
+    .where(_OWNED)
+    .values(params_effective=sa.bindparam("p_effective", type_=jobs.c.params_effective.type), updated_at=db_now())
+    .returning(jobs.c.id)
+)
+# A transaction retried after its commit got lost on the way must not trip over its own row.
+_DELETE_ATTEMPT = attempts.delete().where(
+    attempts.c.job_id == sa.bindparam("p_job"), attempts.c.attempt == sa.bindparam("p_attempt")
+)
+_INSERT_ATTEMPT = attempts.insert().values(
+    job_id=sa.bindparam("p_job"),
+    attempt=sa.bindparam("p_attempt"),
+    code=sa.bindparam("p_code"),
+    provenance=sa.bindparam("p_provenance", type_=attempts.c.provenance.type),
+    created_at=sa.bindparam("p_now", type_=sa.Float),
+)
+# The attempt that wrote the job's newest checkpoint before this one, and its code hash.
+_LAST_CHECKPOINTED = (
+    sa.select(sa.func.max(checkpoints.c.attempt))
+    .where(checkpoints.c.job_id == sa.bindparam("p_job"), checkpoints.c.attempt < sa.bindparam("p_attempt"))
+    .scalar_subquery()
+)
+_CHECKPOINTED_UNDER = sa.select(attempts.c.attempt, attempts.c.code).where(
+    attempts.c.job_id == sa.bindparam("p_job"), attempts.c.attempt == _LAST_CHECKPOINTED
 )
 
 # Retry backoff doubles per failure up to this (then jitter): without a cap the 19th retry of
@@ -664,6 +694,68 @@ class Queue(Settling):
             self._settle(conn, r.sweep, {r.stage})
         return status
 
+    def start_attempt(self, lease: Lease, effective: dict[str, Any], provenance: dict[str, Any]) -> str | None:
+        """Record the params the job runs with and where this attempt runs (fenced).
+
+        Returns a warning when the job's newest checkpoint was written under other code than this
+        attempt runs (the `code` hash differs); it is also recorded as a `code_changed` event.
+        Prebuilt statements, as on the hot path: a no-op job pays for this write on every attempt.
+        """
+
+        def txn(conn: Connection) -> str | None:
+            keys = {"p_job": lease.job_id, "p_token": lease.token, "p_attempt": lease.attempt}
+            if conn.execute(_START, {**keys, "p_effective": effective}).first() is None:
+                raise lease_lost(lease, "not starting it")
+            conn.execute(_DELETE_ATTEMPT, keys)
+            conn.execute(
+                _INSERT_ATTEMPT, {**keys, "p_code": provenance.get("code"), "p_provenance": provenance, "p_now": _now()}
+            )
+            if lease.attempt <= 1:
+                return None  # no checkpoint of an earlier attempt to compare with
+            last = conn.execute(_CHECKPOINTED_UNDER, keys).first()
+            now = provenance.get("code")
+            if last is None or last.code is None or now is None or last.code == now:
+                return None
+            warning = (
+                f"job {lease.job_id} resumes from a checkpoint of attempt {last.attempt}, written under code "
+                f"{last.code}; this attempt runs code {now} (the job kind's source changed in between)"
+            )
+            add_event(conn, lease.job_id, "code_changed", worker=lease.worker_id, attempt=lease.attempt, detail=warning)
+            return warning
+
+        return self._in_write("record the attempt's params and provenance", txn)
+
+    def add_provenance(self, lease: Lease, fields: dict[str, Any]) -> dict[str, Any]:
+        """Merge `fields` into this attempt's provenance (ctx.add_provenance). Returns the whole of it."""
+
+        def txn(conn: Connection) -> dict[str, Any]:
+            self._fenced(conn, lease)
+            row = conn.execute(
+                sa.select(attempts.c.provenance).where(
+                    attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt
+                )
+            ).first()
+            merged = {**(row.provenance if row is not None else {}), **fields}
+            if row is None:
+                conn.execute(
+                    attempts.insert().values(
+                        job_id=lease.job_id,
+                        attempt=lease.attempt,
+                        code=merged.get("code"),
+                        provenance=merged,
+                        created_at=_now(),
+                    )
+                )
+            else:
+                conn.execute(
+                    attempts.update()
+                    .where(attempts.c.job_id == lease.job_id, attempts.c.attempt == lease.attempt)
+                    .values(provenance=merged, code=merged.get("code"))
+                )
+            return merged
+
+        return self._in_write("record the attempt's provenance", txn)
+
     # -----------------------------------------------------------------------------------------
     # Workers
 
@@ -817,6 +909,7 @@ class Queue(Settling):
                         progress=None,
                         progress_message=None,
                         tracking_run_id=None,  # a new MLflow run (stale.supersede_tracking_runs)
+                        params_effective=None,  # recorded again when it starts, on its new hand-off
                         updated_at=db_now(),
                     )
                     .returning(jobs.c.sweep, jobs.c.stage)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from sweeper.errors import JobNotFound, UsageError
 from sweeper.grid.spec import StageSpec
-from sweeper.store.db import ACTIVE, STATUSES, db_now, events, jobs, stages, sweeps
+from sweeper.store.db import ACTIVE, STATUSES, attempts, db_now, events, jobs, stages, sweeps
 
 
 def no_jobs() -> dict[str, int]:
@@ -94,23 +94,55 @@ def read_stages(conn: sa.Connection, sweep: str | None = None) -> list[StageReco
     ]
 
 
+def stage_code_versions(conn: sa.Connection, sweep: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+    """(sweep, stage) -> {code hash: done jobs} for the stages whose done jobs ran under more than one
+    code hash (the attempt that finished each job counts). Jobs without a recorded hash are left out."""
+    cond = [jobs.c.sweep == sweep] if sweep else []
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in conn.execute(
+        sa.select(jobs.c.sweep, jobs.c.stage, attempts.c.code, sa.func.count())
+        .select_from(jobs.join(attempts, sa.and_(attempts.c.job_id == jobs.c.id, attempts.c.attempt == jobs.c.attempt)))
+        .where(jobs.c.status == "done", attempts.c.code.is_not(None), *cond)
+        .group_by(jobs.c.sweep, jobs.c.stage, attempts.c.code)
+    ):
+        counts.setdefault((r[0], r[1]), {})[r[2]] = r[3]
+    return {key: found for key, found in counts.items() if len(found) > 1}
+
+
+def code_warning(stage: str, versions: dict[str, int]) -> str:
+    """The one wording of the mixed-code warning (status, report)."""
+    listing = ", ".join(f"{n} under {code}" for code, n in sorted(versions.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (
+        f"the done jobs of stage {stage} ran under {len(versions)} versions of the job code ({listing}): "
+        "their results may not be comparable; `sweeper show JOB` has each attempt's code"
+    )
+
+
 @dataclass(frozen=True)
 class JobParams:
-    """A job's params as the grid file wrote them and as hand-offs resolved them."""
+    """A job's params as the grid file wrote them, as hand-offs resolved them, and as the job ran them."""
 
     written: dict[str, Any]
     resolved: dict[str, Any] | None  # None until every upstream job has finished (a blocked job)
     provenance: dict[str, str]  # resolved path -> the upstream job id its value came from
+    # Every param the job ran with, its kind's defaults filled in; None until an attempt started
+    # (and for jobs that ran before sweeper recorded them).
+    effective: dict[str, Any] | None = None
 
     @property
     def ran_with(self) -> dict[str, Any]:
         """What the job runs with: resolved when it has hand-offs, else as written."""
         return self.resolved if self.resolved is not None else self.written
 
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """The most complete record there is: effective once a job started, else what it will run with."""
+        return self.effective if self.effective is not None else self.ran_with
+
     @classmethod
     def of(cls, row: Any) -> JobParams:
-        """From a jobs row that has the params, resolved_params and provenance columns."""
-        return cls(row.params or {}, row.resolved_params, row.provenance or {})
+        """From a jobs row that has the params, resolved_params and provenance (and params_effective) columns."""
+        return cls(row.params or {}, row.resolved_params, row.provenance or {}, getattr(row, "params_effective", None))
 
 
 def newest_event_detail(conn: sa.Connection, type_: str) -> dict[str, Any] | None:

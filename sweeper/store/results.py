@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sweeper import mappings
 from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
+from sweeper.masking import Secrets, mask_params
 from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
-from sweeper.store.readmodel import JobParams, read_stages, read_sweeps
+from sweeper.store.readmodel import JobParams, read_stages, read_sweeps, stage_code_versions
 
 if TYPE_CHECKING:
     from sweeper.store.checkpoints import ArtifactStore
@@ -84,7 +85,9 @@ class JobRecord:
     kind: str
     status: str
     label: str
-    params: dict[str, Any]  # what the job ran with: resolved when it had hand-offs, else as written
+    # What the job ran with as the grid gave it: resolved when it had hand-offs, else as written.
+    # Secrets masked (sweeper/masking.py), as everything read here.
+    params: dict[str, Any]
     params_written: dict[str, Any]
     provenance: dict[str, str]
     result: dict[str, Any]
@@ -95,6 +98,13 @@ class JobRecord:
     position: int
     started_at: float | None
     finished_at: float | None
+    # Every param it ran with, the kind's defaults filled in; None until an attempt started.
+    params_effective: dict[str, Any] | None = None
+
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """The fullest record of its params: effective once it started, else `params`."""
+        return self.params_effective if self.params_effective is not None else self.params
 
     @property
     def duration_s(self) -> float | None:
@@ -108,6 +118,10 @@ class JobRecord:
     def flat_params(self) -> dict[str, Scalar]:
         return flatten(self.params)
 
+    def flat_recorded(self) -> dict[str, Scalar]:
+        """`recorded` flattened: the CSV's and the generic report's params."""
+        return flatten(self.recorded)
+
 
 @dataclass
 class StageInfo:
@@ -117,22 +131,26 @@ class StageInfo:
     needs: list[str]
     description: str
     counts: dict[str, int] = field(default_factory=dict)
+    # code hash -> done jobs, only when they ran under more than one version of the job code
+    code_versions: dict[str, int] = field(default_factory=dict)
 
 
 def _record(r: sa.Row) -> JobRecord:
     params = JobParams.of(r)
+    secrets = Secrets.of(params.written, params.resolved)
     return JobRecord(
         id=r.id,
         sweep=r.sweep,
         stage=r.stage,
         kind=r.kind,
         status=r.status,
-        label=r.label or "",
-        params=params.ran_with,
-        params_written=params.written,
+        label=secrets.scrub(r.label or "") or "",
+        params=mask_params(params.ran_with),
+        params_effective=mask_params(params.effective) if params.effective is not None else None,
+        params_written=mask_params(params.written),
         provenance=params.provenance,
         result=r.result if isinstance(r.result, dict) else {},
-        error=r.error,
+        error=secrets.scrub(r.error),
         attempt=r.attempt,
         failures=r.failures,
         interruptions=r.interruptions,
@@ -272,8 +290,17 @@ class SweepView:
             self.sweep: str = found[0].name
             self.description: str = found[0].description
             self.spec_file: str | None = found[0].spec_file
+            mixed = stage_code_versions(conn, sweep)
             self.stages: list[StageInfo] = [
-                StageInfo(s.sweep, s.name, s.kind, list(s.spec.needs), s.spec.description, s.counts)
+                StageInfo(
+                    s.sweep,
+                    s.name,
+                    s.kind,
+                    list(s.spec.needs),
+                    s.spec.description,
+                    s.counts,
+                    mixed.get((s.sweep, s.name), {}),
+                )
                 for s in read_stages(conn, sweep)
             ]
         self._jobs = load_jobs(db, sweep)

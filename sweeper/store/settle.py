@@ -161,8 +161,10 @@ class Settling:
                     jobs.c.id,
                     jobs.c.stage,
                     jobs.c.status,
+                    jobs.c.kind,
                     jobs.c.params,
                     jobs.c.resolved_params,
+                    jobs.c.params_effective,
                     jobs.c.result,
                     jobs.c.position,
                 ).where(jobs.c.sweep == sweep, jobs.c.stage.in_(dep.needs))
@@ -299,13 +301,28 @@ class Settling:
                 job_id=r.id,
                 stage=r.stage,
                 status=r.status,
-                params=r.resolved_params if r.resolved_params is not None else r.params,
+                params=_effective(r) if r.status == "done" else _ran_with(r),
                 result=r.result,
                 artifacts=arts.get(r.id, {}),
                 position=r.position,
+                ran_with=_ran_with(r),
             )
             for r in rows
         ]
+
+
+def _ran_with(row: sa.Row) -> dict[str, Any]:
+    return row.resolved_params if row.resolved_params is not None else row.params
+
+
+def _effective(row: sa.Row) -> dict[str, Any]:
+    """The params an upstream job ran with, its kind's defaults included: a hand-off inherits a
+    key the grid left at its default. A job that ran before they were recorded gets them now."""
+    if row.params_effective is not None:
+        return row.params_effective
+    from sweeper.grid.effective import effective_params
+
+    return effective_params(row.kind, _ran_with(row))
 
 
 def _status_counts(rows: Sequence[sa.Row]) -> str:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sweeper.errors import error_summary
 from sweeper.grid.ranking import Metric, metric_value, rank_metrics, unknown_metric
 from sweeper.store.db import ACTIVE, STATUSES, Database, db_now, jobs, workers
-from sweeper.store.readmodel import read_stages, read_sweeps
+from sweeper.store.readmodel import code_warning, read_stages, read_sweeps, stage_code_versions
 from sweeper.store.stale import stale_counts
 
 JSON_SCHEMA = "sweeper.status/1"
@@ -49,6 +49,9 @@ class StageRow:
     throughput_per_h: float | None = None  # done jobs per hour while the stage was running
     eta_s: float | None = None  # None: unknown (no job of the stage has finished yet)
     stale: int = 0  # jobs that ran on a hand-off whose upstream stage changed since (store/stale.py)
+    # code hash -> done jobs, only when its done jobs ran under more than one version of the job code
+    code_versions: dict[str, int] = field(default_factory=dict)
+    warning: str | None = None
 
     @property
     def remaining(self) -> int:
@@ -222,8 +225,13 @@ def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, c
         snap.stages.append(row)
 
     stale = stale_counts(conn, sweep)
+    mixed = stage_code_versions(conn, sweep)
     for row in snap.stages:
         row.stale = stale.get((row.sweep, row.stage), 0)
+        versions = mixed.get((row.sweep, row.stage))
+        if versions:
+            row.code_versions = versions
+            row.warning = code_warning(row.stage, versions)
     by_key = {(s.sweep, s.stage): s for s in snap.stages}
     for row in snap.stages:
         if row.counts.get("blocked"):

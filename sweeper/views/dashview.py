@@ -163,6 +163,8 @@ def _stages(snap: StatusSnapshot, width: int) -> Any:
             detail.append(f" · {s.stale} stale (upstream changed): sweeper retry --stale", style="yellow")
         table.add_row(Text(name, style="bold cyan"), top)
         table.add_row("", detail)
+        if s.warning:
+            table.add_row("", Text(f"warning: {s.warning}", style="bold yellow"))
     legend = Text("  ".join(f"{BAR[s][0]} {s}" for s in BAR_ORDER), style="dim")
     return titled("stages", table, legend)
 

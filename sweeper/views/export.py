@@ -5,8 +5,9 @@ a spreadsheet) read it as they are:
 
     id, sweep, stage, kind, status, label, attempt, failures, interruptions,
     started_at, finished_at, duration_s, error,        # ISO times (UTC); error: its summary line
-    params.<dotted key>...,                             # what the job ran with (resolved hand-offs
-                                                        # become the upstream job id)
+    params.<dotted key>...,                             # what the job ran with: its effective params,
+                                                        # the kind's defaults included (resolved
+                                                        # hand-offs become the upstream job id)
     metrics.<dotted key>...                             # the job's result
 
 Lists of scalars are written as JSON; tables inside results (lists of records, such as pruning
@@ -99,7 +100,7 @@ def rows(records: Iterable[JobRecord]) -> tuple[list[str], list[dict[str, Any]]]
             "duration_s": round(j.duration_s, 3) if j.duration_s is not None else "",
             "error": error_summary(j.error),
         }
-        for k, v in flatten(j.params).items():
+        for k, v in j.flat_recorded().items():
             params.setdefault(k)
             row[f"params.{k}"] = _cell(v)
         for k, v in flatten(j.result).items():

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from sweeper.errors import UsageError, error_summary
 from sweeper.grid.ranking import Metric, is_seconds
 from sweeper.store.checkpoints import atomic_write
+from sweeper.store.readmodel import code_warning
 from sweeper.store.results import JobRecord, Scalar, SweepView
 from sweeper.views.dashview import duration
 from sweeper.views.safe_text import visible
@@ -141,7 +142,7 @@ def varying_params(records: list[JobRecord]) -> list[str]:
     """Flattened param keys whose value differs between the stage's jobs, in first-seen order."""
     values: dict[str, set[str]] = {}
     order: list[str] = []
-    flats = [j.flat_params() for j in records]
+    flats = [j.flat_recorded() for j in records]
     for flat in flats:
         for k in flat:
             if k not in values:
@@ -162,7 +163,7 @@ def ranked(records: list[JobRecord], m: Metric) -> list[JobRecord]:
 def top_table(records: list[JobRecord], keys: list[str], metrics: list[Metric]) -> str:
     """The seed's top-3 layout: one column per job (#1 #2 #3), one row per param and metric."""
     header = ["", *(f"#{i}" for i in range(1, len(records) + 1))]
-    flats = [j.flat_params() for j in records]
+    flats = [j.flat_recorded() for j in records]
     rows = [[md_text(k), *(fmt(k, f.get(k)) for f in flats)] for k in keys]
     rows += [[md_text(m.name), *(fmt(m.name, j.metric(m.name)) for j in records)] for m in metrics]
     rows.append(["job", *(f"`{j.id}`" for j in records)])
@@ -173,11 +174,11 @@ def full_table(records: list[JobRecord], keys: list[str], metrics: list[Metric],
     header = ["#", *map(md_text, keys), *(md_text(m.name) for m in metrics), "job"]
     rows = []
     for i, j in enumerate(records, 1):
-        flat = j.flat_params()
+        flat = j.flat_recorded()
         rows.append([str(i), *(fmt(k, flat.get(k)) for k in keys), *(fmt(m.name, j.metric(m.name)) for m in metrics)])
         rows[-1].append(f"`{j.id}`")
     for j in missing:  # no value for the sort metric (target never reached): listed last
-        flat = j.flat_params()
+        flat = j.flat_recorded()
         rows.append(["-", *(fmt(k, flat.get(k)) for k in keys), *(fmt(m.name, j.metric(m.name)) for m in metrics)])
         rows[-1].append(f"`{j.id}`")
     return md_table(header, rows, ["r"] + ["l"] * len(keys) + ["r"] * len(metrics) + ["l"])
@@ -200,6 +201,8 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
         intro += f" · {len(failed)} failed"
     if info and info.description:
         intro = f"{md_text(info.description)}\n\n{intro}"
+    if info and info.code_versions:
+        intro += f"\n\n**Warning:** {md_text(code_warning(stage, info.code_versions))}."
     stale = [(j, why) for j in view.jobs(stage, status=None) if (why := view.stale().get(j.id))]
     if stale:
         rows = [[f"`{j.id}`", md_text(j.label or "-"), j.status, md_text(why)] for j, why in stale]
@@ -224,7 +227,7 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
 
     if len(done) == 1:
         j = done[0]
-        rows = [[md_text(k), fmt(k, v)] for k, v in j.flat_params().items()]
+        rows = [[md_text(k), fmt(k, v)] for k, v in j.flat_recorded().items()]
         rows += [[f"**{md_text(k)}**", fmt(k, v)] for k, v in _scalars(j.result).items()]
         parts.append(f"Job `{j.id}`:\n\n" + md_table(["", "value"], rows, ["l", "r"]))
     elif not metrics:
@@ -279,7 +282,7 @@ def _stage_plots(
     for key in keys:
         name = f"scatter_{slug(stage)}_{slug(key)}.png"
         log(f"drawing {name}")
-        values = [j.flat_params().get(key) for j in both]
+        values = [j.flat_recorded().get(key) for j in both]
         scatter_by(view.figure_path(name), points, values, key, x, y, f"{stage}: by {key}")
         names.append(name)
     return names
@@ -297,7 +300,7 @@ def _strip_plots(
         log(f"drawing {name}")
         strip_by(
             view.figure_path(name),
-            [j.flat_params().get(key) for j in have],
+            [j.flat_recorded().get(key) for j in have],
             [j.metric(m.name) or 0.0 for j in have],
             key,
             m,
@@ -330,6 +333,9 @@ def overview(view: SweepView) -> Section:
         ["l", "l", "l", "r", "r", "r", "r", "r"],
     )
     body = table
+    warnings = [code_warning(s.name, s.code_versions) for s in view.stages if s.code_versions]
+    if warnings:
+        body += "\n\n" + "\n".join(f"- **Warning:** {w}." for w in warnings)
     if view.mlflow_screenshot:
         body += (
             f"\n\nThe sweep's runs in the MLflow UI (`mlflow server` on its tracking store):\n\n"

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sweeper import mappings
 from sweeper.config import mask_password
 from sweeper.errors import JobNotFound, UnsafePath, error_summary
-from sweeper.store.db import Database, artifacts, checkpoints, db_now, events, jobs
+from sweeper.masking import Secrets, mask_params
+from sweeper.store.db import Database, artifacts, attempts, checkpoints, db_now, events, jobs
 from sweeper.store.quarantine import is_quarantined
 from sweeper.store.readmodel import JobParams
 from sweeper.store.results import flatten, is_handoff, is_outcome, is_reference
@@ -43,9 +44,10 @@ ENDINGS = {
 @dataclass
 class ParamRow:
     key: str
-    written: Any  # None when the key was not in the grid file (inherited)
+    written: Any  # None when the key was not in the grid file (inherited, or a default of the kind)
     resolved: Any
     source: str | None  # upstream job id the value came from (hand-off or inherit)
+    effective: Any = None  # what the job ran with, defaults included (None: not recorded yet)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Attempt:
     outcome: str  # done | failed | failed, will retry | released | lease lost | running | unknown
     detail: str | None
     checkpoints: int
+    # where and on what it ran: sweeper_version, python, torch_version, host, device, code, ...
+    provenance: dict[str, Any] | None = None
 
 
 @dataclass
@@ -109,6 +113,8 @@ class JobDetail:
     params_written: dict[str, Any]
     params_resolved: dict[str, Any] | None
     provenance: dict[str, str]
+    # every param the job ran with, the kind's defaults filled in (None until an attempt started)
+    params_effective: dict[str, Any] | None = None
     params: list[ParamRow] = field(default_factory=list)
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -152,15 +158,23 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
             .where(artifacts.c.job_id == job_id)
             .order_by(artifacts.c.name)
         ).all()
+        runs = {
+            a.attempt: a.provenance
+            for a in conn.execute(
+                sa.select(attempts.c.attempt, attempts.c.provenance).where(attempts.c.job_id == job_id)
+            )
+        }
 
     params = JobParams.of(r)
+    # Everything shown leaves the queue: secrets masked, and scrubbed from free text (sweeper/masking.py).
+    secrets = Secrets.of(params.written, params.resolved, params.effective)
     detail = JobDetail(
         id=r.id,
         sweep=r.sweep,
         stage=r.stage,
         kind=r.kind,
         status=r.status,
-        label=r.label or "",
+        label=secrets.scrub(r.label or "") or "",
         time=now,
         attempt=r.attempt,
         failures=r.failures,
@@ -178,16 +192,22 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
         not_before_in_s=(r.not_before - now) if r.not_before is not None and r.not_before > now else None,
         tracking_run_id=r.tracking_run_id,
         tracking_uri=_tracking_uri(ev, r.tracking_run_id),
-        params_written=params.written,
-        params_resolved=params.resolved,
+        params_written=mask_params(params.written),
+        params_resolved=mask_params(params.resolved) if params.resolved is not None else None,
+        params_effective=mask_params(params.effective) if params.effective is not None else None,
         provenance=params.provenance,
         result=r.result,
-        error=mask_password(r.error) if r.error else r.error,  # rows written before errors were masked
-        error_summary=error_summary(r.error),
+        error=secrets.scrub(r.error),  # rows written before errors were masked, too
+        error_summary=secrets.scrub(error_summary(r.error)) or "",
     )
-    detail.params = param_rows(detail.params_written, detail.params_resolved, detail.provenance)
-    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail and mask_password(e.detail)) for e in ev]
+    detail.params = param_rows(
+        detail.params_written, detail.params_resolved, detail.provenance, detail.params_effective
+    )
+    detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, secrets.scrub(e.detail)) for e in ev]
     detail.attempts = attempts_from_events(detail.events, r.status)
+    for a in detail.attempts:
+        found = runs.get(a.number)
+        a.provenance = mask_params(found) if found is not None else None
     detail.stale = stale_in_history((e.type, e.detail) for e in detail.events)
     detail.checkpoints = [
         _stored_file(f"seq {c.seq}", c, "checkpoints", r, state_dir, c.created_at, c.attempt) for c in ckpts
@@ -235,11 +255,18 @@ def _stored_file(
     return out
 
 
-def param_rows(written: dict[str, Any], resolved: dict[str, Any] | None, provenance: dict[str, str]) -> list[ParamRow]:
-    """One row per dotted key: its value in the grid file and what the job ran with."""
+def param_rows(
+    written: dict[str, Any],
+    resolved: dict[str, Any] | None,
+    provenance: dict[str, str],
+    effective: dict[str, Any] | None = None,
+) -> list[ParamRow]:
+    """One row per dotted key: its value in the grid file, after hand-offs, and what the job ran with."""
     flat_written = _flat(written)
     flat_resolved = _flat(resolved) if resolved is not None else {}
+    flat_effective = _flat(effective) if effective is not None else {}
     keys = list(flat_written) + [k for k in flat_resolved if k not in flat_written]
+    keys += [k for k in flat_effective if k not in flat_written and k not in flat_resolved]
     rows = []
     for key in keys:
         source = next((job for path, job in provenance.items() if key == path or key.startswith(path + ".")), None)
@@ -249,6 +276,7 @@ def param_rows(written: dict[str, Any], resolved: dict[str, Any] | None, provena
                 flat_written.get(key),
                 flat_resolved.get(key) if resolved is not None else None,
                 source,
+                flat_effective.get(key),
             )
         )
     return rows
@@ -354,17 +382,29 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     t = plain_table(
         ("param", {"no_wrap": True}),
         ("as written", {"overflow": "fold"}),
+        ("resolved", {"overflow": "fold"}),
         ("ran with", {"overflow": "fold"}),
         ("from job", {"no_wrap": True}),
     )
     for p in d.params:
-        resolved = "" if d.params_resolved is None else _value(p.resolved)
-        written = "(inherited)" if p.written is None and p.source else _value(p.written)
-        same = d.params_resolved is not None and p.written == p.resolved
-        t.add_row(safe(p.key), safe(written), safe("=" if same else resolved), safe(p.source or ""))
-    note = None
+        if p.written is None and p.source:
+            written = "(inherited)"
+        elif p.written is None and p.resolved is None and p.effective is not None:
+            written = "(default)"
+        else:
+            written = _value(p.written)
+        resolved = "" if d.params_resolved is None else ("=" if p.written == p.resolved else _value(p.resolved))
+        before = p.resolved if d.params_resolved is not None else p.written
+        ran = "" if d.params_effective is None else ("=" if before == p.effective else _value(p.effective))
+        t.add_row(safe(p.key), safe(written), safe(resolved), safe(ran), safe(p.source or ""))
+    notes = []
     if d.params_resolved is None and any(is_reference(p.written) for p in d.params):
-        note = Text("hand-offs resolve when every upstream job has finished", style="dim")
+        notes.append("hand-offs resolve when every upstream job has finished")
+    if d.params_effective is None:
+        notes.append("ran with: recorded when an attempt starts")
+    else:
+        notes.append("= the same as the column before; (default): a default of the kind")
+    note = Text("; ".join(notes), style="dim")
     parts.append(titled("params", t if d.params else Text("(none)", style="dim"), note))
 
     if d.result:
@@ -379,6 +419,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
             ("worker", {"no_wrap": True, "overflow": "ellipsis", "max_width": 22}),
             ("claimed", {"no_wrap": True}),
             ("ran", {"justify": "right"}),
+            ("code", {"no_wrap": True}),
             ("ckpt", {"justify": "right"}),
             ("outcome", {"overflow": "fold"}),
         )
@@ -391,10 +432,16 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
                 safe(a.worker or "-"),
                 time.strftime("%m-%d %H:%M:%S", time.localtime(a.claimed_at)) if a.claimed_at else "-",
                 ran,
+                str((a.provenance or {}).get("code") or "-")[:8],
                 str(a.checkpoints),
                 safe(outcome, style),
             )
-        parts.append(titled("attempts", t))
+        ran_on = [f"{a.number}: {provenance_line(a.provenance)}" for a in d.attempts if a.provenance]
+        changed = [e.detail for e in d.events if e.type == "code_changed" and e.detail]
+        lines = "\n".join(["ran on (attempt: provenance)", *ran_on] if ran_on else [])
+        if changed:
+            lines += ("\n" if lines else "") + "\n".join(f"warning: {c}" for c in changed)
+        parts.append(titled("attempts", t, Text(lines, style="dim") if lines else None))
 
     other = [e for e in d.events if e.attempt is None]
     if other:
@@ -433,6 +480,31 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         if traceback and body:
             parts.append(safe(body, "red", lines=True))
     return Group(*parts)
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """One attempt's provenance on one line: code (git), versions, host, device, then the rest."""
+    code = str(p.get("code") or "?")
+    if p.get("git_commit"):
+        code += f" (git {str(p['git_commit'])[:10]}{', dirty' if p.get('git_dirty') else ''})"
+    bits = [f"code {code}"]
+    for key, name in (("sweeper_version", "sweeper"), ("python", "python"), ("torch_version", "torch")):
+        if p.get(key):
+            bits.append(f"{name} {p[key]}")
+    bits += [str(p[k]) for k in ("host", "device") if p.get(k)]
+    shown = {
+        "code",
+        "git_commit",
+        "git_dirty",
+        "code_files",
+        "sweeper_version",
+        "python",
+        "torch_version",
+        "host",
+        "device",
+    }
+    bits += [f"{k} {_value(v)}" for k, v in p.items() if k not in shown]
+    return " · ".join(bits)
 
 
 def _size(n: float) -> str:

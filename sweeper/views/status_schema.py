@@ -52,6 +52,11 @@ class Stage(_Strict):
     stale: int = Field(
         0, description="jobs that ran on a hand-off whose upstream stage changed since; `sweeper retry --stale`"
     )
+    code_versions: dict[str, int] = Field(
+        default_factory=dict,
+        description="code hash -> done jobs; only when the stage's done jobs ran under more than one version",
+    )
+    warning: str | None = Field(None, description="e.g. the done jobs ran under several versions of the job code")
 
 
 class Running(_Strict):
