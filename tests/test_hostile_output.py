@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.grid.spec import parse_spec
+from sweeper.masking import Secrets
 from sweeper.running.progress import LineView
 from sweeper.running.worker import Worker
 from sweeper.store.checkpoints import record_artifact
@@ -235,7 +236,7 @@ def test_report_shows_hostile_values_as_markdown_text(hostile_queue, monkeypatch
 
 def test_worker_log_lines_show_hostile_values_as_text():
     lines: list[str] = []
-    fake = types.SimpleNamespace(id="host:123:0", _print=lines.append)
+    fake = types.SimpleNamespace(id="host:123:0", _print=lines.append, _secrets=Secrets())
     clock = iter(range(0, 10_000, 100))
     view = LineView(lines.append, every_s=1, clock=lambda: float(next(clock)))
     for s in HOSTILE.values():
