@@ -175,3 +175,45 @@ def test_nine_configs_promote_the_top_three_by_validation_whatever_the_workers_a
     assert {k: v for k, v in six["result"].items() if k not in CLOCKS} == {
         k: v for k, v in rung2["result"].items() if k not in (*CLOCKS, "continued_from")
     }
+
+
+def test_a_promoted_job_on_real_fashion_mnist_ends_bit_identical_to_straight_training(
+    tmp_path: Path, fmnist_dir: Path
+) -> None:
+    """Real data: one epoch, promoted to two, against the same configuration trained straight to two."""
+    common = (
+        f"{{data_dir: {fmnist_dir}, train_subset: 1500, val_subset: 500, test_subset: 500, batch_size: 64,"
+        " conv1: {channels: 4, kernel: 3}, conv2: {channels: 8, kernel: 3}, dense: 32, eval_train: false,"
+        " target_train_acc: 0.6, target_window: 500, lr: 0.01}"
+    )
+    (tmp_path / "g.yaml").write_text(
+        textwrap.dedent(f"""\
+        sweep: fmnist-halving
+        defaults: {common}
+        stages:
+          rung0:
+            kind: train
+            params: {{max_epochs: 1}}
+            grid: {{momentum: [0.0, 0.9]}}
+          rung1:
+            promote: {{stage: rung0, top: 1, by: val_accuracy, mode: max, max_epochs: 2}}
+          straight:
+            kind: train
+            params: {{max_epochs: 2}}
+            grid: {{momentum: [0.0, 0.9]}}
+        """)
+    )
+    proc = run_cli(
+        "work", "g.yaml", "--state", str(tmp_path / "state"), "--no-tracking", *ONE_THREAD, "--wait", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = jobs_of(tmp_path / "state")
+    (promoted,) = [j for j in jobs if j["stage"] == "rung1"]
+    assert promoted["result"]["dataset"] == "fashion-mnist"
+    (same,) = [
+        j for j in jobs if j["stage"] == "straight" and config(j["params"]) == config(promoted["resolved_params"])
+    ]
+    assert promoted["result"]["test_loss"] == same["result"]["test_loss"]
+    assert promoted["result"]["val_loss"] == same["result"]["val_loss"]
+    assert promoted["result"]["images_to_target"] == same["result"]["images_to_target"]
+    assert promoted["result"]["epochs"] == 2.0
