@@ -159,6 +159,24 @@ def test_nine_configs_promote_the_top_three_by_validation_whatever_the_workers_a
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_acc")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
 
+    # status shows the rungs as stages, their survivors as their jobs; the report has a halving section
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    status = CliRunner().invoke(app, ["status", "--json", "--state", str(two / "state")])
+    assert status.exit_code == 0, status.output
+    stages = {s["stage"]: s for s in json.loads(status.output)["stages"]}
+    assert {n: stages[n]["counts"]["done"] for n in ("rung0", "rung1", "rung2")} == {"rung0": 9, "rung1": 3, "rung2": 1}
+    assert stages["rung2"]["needs"] == ["rung1"]
+    report = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "report"), "--state", str(two / "state")])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Successive halving: `rung0`" in text and "Halving spent" in text, text[:3000]
+    survivors_table = text.split("**Survivors per rung**")[1].split("**Compute**")[0]
+    assert survivors_table.count("\n| lr=") == 3, survivors_table
+    assert (tmp_path / "report" / "halving_1_curves.png").stat().st_size > 10_000
+
     # the same configuration trained straight to 6 epochs, in a sweep of its own: the same test_loss, bit for bit
     straight = tmp_path / "straight"
     straight.mkdir()
