@@ -150,3 +150,28 @@ def test_the_cli_exits_2_on_a_bad_promote_and_dry_run_shows_the_rungs(tmp_path: 
     assert result.exit_code == 0, result.output
     assert "rung0 9, rung1 3, rung2 1" in result.output
     assert "rung0#1 -> 3 epochs" in result.output and "rung1#1 -> 6 epochs" in result.output
+
+
+def test_over_seeds_mean_promotes_configurations_by_their_mean_and_continues_the_earliest_seed() -> None:
+    text = NINE.replace(
+        "grid: {lr: [0.003, 0.01, 0.03], momentum: [0.0, 0.5, 0.9]}", "grid: {lr: [1, 2, 3], seed: [0, 1]}"
+    )
+    text = text.replace(
+        "top: 3, by: val_accuracy, mode: max,", "top: 2, by: val_accuracy, mode: max, over_seeds: mean,"
+    )
+    spec = parse_spec(text, "h.yaml")
+    rung0 = [j for j in spec.jobs if j.stage == "rung0"]
+    # lr 1: 0.9 and 0.1 (mean 0.5, the best single run); lr 2: 0.6, 0.6; lr 3: 0.7, 0.5 (mean 0.6, tied with lr 2)
+    score = {(1, 0): 0.9, (1, 1): 0.1, (2, 0): 0.6, (2, 1): 0.6, (3, 0): 0.7, (3, 1): 0.5}
+    outcomes = [
+        handoff.Outcome(
+            j.id, "rung0", "done", j.params, {"val_accuracy": score[(j.params["lr"], j.params["seed"])]}, {}, i
+        )
+        for i, j in enumerate(rung0)
+    ]
+    resolved = [handoff.resolve_params(j.params, None, outcomes)[0] for j in spec.jobs if j.stage == "rung1"]
+    first_seed = {j.params["lr"]: j.id for j in reversed(rung0)}  # the earliest job of each lr
+    assert [(r["lr"], r["seed"], r["continue_from"]) for r in resolved] == [
+        (2, 0, first_seed[2]),
+        (3, 0, first_seed[3]),
+    ]

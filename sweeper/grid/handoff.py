@@ -307,8 +307,8 @@ class Config:
 
 
 def config_key(params: Mapping[str, Any]) -> str:
-    """What makes two jobs the same configuration: every param but the seed."""
-    rest = {k: v for k, v in params.items() if k != SEED_KEY}
+    """What makes two jobs the same configuration: every param but the seed (and the job a promoted one continued)."""
+    rest = {k: v for k, v in params.items() if k not in (SEED_KEY, CONTINUE_KEY)}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
 
 
