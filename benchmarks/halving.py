@@ -19,7 +19,9 @@ other work, so only indicative), configuration-epochs trained; the regret (test 
 configuration halving chose against the full grid's best, with the binomial standard error of the
 difference); the rung at which the full grid's best configuration was eliminated; and whether the
 disconnected run promoted the same configurations with the same final metrics, bit for bit.
-Each phase writes the JSON as it ends, so a cut-short run keeps what it measured.
+Each phase writes the JSON as it ends, so a cut-short run keeps what it measured. Run again on
+finished states, it only reads them (`sweeper work` finds nothing to do), so phases can run as
+separate processes, even at the same time, and be analysed together afterwards.
 """
 
 from __future__ import annotations
@@ -134,10 +136,16 @@ def run(name: str, root: Path, text: str, kills: list[tuple[str, str]] = ()) -> 
     state, grid, log = root / name / "state", root / name / "grid.yaml", root / name / "work.log"
     grid.parent.mkdir(parents=True, exist_ok=True)
     grid.write_text(text)
-    killed = []
-    for sql, what in kills:
-        proc = work(state, grid, log)
-        killed.append(kill_when(proc, state, sql, what))
+    record = root / name / "kills.json"
+    unfinished = "select count(*) from jobs where status in ('blocked', 'pending', 'running')"
+    if kills and record.exists() and query(state, unfinished) == [(0,)]:
+        killed = json.loads(record.read_text())  # a finished run, analysed again
+    else:
+        killed = []
+        for sql, what in kills:
+            proc = work(state, grid, log)
+            killed.append(kill_when(proc, state, sql, what))
+            record.write_text(json.dumps(killed, indent=2))
     proc = work(state, grid, log)
     if proc.wait() != 0:
         raise SystemExit(f"{name}: sweeper work exited {proc.returncode}; see {log}")
