@@ -235,3 +235,47 @@ def test_a_promoted_job_on_real_fashion_mnist_ends_bit_identical_to_straight_tra
     assert promoted["result"]["val_loss"] == same["result"]["val_loss"]
     assert promoted["result"]["images_to_target"] == same["result"]["images_to_target"]
     assert promoted["result"]["epochs"] == 2.0
+
+
+def test_on_postgresql_a_promoted_job_continues_a_checkpoint_stored_in_the_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Several machines: checkpoints are database blobs; the promoted job reads its upstream's from there."""
+    (tmp_path / "g.yaml").write_text(
+        textwrap.dedent(f"""\
+        sweep: pg-halving
+        defaults: {DEFAULTS}
+        stages:
+          rung0:
+            kind: train
+            params: {{max_epochs: 1, val_subset: 256}}
+            grid: {{lr: [0.01, 0.03]}}
+          rung1:
+            promote: {{stage: rung0, top: 1, by: val_loss, mode: min, max_epochs: 2}}
+          straight:
+            kind: train
+            params: {{max_epochs: 2, val_subset: 256}}
+            grid: {{lr: [0.01, 0.03]}}
+        """)
+    )
+    proc = run_cli(
+        "work", "g.yaml", "--db", pg_url, "--state", str(tmp_path / "state"), "--no-tracking", *ONE_THREAD, "--wait",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, stage, params, resolved_params, result FROM jobs ORDER BY position"))
+        jobs = [dict(r._mapping) for r in rows]
+        blobs = conn.execute(sa.text("SELECT count(*) FROM checkpoints WHERE blob IS NOT NULL")).scalar_one()
+    engine.dispose()
+    assert blobs > 0 and not list((tmp_path / "state").glob("checkpoints/**/*.ckpt"))
+    rung0 = [j for j in jobs if j["stage"] == "rung0"]
+    (promoted,) = [j for j in jobs if j["stage"] == "rung1"]
+    best = min(rung0, key=lambda j: j["result"]["val_loss"])
+    assert promoted["resolved_params"]["continue_from"] == best["id"]
+    assert f"continues from job {best['id']}'s checkpoint" in proc.stdout + proc.stderr
+    (same,) = [j for j in jobs if j["stage"] == "straight" and j["params"]["lr"] == best["params"]["lr"]]
+    assert promoted["result"]["test_loss"] == same["result"]["test_loss"]
