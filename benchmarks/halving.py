@@ -27,6 +27,7 @@ separate processes, even at the same time, and be analysed together afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -103,7 +104,6 @@ def work(state: Path, grid: Path, log: Path) -> subprocess.Popen:
         env=env,
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the supervisor and its 2 workers, killed together
     )
 
 
@@ -118,12 +118,23 @@ def query(state: Path, sql: str) -> list[tuple]:
         return []
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def kill_when(proc: subprocess.Popen, state: Path, ready: str, what: str) -> dict[str, Any]:
     """SIGKILL the workers' process group the moment `ready` (SQL returning one truthy value) holds."""
     while proc.poll() is None:
         rows = query(state, ready)
         if rows and rows[0][0]:
-            os.killpg(proc.pid, signal.SIGKILL)
+            # The worker processes first: each is its own process group (worker.py), and once the
+            # supervisor is gone a live worker finishes its job and leaves gracefully: no disconnect.
+            for pid in [*children(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait(60)
             running = query(state, "select stage, count(*) from jobs where status = 'running' group by stage")
             done = query(state, "select stage, count(*) from jobs where status = 'done' group by stage")
@@ -151,6 +162,11 @@ def run(name: str, root: Path, text: str, kills: list[tuple[str, str]] = ()) -> 
         raise SystemExit(f"{name}: sweeper work exited {proc.returncode}; see {log}")
     sweep = text.split("\n", 1)[0].split(": ", 1)[1]
     jobs = load(state, sweep)
+    claims: dict[str, list[tuple[str, int, float]]] = {}
+    for job_id, attempt, ts in query(state, "select job_id, attempt, ts from events where type = 'claimed'"):
+        claims.setdefault(job_id, []).append(("claimed", attempt, ts))
+    for j in jobs:
+        j["events"] = claims.get(j["id"], [])
     starts = [j["started_at"] for j in jobs if j["started_at"]]
     ends = [j["finished_at"] for j in jobs if j["finished_at"]]
     return {"jobs": jobs, "wall_s": max(ends) - min(starts), "kills": killed}
@@ -286,7 +302,10 @@ def analyse(out: dict[str, Any], runs: dict[str, dict[str, Any]], n_test: int) -
         for label, ref in (("by_val", by_val), ("by_test", by_test)):
             name = arch(ref["params"])
             reached = [s for s, names in (("rung0", None), *out["survivors"].items()) if names is None or name in names]
-            where[label] = {"config": name, "last_rung_reached": reached[-1]}
+            rung0 = [j for j in runs["halving"]["jobs"] if j["stage"] == "rung0"]
+            order = sorted(range(len(rung0)), key=lambda i: (-rung0[i]["result"]["val_accuracy"], i))
+            rank0 = 1 + next(r for r, i in enumerate(order) if arch(rung0[i]["params"]) == name)
+            where[label] = {"config": name, "last_rung_reached": reached[-1], "rank_in_rung0_by_val": rank0}
         out["full_best_in_halving"] = where
         # the ranking at 4 epochs against rung 0's at 1 epoch: does the cheap rung keep the order?
         h0 = {arch(j["params"]): j["result"]["val_accuracy"] for j in runs["halving"]["jobs"] if j["stage"] == "rung0"}
@@ -313,6 +332,22 @@ def analyse(out: dict[str, Any], runs: dict[str, dict[str, Any]], n_test: int) -
         out["disconnect_same_survivors"] = same_survivors
         out["disconnect_same_final_metrics"] = finals(d) == finals(runs["halving"]["jobs"])
         out["disconnect_extra_job_s"] = out["disconnect"]["job_s"] - out["halving"]["job_s"]
+        out["disconnect_lost_attempts"] = lost_attempts(runs["disconnect"])
+
+
+def lost_attempts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts the kills cut off: claimed, never ended (a SIGKILL leaves no event), and what they cost."""
+    kills = [k["t"] for k in r["kills"]]
+    out = []
+    for j in r["jobs"]:
+        if j["attempt"] < 2:
+            continue
+        first = [e for e in j.get("events", []) if e[0] == "claimed" and e[1] == 1]
+        if first:
+            claimed = first[0][2]
+            killed = min((t for t in kills if t >= claimed), default=None)
+            out.append({"job": j["id"], "stage": j["stage"], "lost_s": None if killed is None else killed - claimed})
+    return out
 
 
 def spearman(x: list[float], y: list[float]) -> float:
