@@ -311,6 +311,13 @@ def analyse(out: dict[str, Any], runs: dict[str, dict[str, Any]], n_test: int) -
         h0 = {arch(j["params"]): j["result"]["val_accuracy"] for j in runs["halving"]["jobs"] if j["stage"] == "rung0"}
         full = {arch(j["params"]): j["result"]["val_accuracy"] for j in f}
         out["rank_correlation_rung0_vs_full"] = spearman([h0[k] for k in full], list(full.values()))
+        # promoted jobs continue checkpoints: the top rung must equal the full grid's straight runs, bit for bit
+        straight = {arch(j["params"]): j["result"]["test_loss"] for j in f}
+        top = [j for j in runs["halving"]["jobs"] if j["stage"] == "rung2"]
+        out["top_rung_test_loss_equal_to_full_grid"] = sum(
+            j["result"]["test_loss"] == straight.get(arch(j["resolved_params"])) for j in top
+        )
+        out["top_rung_jobs"] = len(top)
         out["compute_ratio_job_s"] = out["halving"]["job_s"] / out["full"]["job_s"]
         out["compute_ratio_train_s"] = out["halving"]["train_s"] / out["full"]["train_s"]
         out["compute_ratio_config_epochs"] = out["halving"]["config_epochs"] / out["full"]["config_epochs"]
