@@ -62,6 +62,9 @@ class Dataset:
     train: Split
     test: Split
     source: str  # where it came from, for the job's log
+    # What the data is, for caches: name, source, the full set's sizes and which rows of each split
+    # (load_dataset takes the first n). None: not known (built by hand), so never served from a cache.
+    identity: tuple[object, ...] | None = None
     val: Split | None = None  # held out of the training split (val_subset); never trained on
 
 
@@ -100,7 +103,12 @@ def load_dataset(
             raise JobFailed(f"val_subset {val_n} leaves no training images: {full.name} has {len(train)}", retry=False)
         rest = len(train) - val_n
         train, val = Split(train.x[:rest], train.y[:rest]), Split(train.x[rest:], train.y[rest:])
-    return Dataset(full.name, train.head(train_subset), full.test.head(test_subset), full.source, val)
+    train, test = train.head(train_subset), full.test.head(test_subset)
+    # the full sizes matter too: `synthetic` draws its test set after its training set
+    identity = (
+        full.name, full.source, len(full.train), len(full.test), ("first", len(train)), ("first", len(test)), ("last", val_n)
+    )  # fmt: skip
+    return Dataset(full.name, train, test, full.source, identity, val)
 
 
 def fashion_mnist(
@@ -150,7 +158,7 @@ def read_idx(path: Path) -> torch.Tensor:
             for n in shape:
                 count *= n
             out = torch.empty(count, dtype=torch.uint8)
-            got = f.readinto(memoryview(out.numpy()))
+            got = f.readinto(out.numpy().data)  # straight into the tensor's memory
             extra = len(f.read(1))
     except (OSError, EOFError, zlib.error) as exc:
         raise DataCorrupt(f"{path} is corrupted: cannot read it ({exc}); {hint}") from None

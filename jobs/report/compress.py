@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs.kinds.benchmark_result import BenchmarkResult, ModelRecord
-from jobs.report.sections.md import cell, count, details, pct, section, table
-from jobs.report.sections.roles import Roles
-from jobs.report.sections.stats import number, wilson
+from jobs.report.md import cell, count, details, pct, section, table
+from jobs.report.roles import Roles
+from jobs.report.stats import number, wilson
 from sweeper.plots import pyplot
 
 UNIT = {"conv1": "channels", "conv2": "channels", "fc1": "neurons"}
@@ -211,7 +211,7 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         moved = "gained" if last is not None and start is not None and last >= start else "lost"
         text = (
             f"This layer's control is its input, {pct(start)}, retrained beside {which}: it went to {pct(last)}, "
-            f"so more training alone {moved} {_pt(abs(last - start) if start is not None else None, signed=False)}"
+            f"so more training alone {moved} {_pt(abs(last - start) if start is not None and last is not None else None, signed=False)}"
         )
         if moved == "lost":
             text += (

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.report.sections.curves import Curve, Histories, plot_failure
-from jobs.report.sections.md import ARCH_KEYS, cell, pct, section, slug
-from jobs.report.sections.roles import Roles
-from jobs.report.sections.stats import accuracy_se, mean, number
+from jobs.report.curves import Curve, Histories, plot_failure
+from jobs.report.md import ARCH_KEYS, cell, pct, section, slug
+from jobs.report.roles import Roles
+from jobs.report.stats import accuracy_se, mean, number
 
 MODES = (
     ("lr_high", "i. Learning rate too high"),
@@ -94,8 +94,7 @@ def first_nan(curve: Curve) -> float | None:
 
 def rises(curve: Curve) -> int:
     """How many times the test loss went up from one epoch to the next."""
-    vals = [number(e.get("test_loss")) for e in curve.epochs]
-    vals = [v for v in vals if v is not None]
+    vals = [v for v in (number(e.get("test_loss")) for e in curve.epochs) if v is not None]
     return sum(1 for a, b in itertools.pairwise(vals) if b > a)
 
 
@@ -124,7 +123,7 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     )
     if mode in ("lr_high", "lr_low"):
         bad = curve is not None and diverged(curve)
-        if mode == "lr_high" and bad:
+        if mode == "lr_high" and bad and curve is not None:
             nan_at = first_nan(curve)
             if nan_at is not None:
                 after = [v for x, v in zip(curve.xs(), curve.losses(), strict=True) if x >= nan_at]
@@ -167,9 +166,8 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     if mode == "batch_small":
         speed, base_speed = number(r.get("images_per_s")), number(b.get("images_per_s"))
         rough = _rough_ratio(curve, ref_curve)
-        slower = speed is not None and base_speed is not None and speed < 0.8 * base_speed
         noisy = f"; its training loss is {rough:.1f}× as jagged as the reference's" if rough is not None else ""
-        if slower:
+        if speed is not None and base_speed is not None and speed < 0.8 * base_speed:  # slower per image
             return Verdict(
                 True,
                 f"Slower per image: {speed:,.0f} images/s against the reference's {base_speed:,.0f} "

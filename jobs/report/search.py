@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs.report.sections.md import (
+from jobs.report.md import (
     ARCH_KEYS,
     arch_text,
     cell,
@@ -25,8 +25,8 @@ from jobs.report.sections.md import (
     slug,
     table,
 )
-from jobs.report.sections.roles import Grid, Roles
-from jobs.report.sections.stats import (
+from jobs.report.roles import Grid, Roles
+from jobs.report.stats import (
     Config,
     accuracy_se,
     beyond_noise,
@@ -313,7 +313,9 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
 def _untangle(effects: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
     """Effects of keys that split the runs the same way as a stronger key (a tied group such as
     lr and momentum set in pairs) are one effect: keep the first, name the others."""
-    kept, tied, seen = [], [], {}
+    kept: list[Any] = []
+    tied: list[tuple[str, str]] = []
+    seen: dict[tuple[Any, ...], str] = {}
     for e in effects:
         shape = tuple(sorted(tuple(m.rows) for m in e.levels))
         if shape in seen:
