@@ -68,9 +68,15 @@ class Promote:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Promote:
+        top, eta = data.get("top"), data.get("eta")
         return cls(
-            **{k: data.get(k) for k in ("stage", "by", "mode", "max_epochs", "top", "eta")},
-            over_seeds=data.get("over_seeds", "none"),
+            str(data["stage"]),
+            str(data["by"]),
+            str(data.get("mode", "max")),
+            int(data["max_epochs"]),
+            None if top is None else int(top),
+            None if eta is None else int(eta),
+            str(data.get("over_seeds", "none")),
         )
 
 

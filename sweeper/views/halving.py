@@ -64,17 +64,16 @@ def find_chains(view: SweepView) -> list[Chain]:
                 int(recs[0].params_written.get("max_epochs", 0)),
             )
     chains = []
-    roots = sorted(
-        {s for s in source_of.values() for s in [s[0]] if s not in source_of},
-        key=lambda s: by_stage[s][0].position if s in by_stage else 0,
-    )
+    sources: set[str] = {src for src, _, _ in source_of.values() if src not in source_of}
+    roots = sorted(sources, key=lambda name: by_stage[name][0].position if name in by_stage else 0)
     for root in roots:
         recs = by_stage.get(root, [])
         epochs = {j.params.get("max_epochs") for j in recs}
-        chain = Chain([Rung(root, recs, next(iter(epochs)) if len(epochs) == 1 else None)])
+        first = next(iter(epochs)) if len(epochs) == 1 else None
+        chain = Chain([Rung(root, recs, first if isinstance(first, int) else None)])
         current = root
         while True:
-            nxt = [s for s, (src, _, _) in source_of.items() if src == current]
+            nxt = [name for name, (src, _, _) in source_of.items() if src == current]
             if not nxt:
                 break
             current = nxt[0]
