@@ -121,6 +121,22 @@ class JobContext:
             self.tracker.replay(points)
         return state
 
+    def restore_upstream(self, job_id: str) -> dict[str, Any] | None:
+        """The newest valid checkpoint of another job of this sweep, read-only, or None.
+
+        A promoted job (a `promote:` stage) continues its upstream job's training from there. The
+        upstream job's files are only read: its checkpoints stay as they are, for the report and
+        for every other rung that continues it. The metric points that checkpoint carried belong
+        to the upstream job's run and were written by it, so they are dropped here.
+        """
+        found = self.checkpoints.restore(self.sweep, job_id, scan=self.scan_checkpoints)
+        if found is None:
+            return None
+        self.log(f"job {self.job_id}: continues from job {job_id}'s checkpoint {found.sha256[:12]} ({found.source})")
+        state = dict(found.state)
+        state.pop(PENDING_METRICS, None)
+        return state
+
     def checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the checkpoint, then the metrics logged since the last one. Raises LeaseLost for a zombie.
 

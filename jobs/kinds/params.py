@@ -90,6 +90,8 @@ class TrainParams(StrictParams):
     data_dir: str | None = None  # looked in first; then /usr/share/datasets/fashion-mnist; then a download
     train_subset: int | None = Field(None, ge=1)  # first N training images (None: all 60000)
     test_subset: int | None = Field(None, ge=1)
+    # hold out the last N training images as a validation split (the same whatever the seed): val_accuracy, val_loss
+    val_subset: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     conv1: ConvParams = ConvParams()
     conv2: ConvParams = ConvParams()
@@ -110,6 +112,25 @@ class TrainParams(StrictParams):
     eval_batch_size: int = Field(500, ge=1)  # 1000 adds ~100 MB to a worker's peak memory
     eval_train: bool = True  # final train_accuracy/train_loss from a full pass (False: last epoch's running figures)
     device: Device = "auto"  # cuda without a GPU fails the job without retries
+    # set by a `promote:` stage, not written by hand: the upstream job whose final checkpoint this job continues
+    continue_from: str | None = None
+
+    # The metrics a train job reports: `enqueue` checks a promote stage's `by` against them.
+    # val_* only with val_subset (see sweeper/grid/promote.py).
+    reports: ClassVar[tuple[str, ...]] = (
+        "test_accuracy",
+        "test_loss",
+        "train_accuracy",
+        "train_loss",
+        "val_accuracy",
+        "val_loss",
+        "time_to_target_s",
+        "images_to_target",
+        "total_train_s",
+        "images_per_s",
+        "train_running_accuracy",
+        "epochs",
+    )
 
 
 PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]

@@ -17,7 +17,7 @@ from jobs.ml.data import load_dataset
 from jobs.ml.device import describe, job_numerics, numerics, on_device, pick_device
 from jobs.ml.model import Arch, build, count_params, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer, predict, window_batches
-from sweeper.context import Interrupted, JobContext
+from sweeper.context import Interrupted, JobContext, JobFailed
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
@@ -37,9 +37,11 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
         state_dir=ctx.state_dir,
         train_subset=p.train_subset,
         test_subset=p.test_subset,
+        val_subset=p.val_subset,
     )
+    held_out = f", {len(data.val)} validation" if data.val is not None else ""
     ctx.log(
-        f"job {ctx.job_id}: {data.name} from {data.source}: {len(data.train)} train, {len(data.test)} test; "
+        f"job {ctx.job_id}: {data.name} from {data.source}: {len(data.train)} train{held_out}, {len(data.test)} test; "
         f"on {describe(device)}"
     )
     data = on_device(data, device)
@@ -57,7 +59,10 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
         target_window=p.target_window,
         stop_at_target=p.stop_at_target,
     )
-    state = fit(ctx, model, optimizer, data.train, data.test, cfg, checkpoint=ctx.restore())
+    checkpoint = ctx.restore()
+    if checkpoint is None and p.continue_from:  # a promoted job's first attempt: its upstream's final state
+        checkpoint = continued(ctx, p.continue_from, p.max_epochs)
+    state = fit(ctx, model, optimizer, data.train, data.test, cfg, checkpoint=checkpoint, val=data.val)
     if isinstance(state, Interrupted):
         return state  # interrupted at a checkpoint; the worker releases the job
 
@@ -79,6 +84,7 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
         "test_loss": test_loss,
         "train_accuracy": train_acc,
         "train_loss": train_loss,
+        **(validation(model, data.val, p.eval_batch_size) if data.val is not None else {}),
         "time_to_target_s": time.time_to_target_s,
         # The same moment in images seen: deterministic, so speed rankings do not depend on machine load.
         "images_to_target": None
@@ -97,6 +103,8 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
         "dataset": data.name,
         "device": device.type,
     }
+    if p.continue_from:
+        result["continued_from"] = p.continue_from
     ctx.log_metrics(
         # time_to_target_s was logged at the step it was reached
         {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k != "time_to_target_s"},
@@ -137,6 +145,42 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
     for name, path in files.items():
         ctx.log_artifact(path, name)
     return result
+
+
+def continued(ctx: JobContext, upstream: str, max_epochs: int) -> dict[str, Any]:
+    """The final checkpoint of the upstream job a promoted job continues (model, optimizer, RNG, counters).
+
+    Time to target, images to target and the curves carry on from it, so they stay true for the
+    configuration across rungs; the metric points logged from here on continue its step numbers.
+    """
+    state = ctx.restore_upstream(upstream)
+    if state is None:
+        raise JobFailed(
+            f"job {ctx.job_id} continues job {upstream}, which has no valid checkpoint left to continue from; "
+            f"retry {upstream} (sweeper retry {upstream}), then this job",
+            retry=False,
+        )
+    if state.get("epoch", 0) > max_epochs or state.get("batch", 0):
+        raise JobFailed(
+            f"job {upstream}'s last checkpoint is at epoch {state.get('epoch')} batch {state.get('batch')}: "
+            f"not the end of an epoch at or below max_epochs {max_epochs}",
+            retry=False,
+        )
+    # The upstream's curve, into this job's run: the run holds the configuration's whole history.
+    for record in state["history"]["epochs"]:
+        ctx.log_metrics(
+            {f"epoch_{k}": v for k, v in record.items() if k not in ("epoch", "step", "train_s")}, record["epoch"]
+        )
+    for point in state["history"]["points"]:
+        ctx.log_metrics({"loss": point["loss"], "train_acc": point["train_acc"]}, point["step"])
+    if state.get("time_to_target_s") is not None:
+        ctx.log_metrics({"time_to_target_s": state["time_to_target_s"]}, state["target_step"])
+    return state
+
+
+def validation(model: Any, val: Any, batch_size: int) -> dict[str, float]:
+    val_loss, val_acc = evaluate(model, val.x, val.y, batch_size)
+    return {"val_accuracy": val_acc, "val_loss": val_loss}
 
 
 def images_seen(steps: int, batches_per_epoch: int, n_train: int, batch_size: int) -> int:

@@ -65,6 +65,7 @@ class Dataset:
     # What the data is, for caches: name, source, the full set's sizes and which rows of each split
     # (load_dataset takes the first n). None: not known (built by hand), so never served from a cache.
     identity: tuple[object, ...] | None = None
+    val: Split | None = None  # held out of the training split (val_subset); never trained on
 
 
 # One copy per process, shared by every job the worker runs: loading takes seconds, a job
@@ -80,19 +81,34 @@ def load_dataset(
     state_dir: Path | None = None,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    val_subset: int | None = None,
     download: bool = True,
 ) -> Dataset:
-    """The dataset `name` ('fashion-mnist' or 'synthetic'), cut to the subset sizes."""
+    """The dataset `name` ('fashion-mnist' or 'synthetic'), cut to the subset sizes.
+
+    `val_subset: N` holds out the *last* N images of the training split as a validation split:
+    the same images whatever the job's seed or `train_subset` (which takes the first images of
+    the rest), and never trained on.
+    """
+    val_n = val_subset or 0
     if name == "synthetic":
-        full = synthetic(train_subset or SYNTHETIC_TRAIN, test_subset or SYNTHETIC_TEST)
+        full = synthetic((train_subset or SYNTHETIC_TRAIN) + val_n, test_subset or SYNTHETIC_TEST)
     elif name == "fashion-mnist":
         full = fashion_mnist(data_dir=data_dir, state_dir=state_dir, download=download)
     else:
         raise JobFailed(f"unknown dataset '{name}'; use fashion-mnist or synthetic")
-    train, test = full.train.head(train_subset), full.test.head(test_subset)
+    train, val = full.train, None
+    if val_n:
+        if val_n >= len(train):
+            raise JobFailed(f"val_subset {val_n} leaves no training images: {full.name} has {len(train)}", retry=False)
+        rest = len(train) - val_n
+        train, val = Split(train.x[:rest], train.y[:rest]), Split(train.x[rest:], train.y[rest:])
+    train, test = train.head(train_subset), full.test.head(test_subset)
     # the full sizes matter too: `synthetic` draws its test set after its training set
-    identity = (full.name, full.source, len(full.train), len(full.test), ("first", len(train)), ("first", len(test)))
-    return Dataset(full.name, train, test, full.source, identity)
+    identity = (
+        full.name, full.source, len(full.train), len(full.test), ("first", len(train)), ("first", len(test)), ("last", val_n)
+    )  # fmt: skip
+    return Dataset(full.name, train, test, full.source, identity, val)
 
 
 def fashion_mnist(

@@ -138,6 +138,7 @@ def _moved(data: Dataset, device: torch.device) -> Dataset:
         Split(data.test.x.to(device), data.test.y.to(device)),
         data.source,
         data.identity,
+        None if data.val is None else Split(data.val.x.to(device), data.val.y.to(device)),
     )
 
 

@@ -381,11 +381,15 @@ def fit(
     save: Callable[[dict[str, Any]], None] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
     progress: Callable[[float, str], None] | None = None,
+    val: Split | None = None,
 ) -> TrainState | Interrupted:
     """Train `model` up to cfg.epochs epochs; return the final TrainState, or ctx.interrupted().
 
     `checkpoint` is a dict that fit saved earlier: model, optimizer, position, RNGs and time
-    accounting are restored from it and training continues at the exact batch.
+    accounting are restored from it and training continues at the exact batch. It may come from
+    another job (a promoted job continues its upstream's final checkpoint): the loop only needs
+    cfg.epochs to be at least the checkpoint's epoch. `val`, when given, is evaluated at each
+    epoch end (val_loss, val_acc), like `test`; evaluation draws no random numbers.
     """
     save = save or ctx.checkpoint
     progress = progress or ctx.progress
@@ -486,6 +490,10 @@ def fit(
             if test is not None:
                 tick = time.perf_counter()
                 record["test_loss"], record["test_acc"] = evaluate(model, test.x, test.y, cfg.eval_batch_size)
+                state.eval_s += time.perf_counter() - tick
+            if val is not None:
+                tick = time.perf_counter()
+                record["val_loss"], record["val_acc"] = evaluate(model, val.x, val.y, cfg.eval_batch_size)
                 state.eval_s += time.perf_counter() - tick
             ctx.log_metrics({f"{p}epoch_{k}": v for k, v in record.items() if k not in ("epoch", "step")}, epoch + 1)
             record["train_s"] = state.train_s

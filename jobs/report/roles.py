@@ -85,6 +85,12 @@ def varying(jobs: list[Any]) -> list[str]:
     return [k for k in keys if k != SEED_KEY and len({repr(f.get(k)) for f in flats}) > 1]
 
 
+def _is_promote(view: Any, stage: str) -> bool:
+    jobs = view.jobs(stage, status=None)
+    rank_of = jobs[0].params_written.get("rank_of") if jobs else None
+    return isinstance(rank_of, dict) and bool(rank_of.get("continue"))
+
+
 def _repeat_source(view: Any, stage: str, others: list[str]) -> str | None:
     jobs = view.jobs(stage, status=None)
     for job in jobs:
@@ -118,6 +124,9 @@ def find_roles(view: Any) -> Roles:
             rest.append(name)
     repeats: dict[str, list[str]] = {}
     grids = []
+    # The rungs of a successive halving (promote stages) are neither grids nor seed repeats: the
+    # report's "Successive halving" section (sweeper/views/halving.py) describes them.
+    rest = [n for n in rest if not _is_promote(view, n)]
     for name in rest:
         source = _repeat_source(view, name, [n for n in rest if n != name])
         if source is not None and source in rest:

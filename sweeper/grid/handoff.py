@@ -19,6 +19,12 @@ Three forms, all resolved once, when every upstream job has finished:
   rank}, seed: 1}`: they resolve to the params of the configuration ranked `rank` in `stage`,
   with `seed` (every key beside `rank_of`) set over them.
 
+* A promote job (a `promote:` stage, see sweeper/grid/promote.py) has params `{rank_of: {stage,
+  by, mode, rank, over_seeds, continue: true}, max_epochs: M}`: the same, plus `continue_from:
+  JOB`, the upstream job whose final checkpoint it continues. With `over_seeds: none` each job
+  ranks on its own; with `mean` a configuration ranks by the mean of its seeds and the job
+  continued is its earliest seed's.
+
 `inherit` and `best_of` may name several stages and rank over seeds (`over_seeds: mean`): jobs
 whose params are identical except for `seed` are one configuration, ranked by the mean of its
 seeds; `min_seeds: N` leaves out configurations with fewer seeds (a config that ran once must not
@@ -43,6 +49,8 @@ MODES = ("max", "min")
 OVER_SEEDS = ("none", "mean")
 SEED_KEY = "seed"  # the param that tells repeats of one configuration apart
 RANK_KEY = "rank_of"  # the params of a repeat job: {rank_of: {stage, by, mode, rank}, seed: N}
+# Set by a promote job's resolution: the upstream job whose final checkpoint it continues.
+CONTINUE_KEY = "continue_from"
 
 
 class HandOffError(ValueError):
@@ -90,9 +98,14 @@ class RankOf:
     metric: str
     mode: str
     rank: int
+    over_seeds: str = "mean"  # a repeat always ranks configurations; a promote says which
+    continues: bool = False  # a promote job: continue the ranked job's final checkpoint
 
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "by": self.metric, "mode": self.mode, "rank": self.rank}
+        out: dict[str, Any] = {"stage": self.stage, "by": self.metric, "mode": self.mode, "rank": self.rank}
+        if self.continues:  # only then, so that a repeat job's identity is what it always was
+            out.update(over_seeds=self.over_seeds, **{"continue": True})
+        return out
 
 
 def parse_ref(value: Any) -> Ref | None:
@@ -191,7 +204,14 @@ def parse_rank_of(params: Mapping[str, Any]) -> RankOf | None:
     if not isinstance(value, Mapping):
         return None
     try:
-        return RankOf(str(value["stage"]), str(value["by"]), str(value.get("mode", "max")), int(value["rank"]))
+        return RankOf(
+            str(value["stage"]),
+            str(value["by"]),
+            str(value.get("mode", "max")),
+            int(value["rank"]),
+            str(value.get("over_seeds", "mean")),
+            bool(value.get("continue", False)),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -291,13 +311,18 @@ class Config:
 
 
 def config_key(params: Mapping[str, Any]) -> str:
-    """What makes two jobs the same configuration: every param but the seed."""
-    rest = {k: v for k, v in params.items() if k != SEED_KEY}
+    """What makes two jobs the same configuration: every param but the seed (and the job a promoted one continued)."""
+    rest = {k: v for k, v in params.items() if k not in (SEED_KEY, CONTINUE_KEY)}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def ranked_configs(
-    outcomes: list[Outcome], stages: tuple[str, ...], metric: str, mode: str, min_seeds: int = 1
+    outcomes: list[Outcome],
+    stages: tuple[str, ...],
+    metric: str,
+    mode: str,
+    min_seeds: int = 1,
+    over_seeds: str = "mean",
 ) -> list[Config]:
     """The configurations of `stages`, best mean first.
 
@@ -305,11 +330,12 @@ def ranked_configs(
     model-grid point) counts once, as its earliest job. A configuration some of whose seeds did
     not report the metric ranks after every configuration whose seeds all did (a run that never
     reached the target is not faster for it); one that reported nothing is left out. Ties go to
-    the configuration whose first job is earlier in the queue.
+    the configuration whose first job is earlier in the queue. `over_seeds: none` ranks every
+    job on its own (a configuration of one seed).
     """
     groups: dict[str, dict[str, Outcome]] = {}
     for o in _done(outcomes, stages):
-        seeds = groups.setdefault(config_key(o.params), {})
+        seeds = groups.setdefault(config_key(o.params) if over_seeds == "mean" else o.job_id, {})
         seeds.setdefault(json.dumps(o.params.get(SEED_KEY), default=str), o)
     configs = []
     for seeds in groups.values():
@@ -362,11 +388,12 @@ def resolve_ref(ref: Ref, outcomes: list[Outcome]) -> Any:
 
 def resolve_rank_of(rank_of: RankOf, outcomes: list[Outcome]) -> Outcome:
     """The job whose params a repeat job takes: the earliest job of the rank-th configuration."""
-    configs = ranked_configs(outcomes, (rank_of.stage,), rank_of.metric, rank_of.mode)
+    configs = ranked_configs(outcomes, (rank_of.stage,), rank_of.metric, rank_of.mode, over_seeds=rank_of.over_seeds)
     if rank_of.rank > len(configs):
+        what = "promote" if rank_of.continues else "repeat"
         raise HandOffError(
             f"stage '{rank_of.stage}' has {len(configs)} configuration(s) that reported '{rank_of.metric}'; "
-            f"there is no rank {rank_of.rank} to repeat"
+            f"there is no rank {rank_of.rank} to {what}"
         )
     return configs[rank_of.rank - 1].members[0]
 
@@ -385,6 +412,8 @@ def resolve_params(
         source = resolve_rank_of(rank_of, outcomes)
         resolved = _deep_copy(source.ran_with if source.ran_with is not None else source.params)
         resolved.update({k: _deep_copy(v) for k, v in params.items() if k != RANK_KEY})
+        if rank_of.continues:
+            resolved[CONTINUE_KEY] = source.job_id
         return resolved, {RANK_KEY: source.job_id}
     resolved = _deep_copy(params)
     provenance: dict[str, str] = {}

@@ -22,6 +22,7 @@ from typing import Any
 
 from sweeper.errors import SpecError
 from sweeper.grid import handoff, registry
+from sweeper.grid.promote import PROMOTE_EXCLUDES, Promote, PromoteProblem, expand_halving, parse_promote
 from sweeper.grid.yamlfile import LineIndex, load_yaml
 from sweeper.mappings import deep_copy as _copy
 from sweeper.mappings import flatten
@@ -41,6 +42,8 @@ STAGE_KEYS = (
     "max_failures",
     "max_interruptions",
     "repeat",
+    "promote",
+    "halving",
 )
 # A repeat stage takes its kind and params from the stage it repeats.
 REPEAT_EXCLUDES = ("kind", "params", "grid", "configs", "inherit")
@@ -85,6 +88,7 @@ class StageSpec:
     max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
     description: str = ""
     repeat: Repeat | None = None
+    promote: Promote | None = None
 
     def to_json(self) -> dict[str, Any]:
         inherit = None if self.inherit is None else self.inherit.to_json()
@@ -96,6 +100,7 @@ class StageSpec:
             "priority": self.priority,
             "description": self.description,
             "repeat": None if self.repeat is None else self.repeat.to_json(),
+            "promote": None if self.promote is None else self.promote.to_json(),
         }
 
     @classmethod
@@ -111,6 +116,7 @@ class StageSpec:
             priority=int(data.get("priority") or 0),
             description=data.get("description") or "",
             repeat=Repeat(**{**repeat, "seeds": tuple(repeat["seeds"])}) if repeat else None,
+            promote=Promote.from_json(data["promote"]) if data.get("promote") else None,
         )
 
 
@@ -218,6 +224,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     if not isinstance(stages_raw, Mapping) or not stages_raw:
         raise r.error("'stages' must be a non-empty mapping of stage names to stages", "stages", key="stages")
 
+    stages_raw, origins = _expand_halving_stages(r, stages_raw)
     stages: dict[str, StageSpec] = {}
     raw_by_stage: dict[str, Mapping[str, Any]] = {}
     for stage_name, raw in stages_raw.items():
@@ -231,12 +238,13 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             raise r.error("a stage must be a mapping with at least 'kind'", "stages", stage_name, stage=stage_name)
         r.check_keys(raw, STAGE_KEYS, "stages", stage_name, stage=stage_name, what="stage")
         raw_by_stage[stage_name] = raw
-        if "repeat" not in raw:  # a repeat stage is read once the stage it repeats is known
+        if "repeat" not in raw and "promote" not in raw:  # these are read once their source stage is known
             stages[stage_name] = _read_stage(r, stage_name, raw)
     for stage_name, raw in raw_by_stage.items():
         if "repeat" in raw:
             repeats = {n for n, raw in raw_by_stage.items() if "repeat" in raw}
             stages[stage_name] = _read_repeat(r, stage_name, raw, stages, repeats)
+    _read_promotes(r, raw_by_stage, stages, origins)
     stages = {stage_name: stages[stage_name] for stage_name in raw_by_stage}  # file order
 
     for stage in stages.values():
@@ -263,11 +271,14 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
     spec.stages = list(stages.values())
     job_counts: dict[str, int] = {}
     expanded = {
-        s.name: _expand_stage(r, name, s, raw_by_stage[s.name], defaults) for s in spec.stages if s.repeat is None
+        s.name: _expand_stage(r, name, s, raw_by_stage[s.name], defaults)
+        for s in spec.stages
+        if s.repeat is None and s.promote is None
     }
     for stage in spec.stages:
         if stage.repeat is not None:
             expanded[stage.name] = _expand_repeat(r, name, stage, expanded[stage.repeat.stage])
+    _expand_promotes(r, name, spec.stages, expanded, origins)
     for stage in spec.stages:
         jobs = expanded[stage.name]
         job_counts[stage.name] = len(jobs)
@@ -877,4 +888,214 @@ def _expand_repeat(r: _Reader, sweep: str, stage: StageSpec, source_jobs: list[J
                     stage.max_interruptions,
                 )
             )
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Promote stages (successive halving): the best jobs of another stage, trained on from their
+# final checkpoint. The rules are in sweeper/grid/promote.py; here they meet the file's lines.
+
+_Where = tuple[object, ...]
+
+
+def _expand_halving_stages(r: _Reader, stages_raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, _Where]]:
+    """The stages with every `halving:` stage written out as its rungs, and where each rung came from."""
+    out: dict[str, Any] = {}
+    origins: dict[str, _Where] = {}
+    for stage_name, raw in stages_raw.items():
+        stage_name = str(stage_name)
+        if not isinstance(raw, Mapping) or "halving" not in raw:
+            out[stage_name] = raw
+            continue
+        where = ("stages", stage_name, "halving")
+        for key in ("repeat", "promote"):
+            if key in raw:
+                raise r.error(
+                    f"a halving stage cannot also '{key}'", "stages", stage_name, key, stage=stage_name, key=key
+                )
+        try:
+            rungs = expand_halving(stage_name, raw)
+        except PromoteProblem as exc:
+            key = f"halving.{exc.key}" if exc.key else "halving"
+            raise r.error(exc.message, *where, exc.key, stage=stage_name, key=key, hint=exc.hint) from None
+        for rung_name, rung_raw in rungs.items():
+            if rung_name in out or (rung_name != stage_name and rung_name in stages_raw):
+                raise r.error(
+                    f"halving writes a stage '{rung_name}', and the file has one by that name",
+                    *where,
+                    stage=stage_name,
+                    key="halving",
+                    hint="rename one of them",
+                )
+            out[rung_name] = rung_raw
+            if rung_name != stage_name:
+                origins[rung_name] = where
+    return out, origins
+
+
+def _promote_source(raw: Mapping[str, Any]) -> Any:
+    value = raw.get("promote")
+    return value.get("stage") if isinstance(value, Mapping) else None
+
+
+def _read_promotes(
+    r: _Reader,
+    raw_by_stage: Mapping[str, Mapping[str, Any]],
+    stages: dict[str, StageSpec],
+    origins: Mapping[str, _Where],
+) -> None:
+    """Read the promote stages, each once the stage it promotes from is read (a rung may follow a rung)."""
+    pending = [n for n, raw in raw_by_stage.items() if "promote" in raw]
+    while pending:
+        ready = [
+            n
+            for n in pending
+            if _promote_source(raw_by_stage[n]) in stages or _promote_source(raw_by_stage[n]) not in pending
+        ]
+        if not ready:  # every one waits for another: a cycle
+            ready = pending[:1]
+        for stage_name in ready:
+            where = origins.get(stage_name, ("stages", stage_name, "promote"))
+            stages[stage_name] = _read_promote(r, stage_name, raw_by_stage[stage_name], stages, where)
+            pending.remove(stage_name)
+
+
+def _read_promote(
+    r: _Reader, name: str, raw: Mapping[str, Any], stages: Mapping[str, StageSpec], where: _Where
+) -> StageSpec:
+    """A `promote:` stage, validated against the stage it promotes from, whose kind it takes."""
+
+    def bad(message: str, key: str, hint: str | None = None) -> SpecError:
+        return r.error(message, *where, key, stage=name, key=f"promote.{key}" if key else "promote", hint=hint)
+
+    for key in PROMOTE_EXCLUDES:
+        if key in raw:
+            raise r.error(
+                f"a promote stage takes its kind and params from the stage it promotes from; remove '{key}'",
+                "stages",
+                name,
+                key,
+                stage=name,
+                key=key,
+            )
+    try:
+        promote = parse_promote(raw["promote"])
+    except PromoteProblem as exc:
+        raise bad(exc.message, exc.key, exc.hint) from None
+    source = promote.stage
+    if source == name:
+        raise bad("a stage cannot promote from itself", "stage")
+    if source not in stages:
+        raise bad(
+            f"promote names unknown stage '{source}'",
+            "stage",
+            _suggest(source, stages) or f"stages: {', '.join(stages)}",
+        )
+    if stages[source].repeat is not None:
+        raise bad(
+            f"'{source}' is a repeat stage; promote from the stage it repeats, with over_seeds: mean",
+            "stage",
+        )
+    kind = stages[source].kind
+    model = registry.load_params_model(kind)
+    if model is not None:
+        missing = [k for k in ("max_epochs", handoff.CONTINUE_KEY) if k not in model.model_fields]
+        if missing:
+            raise bad(
+                f"kind '{kind}' of stage '{source}' takes no {' or '.join(missing)}: it cannot be promoted", "stage"
+            )
+        reports = getattr(model, "reports", None)
+        if reports is not None and promote.by not in reports:
+            raise bad(
+                f"kind '{kind}' does not report a metric '{promote.by}'",
+                "by",
+                _suggest(promote.by, reports) or f"{kind} reports: {', '.join(reports)}",
+            )
+    needs_raw = raw.get("needs") or []
+    needs_list = [needs_raw] if isinstance(needs_raw, str) else needs_raw
+    if isinstance(needs_list, list):  # otherwise _read_stage reports the malformed 'needs'
+        needs_list = [source, *(n for n in needs_list if n != source)]
+    plain = {k: v for k, v in raw.items() if k != "promote"}
+    stage = _read_stage(r, name, {**plain, "kind": kind, "needs": needs_list})
+    return dataclasses.replace(stage, promote=promote)
+
+
+def _expand_promotes(
+    r: _Reader,
+    sweep: str,
+    stages: list[StageSpec],
+    expanded: dict[str, list[JobSpec]],
+    origins: Mapping[str, _Where],
+) -> None:
+    by_name = {s.name: s for s in stages}
+    pending = [s for s in stages if s.promote is not None]
+    while pending:
+        for stage in [s for s in pending if s.promote is not None and s.promote.stage in expanded]:
+            where = origins.get(stage.name, ("stages", stage.name, "promote"))
+            expanded[stage.name] = _expand_promote(r, sweep, stage, by_name, expanded, where)
+            pending.remove(stage)
+
+
+def _epochs_of(job: JobSpec, stage: StageSpec, default: Any) -> Any:
+    if stage.promote is not None:
+        return stage.promote.max_epochs
+    return job.params.get("max_epochs", default)
+
+
+def _expand_promote(
+    r: _Reader,
+    sweep: str,
+    stage: StageSpec,
+    stages: Mapping[str, StageSpec],
+    expanded: Mapping[str, list[JobSpec]],
+    where: _Where,
+) -> list[JobSpec]:
+    """`count` blocked jobs; each resolves at settle time to a ranked upstream job, trained on from its checkpoint."""
+    promote = stage.promote
+    assert promote is not None
+    source = stages[promote.stage]
+    source_jobs = expanded[promote.stage]
+
+    def bad(message: str, key: str, hint: str | None = None) -> SpecError:
+        return r.error(message, *where, key, stage=stage.name, key=f"promote.{key}", hint=hint)
+
+    if promote.top is not None and promote.top > len(source_jobs):
+        raise bad(f"promote 'top' is {promote.top}, but stage '{promote.stage}' has {len(source_jobs)} job(s)", "top")
+    model = registry.load_params_model(stage.kind)
+    field = model.model_fields.get("max_epochs") if model is not None else None
+    default = field.default if field is not None else None
+    upstream = [e for j in source_jobs if isinstance(e := _epochs_of(j, source, default), int)]
+    if upstream and promote.max_epochs <= max(upstream):
+        raise bad(
+            f"promote 'max_epochs' is {promote.max_epochs}, not above the {max(upstream)} epochs "
+            f"stage '{promote.stage}' trains to: a promoted job would train no further",
+            "max_epochs",
+            f"for example: max_epochs: {max(upstream) * 3}",
+        )
+    root = source
+    while root.promote is not None:
+        root = stages[root.promote.stage]
+    if promote.by.startswith("val_") and any(j.params.get("val_subset") is None for j in expanded[root.name]):
+        raise bad(
+            f"stage '{root.name}' sets no val_subset, so its jobs report no '{promote.by}'",
+            "by",
+            f"hold out a validation split: params: {{val_subset: 5000}} in stage '{root.name}', or rank by test_accuracy",
+        )
+    jobs = []
+    for rank in range(1, promote.count(len(source_jobs)) + 1):
+        rank_of = handoff.RankOf(promote.stage, promote.by, promote.mode, rank, promote.over_seeds, continues=True)
+        params = {handoff.RANK_KEY: rank_of.to_json(), "max_epochs": promote.max_epochs}
+        jobs.append(
+            JobSpec(
+                job_identity(sweep, stage.name, stage.kind, params),
+                sweep,
+                stage.name,
+                stage.kind,
+                params,
+                f"{promote.stage}#{rank} -> {promote.max_epochs} epochs",
+                stage.priority,
+                stage.max_failures,
+                stage.max_interruptions,
+            )
+        )
     return jobs

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sweeper.errors import LeaseLost
+from sweeper.grid.handoff import CONTINUE_KEY
 from sweeper.mappings import flatten
 from sweeper.masking import mask_params, mask_text
 
@@ -490,6 +491,14 @@ class MLflowTracker:
                 self._log_params(run)
             return run_id
         self.race_hook("run-searched")  # no run of the job found: a frozen worker wakes here
+        upstream = run.params.get(CONTINUE_KEY)
+        if isinstance(upstream, str):
+            # A promoted job (promote: stage) is a run of its own, nested under the run of the job
+            # it continues: its curve carries on at the upstream's step numbers (docs/halving.md).
+            tags["sweeper.continues"] = upstream
+            parent = self._run_of_job(exp_id, upstream)
+            if parent is not None:
+                tags["mlflow.parentRunId"] = parent.info.run_id
         created = _retry_transient(
             lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
         )

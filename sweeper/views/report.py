@@ -40,6 +40,7 @@ from sweeper.store.checkpoints import atomic_write
 from sweeper.store.readmodel import code_warning
 from sweeper.store.results import JobRecord, Scalar, SweepView
 from sweeper.views.dashview import duration
+from sweeper.views.halving import sections as halving_sections
 from sweeper.views.safe_text import visible
 
 PLUGIN_GROUP = "sweeper.report"
@@ -431,7 +432,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     view.out_dir = out_dir
 
-    sections = [overview(view)]
+    sections = [overview(view), *halving_sections(view)]  # a sweep of promote stages: its rungs first
     for s in view.stages:
         log(f"stage {s.name}")
         sections += stage_sections(view, s.name, opts, log)
