@@ -115,3 +115,24 @@ def test_help_explains_every_command():
         assert command in proc.stdout
     work = run_cli("work", "--help").stdout
     assert "--lease-ttl" in work and "--threads-per-worker" in work and "Ctrl-C" in work
+
+
+# The error messages themselves are checked in-process (tests/unit/test_cli_errors.py); these two
+# check that a real process exits with the code main() maps each error to, without a traceback.
+
+
+def test_a_usage_error_from_a_real_process_exits_2_without_a_traceback(tmp_path: Path):
+    proc = run_cli("show", "deadbeef", "--state", str(tmp_path / "state"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_that_does_not_exist_fails_at_once(pg_url: str) -> None:
+    import sqlalchemy as sa
+
+    url = sa.make_url(pg_url).set(database="sweeper_no_such_db").render_as_string(hide_password=False)
+    proc = run_cli("status", "--db", url)
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 3 and "Traceback" not in text, text
+    assert "cannot use database" in text and 'database "sweeper_no_such_db" does not exist' in text, text

@@ -17,10 +17,10 @@ from jobs.ml.data import load_dataset
 from jobs.ml.model import Arch, Conv, build
 from jobs.ml.training import LoopConfig, fit, make_optimizer
 from sweeper.running.progress import LineView, format_eta
+from tests.onejob import Job
 
 from .conftest import cli_env, run_cli, wait_for
 from .test_status_live import Terminal
-from .test_train_loop import Job
 
 GRID = "sweep: p\nstages:\n  a: {kind: noop, grid: {seed: [1, 2]}, params: {steps: 30, step_s: 0.1}}\n"
 LINE = re.compile(r"^\d\d:\d\d:\d\d worker (\d+) job (\w+) \[a\] (\d+)% step (\d+)/30 (ETA \S+)$")

@@ -17,8 +17,7 @@ from jobs.ml.data import load_dataset
 from jobs.ml.model import Arch, Conv, build
 from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
 from sweeper.context import Interrupted, JobContext
-
-from .onejob import Job, one_thread  # noqa: F401  (an autouse fixture)
+from tests.onejob import Job, one_thread  # noqa: F401  (an autouse fixture)
 
 ARCH = Arch(Conv(8, 3), Conv(8, 3), 32)
 CFG = LoopConfig(
@@ -138,7 +137,7 @@ def test_our_sgd_updates_weights_exactly_like_torch_optim_sgd():
 # state in the checkpoint dict itself): ARCH_V1 and CFG_V1 on synthetic 320/64, init seed 0, SGD lr
 # 0.05 momentum 0.9, stopped after 14 batches (epoch 1, batch 4), wrapped as
 # {"torch": version, "commit": ..., "state": the checkpoint dict}.
-V1_FILE = Path(__file__).parent / "data" / "train_state_v1.pt"
+V1_FILE = Path(__file__).parents[1] / "data" / "train_state_v1.pt"
 ARCH_V1 = Arch(Conv(2, 3), Conv(2, 3), 8)
 CFG_V1 = LoopConfig(
     epochs=2, batch_size=32, seed=5, checkpoint_every_s=1e9, log_every=3, target_train_acc=0.3, target_window=96
