@@ -57,3 +57,20 @@ def zombie_fails(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     for step in range(4, 7):
         ctx.log_metrics({"loss": float(step)}, step)
     return {"steps": 6, "attempt": ctx.attempt}
+
+
+def together(ctx: JobContext, params: dict[str, Any]) -> Any:
+    """Runs as `kind: noop` once `params['expect']` jobs have started (each touches a file in
+    `params['meet']`): the first job waits for the others, so each of that many workers holds one
+    job at the same time, however slowly the machine starts them."""
+    from jobs.kinds.noop import run as noop
+
+    meet = Path(params["meet"])
+    meet.mkdir(parents=True, exist_ok=True)
+    (meet / ctx.job_id).touch()
+    deadline = time.monotonic() + 300.0
+    while len(list(meet.iterdir())) < int(params["expect"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(list(meet.iterdir()))} of {params['expect']} jobs started")
+        time.sleep(0.05)
+    return noop(ctx, {k: v for k, v in params.items() if k not in ("meet", "expect")})
