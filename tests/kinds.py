@@ -74,3 +74,20 @@ def together(ctx: JobContext, params: dict[str, Any]) -> Any:
             raise RuntimeError(f"only {len(list(meet.iterdir()))} of {params['expect']} jobs started")
         time.sleep(0.05)
     return noop(ctx, {k: v for k, v in params.items() if k not in ("meet", "expect")})
+
+
+def artifacts(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Records two output files: result.json (`params['result']`) and table.csv (`params['rows']`)."""
+    import csv
+    import json
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="sweeper-test-artifacts-"))
+    (out / "result.json").write_text(json.dumps(params["result"]))
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(params["rows"][0]))
+        writer.writeheader()
+        writer.writerows(params["rows"])
+    for name in ("result.json", "table.csv"):
+        ctx.log_artifact(out / name)
+    return {"files": 2}
