@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from rich.console import Console
 from typer.testing import CliRunner
 
 from sweeper import cli
@@ -40,7 +41,14 @@ def sweeper(*args: str, **env: str) -> Run:
     """Run `sweeper ARGS` as the console script would, with `env` over the cleared variables."""
     runner = CliRunner()
     argv = sys.argv
-    with runner.isolation(env={**ENV, **env}) as (stdout, stderr, _):
+    env = {**ENV, **env}
+    # Rich fixes a console's width when it is made if $COLUMNS is set then (it is in pytest-xdist's
+    # workers), so set the width of sweeper.cli's consoles for this run too.
+    consoles = [c for c in vars(cli).values() if isinstance(c, Console)]
+    widths = [c._width for c in consoles]
+    for console in consoles:
+        console.width = int(env["COLUMNS"] or 200)
+    with runner.isolation(env=env) as (stdout, stderr, _):
         sys.argv = ["sweeper", *args]
         try:
             cli.main()
@@ -51,6 +59,8 @@ def sweeper(*args: str, **env: str) -> Run:
             sys.argv = argv
             sys.stdout.flush()
             sys.stderr.flush()
+            for console, width in zip(consoles, widths, strict=True):
+                console._width = width
         out, err = stdout.getvalue(), stderr.getvalue()
     return Run(code, out.decode(), err.decode())
 

@@ -3,18 +3,14 @@
 The promise: whatever the file holds, enqueue either adds valid jobs (exactly those the grid
 describes) or prints one clear error and exits with code 2, never a traceback, and then the
 queue is exactly as it was (no partial write). The CLI runs in-process through sweeper.cli.main
-with sys.argv, as the console script does.
+with sys.argv, as the console script does (clirun.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import math
-import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,9 +21,10 @@ import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from sweeper.cli import main
 from sweeper.errors import SweeperError
 from sweeper.grid.spec import parse_spec
+
+from .clirun import sweeper
 
 BASE_DOCS: list[dict[str, Any]] = [
     {
@@ -212,24 +209,9 @@ def _write(path: Path, text: str | bytes) -> str:
 
 
 def cli(*args: str) -> tuple[int, str, str]:
-    """Run `sweeper ARGS` in this process: (exit code, stdout, stderr). Any exception escapes."""
-    out, err = io.StringIO(), io.StringIO()
-    argv, columns = sys.argv, os.environ.get("COLUMNS")
-    sys.argv = ["sweeper", *args]
-    os.environ["COLUMNS"] = "1000"  # one error per line, however long the path
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-        if columns is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = columns
-    return code, out.getvalue(), err.getvalue()
+    """Run `sweeper ARGS` in this process: (exit code, stdout, stderr)."""
+    run = sweeper(*args, COLUMNS="1000")  # one error per line, however long the path
+    return run.code, run.stdout, run.stderr
 
 
 def dump(state: Path) -> list:
