@@ -9,7 +9,7 @@ checks  through a real JobContext and checkpoint store (benchmarks/jobcontext.py
         - cuda -> cpu and cpu -> cuda: a job stopped mid-epoch on one device resumes on the other
           with exactly the saved weights, and finishes; the checkpoint file holds CPU tensors only
         - cuda -> cuda: stopped and resumed is bit-identical to an uninterrupted run
-          (torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, jobs/ml/device.py)
+          (jobs.ml.device.job_numerics: deterministic algorithms, no TF32; CUBLAS_WORKSPACE_CONFIG)
 speed   jobs.ml.training.fit on the baseline net (conv 3x3x16, conv 3x3x16, dense 100), SGD lr 1e-3
         momentum 0.9, at batch 32 and 256, over the same images on the CPU (1 thread, as a default
         worker runs, and all cores) and on CUDA; training compute only (fit's train_s), rounds
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from benchmarks.jobcontext import ScratchJob  # noqa: E402
 from jobs.ml.data import SYSTEM_DIR, DataNotFound, load_dataset  # noqa: E402
-from jobs.ml.device import on_device, pick_device  # noqa: E402
+from jobs.ml.device import job_numerics, on_device, pick_device  # noqa: E402
 from jobs.ml.model import Arch, Conv, build  # noqa: E402
 from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer  # noqa: E402
 
@@ -65,7 +65,8 @@ def attempt(job: ScratchJob, cpu_data: Any, device: str, cfg: LoopConfig, stop_a
         if stop_after is not None and steps[0] == stop_after:
             ctx.request_stop()
 
-    result = fit(ctx, model, optimizer, d.train, d.test, cfg, checkpoint=ctx.restore(), after_step=count)
+    with job_numerics(dev):  # as kind train: deterministic, no TF32 on a GPU, for this fit only
+        result = fit(ctx, model, optimizer, d.train, d.test, cfg, checkpoint=ctx.restore(), after_step=count)
     return model, d, result
 
 

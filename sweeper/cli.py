@@ -21,6 +21,7 @@ from rich.text import Text
 
 from sweeper.config import Settings, mask_password, resolve_settings
 from sweeper.errors import SweeperError, UsageError
+from sweeper.views import safe_text
 
 app = typer.Typer(
     help="Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report.",
@@ -271,7 +272,7 @@ def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
     for col in ("", "job", "stage", "params"):
         table.add_column(col)
     for row in rows[:limit]:
-        table.add_row(*row)
+        table.add_row(*(safe_text.text(cell) for cell in row))  # labels hold values: text, not markup
     out.print(table)
     if limit is not None and len(rows) > limit:
         out.print(f"... and {len(rows) - limit} more (use --dry-run to list them all)")
@@ -404,6 +405,8 @@ def work(
         finally:
             database.dispose()
         _print_diff(diff, settings, listing=False)
+    if stage or sweep:
+        _check_selection(_open(settings, create=False), stage, sweep, dispose=True)
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -468,10 +471,9 @@ def status(
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        if sweep:
-            from sweeper.store.results import require_sweep
+        from sweeper.store.results import require_selection
 
-            require_sweep(database, sweep)
+        require_selection(database, sweep)
         if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
             from sweeper.views.dashboard import check_metric
 
@@ -543,7 +545,7 @@ def export(
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
     from sweeper.store.db import STATUSES
-    from sweeper.store.results import load_jobs
+    from sweeper.store.results import load_jobs, require_selection
     from sweeper.views.export import write_csv
 
     bad = [s for s in status_filter or [] if s not in STATUSES]
@@ -552,10 +554,7 @@ def export(
     settings = _settings(ctx, state, db, tracking=False)
     database = _open(settings, create=False)
     try:
-        if sweep:
-            from sweeper.store.results import require_sweep
-
-            require_sweep(database, sweep)
+        require_selection(database, sweep, stage)
         records = load_jobs(database, sweep, stage, status_filter or None)
     finally:
         database.dispose()
@@ -623,7 +622,7 @@ def report(
     (except for --mlflow-screenshot).
     """
     from sweeper.grid.ranking import parse_metric
-    from sweeper.store.results import SweepView, only_sweep
+    from sweeper.store.results import SweepView, only_sweep, require_selection
     from sweeper.views.report import ReportOptions, write_report
 
     opts = ReportOptions(
@@ -637,6 +636,7 @@ def report(
     database = _open(settings, create=False)
     try:
         name = sweep or only_sweep(database)
+        require_selection(database, name)
         from sweeper.views.dashboard import check_metric
 
         # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
@@ -646,11 +646,11 @@ def report(
         view = SweepView(database, settings.state_dir, name, out_dir)
         if mlflow_screenshot:
             view.mlflow_screenshot = _mlflow_screenshot(settings, name, out_dir)
-        result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
+        result = write_report(view, out_dir, opts, log=lambda msg: err.print(safe_text.text(msg, "dim")))
     finally:
         database.dispose()
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {safe_text.markup(note)}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
 
 
@@ -679,6 +679,18 @@ def retry(
     failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
     sweep: SweepOpt = None,
+    stale: Annotated[
+        bool,
+        typer.Option("--stale", help="Run the finished jobs whose upstream stage changed since (stale) again."),
+    ] = False,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Start jobs whose checkpoints were refused as possibly malicious over without them "
+            "(they stay in quarantine/); without it such a job fails again at once.",
+        ),
+    ] = False,
     state: StateOpt = None,
     db: DbOpt = None,
     mirror: MirrorOpt = "auto",
@@ -687,13 +699,22 @@ def retry(
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
 
+    if stale:
+        from sweeper.store.stale import rerun_stale
+
+        st = _settings(ctx, state, db)
+        warn = lambda m: err.print(Text.assemble(("warning: ", "yellow"), m))  # noqa: E731
+        rerun = lambda q, ids: rerun_stale(q, st.state_dir, ids, stage, sweep, st.tracking_uri, warn)  # noqa: E731
+        picked = _change_jobs(ctx, state, db, job_ids, rerun)
+        out.print(f"running {len(picked)} stale job(s) again" + (f": {', '.join(picked[:20])}" if picked else ""))
+        return
     _selection(job_ids, failed, stage, sweep, "retry")
     wanted = ("failed",) if failed else ("failed", "cancelled")
     notes: list[str] = []
 
     def change(queue: Any, ids: list[str]) -> list[str]:
         _check_selection(queue.db, stage, sweep)
-        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
+        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed, from_scratch=from_scratch)
         notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
         return picked
 
@@ -734,14 +755,15 @@ def cancel(
     _print_untouched(notes, "cancel takes jobs that have not finished")
 
 
-def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
+def _check_selection(database: Any, stage: Any, sweep: str | None, dispose: bool = False) -> None:
     """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
-    from sweeper.store.results import require_stage, require_sweep
+    from sweeper.store.results import require_selection
 
-    if sweep:
-        require_sweep(database, sweep)
-    if stage:
-        require_stage(database, stage, sweep)
+    try:
+        require_selection(database, sweep, stage)
+    finally:
+        if dispose:
+            database.dispose()
 
 
 def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:

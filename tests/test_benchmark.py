@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from jobs.kinds.benchmark import list_models, pareto_front, select
+from jobs.kinds.benchmark import BenchmarkState, list_models, pareto_front, select
 from jobs.kinds.params import PruneParams
 from sweeper.errors import SpecError
 from sweeper.grid.spec import parse_spec
@@ -125,3 +125,15 @@ def test_the_benchmark_job_imports_without_torchs_no_cuda_runtime_warning(tmp_pa
     # the control: torch itself still warns here, so the check below can fail
     assert NO_CUDA in stderr_of_import("torch.utils.benchmark", str(tmp_path))
     assert NO_CUDA not in stderr_of_import("jobs.kinds.benchmark", str(tmp_path))
+
+
+@pytest.mark.parametrize("original", [None, {"name": "baseline", "test_accuracy": 0.9}])
+def test_a_benchmark_checkpoint_keeps_its_keys_through_the_named_state(original):
+    """The dict that the benchmark wrote before BenchmarkState ({version, records, timing[, original]})."""
+    old = {"version": 1, "records": [{"name": "m", "sha256": "ab", "flops": 3}], "timing": {"summary": {"n": 1}}}
+    if original is not None:
+        old["original"] = original
+    state = BenchmarkState.from_checkpoint(old)
+    assert (state.records, state.timing, state.original) == (old["records"], old["timing"], original)
+    assert state.to_checkpoint() == old
+    assert BenchmarkState().to_checkpoint() == {"version": 1, "records": [], "timing": None}

@@ -169,15 +169,17 @@ def test_a_file_the_database_does_not_know_yet_is_newer_and_later_saves_stay_new
     assert store.restore("s", job.id, scan=True).state["step"] == 3
 
 
-def test_a_checkpoint_that_passes_its_sha256_but_cannot_be_decoded_falls_back(claimed, state_dir):
+def test_a_checkpoint_that_passes_its_sha256_but_is_no_torch_file_is_refused_and_falls_back(claimed, state_dir):
     queue, job = claimed
     warnings: list[str] = []
     store = CheckpointStore(queue, state_dir, "db", warn=warnings.append)
     store.save(job.lease, "s", {"step": 1})
-    _record_raw(queue, job, b"not a torch checkpoint at all")  # e.g. written by a buggy or newer writer
+    # Bytes whose sha256 matches were written on purpose; encode() writes nothing but torch.save files.
+    _record_raw(queue, job, b"not a torch checkpoint at all")
     got = store.restore("s", job.id)
     assert got.state["step"] == 1 and got.seq == 1
-    assert any("not a readable checkpoint" in w and "trying the previous one" in w for w in warnings)
+    assert any("refused as possibly malicious" in w and "trying the previous one" in w for w in warnings)
+    assert list((state_dir / "quarantine" / "s" / job.id).iterdir())
 
 
 def test_a_refused_checkpoint_falls_back_to_a_good_previous_one(claimed, state_dir):

@@ -16,8 +16,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
+import jobs.ml.device as device_module
+from jobs.kinds import train as train_kind
 from jobs.ml.data import Dataset, Split, load_dataset
-from jobs.ml.device import on_device, pick_device
+from jobs.ml.device import job_numerics, numerics, on_device, pick_device
 from jobs.ml.model import Arch, Conv, build
 from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer
 from sweeper.context import Interrupted, JobContext, JobFailed
@@ -54,7 +56,8 @@ def attempt(ctx: JobContext, cpu_data, device: str, *, stop_after: int | None = 
         if stop_after is not None and steps[0] == stop_after:
             ctx.request_stop()
 
-    result = fit(ctx, model, optimizer, data.train, data.test, CFG, checkpoint=ctx.restore(), after_step=count)
+    with job_numerics(dev):  # as the job kinds train: deterministic kernels on a GPU
+        result = fit(ctx, model, optimizer, data.train, data.test, CFG, checkpoint=ctx.restore(), after_step=count)
     return model, data, result
 
 
@@ -153,39 +156,135 @@ def test_pick_device_names_the_fix(monkeypatch):
         assert not failed.value.retry and "use device: auto" in failed.value.message
 
 
-def _tiny_splits(rows: int) -> tuple[Split, Split]:
-    """The splits of a dataset of its own: `rows` images, all of value `rows`, so no two look alike."""
-    x = torch.full((rows, 1, 28, 28), float(rows))
-    y = torch.full((rows,), rows % 10, dtype=torch.int64)
-    return Split(x, y), Split(x[:1].clone(), y[:1].clone())
+# -- the device cache: the data a job asked for ----------------------------------------------
+
+META = torch.device("meta")  # a stand-in device: .to(meta) keeps shapes, not values, and needs no GPU
+SUBSETS = [(96, 32), (64, 32), (96, 48), (32, 16), (64, 32), (128, 64)] * 2  # 12 jobs, as in issue 18
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 18: jobs/ml/device.py keys its cache by id(dataset), which the next dataset reuses "
-    "once the old one is freed; the content-keyed cache of that issue's branch makes this pass",
-)
-def test_the_device_cache_never_hands_one_dataset_another_datasets_tensors():
-    """A worker's next job loads other data after the last job's dataset was freed, so CPython
-    may give the new dataset object the old one's address (forced here: the old object is freed
-    just before the new one is made). Each must still get its own copy on the device. The 'meta'
-    device stands in for a GPU where there is none: it keeps shapes, and the cache path is the
-    one every non-CPU device takes."""
-    device = torch.device("cuda") if CUDA else torch.device("meta")
-    data = Dataset("tiny-1", *_tiny_splits(1), "test")
-    on_device(data, device)
-    reused = 0
-    for rows in range(2, 12):
-        train, test = _tiny_splits(rows)
-        old_id = id(data)
-        del data  # the last job's dataset goes; the cache keeps only its copy on the device
-        data = Dataset(f"tiny-{rows}", train, test, "test")
-        reused += id(data) == old_id
-        moved = on_device(data, device)
-        assert moved.name == data.name and len(moved.train) == rows, (
-            f"dataset {data.name} got the copy of {moved.name} ({len(moved.train)} images)"
-        )
-        if CUDA:
-            assert torch.equal(moved.train.x.cpu(), data.train.x)
-        del moved
-    assert reused, "no new dataset took the address of the one before: the case this test is for never came up"
+@pytest.fixture
+def empty_cache():
+    device_module.clear_cache()
+    yield
+    device_module.clear_cache()
+
+
+@pytest.mark.parametrize("address_reused", [False, True], ids=["fresh-objects", "address-reused"])
+def test_each_job_gets_the_data_it_asked_for_on_the_device(empty_cache, monkeypatch, address_reused):
+    """Jobs one after another in one worker, each with its own Dataset object of its own subset,
+    dropped when the job ends. CPython often gives the next object the dropped one's address;
+    `address-reused` forces that on every job (id() is the same for all), which an identity-keyed
+    cache answers with the previous job's data."""
+    if address_reused:
+        monkeypatch.setattr(device_module, "id", lambda _obj: 4242, raising=False)
+    for job, (n_train, n_test) in enumerate(SUBSETS):
+        data = load_dataset("synthetic", train_subset=n_train, test_subset=n_test)
+        moved = on_device(data, META)
+        assert moved.train.x.device.type == "meta"
+        got = (len(moved.train), moved.train.x.shape[0], len(moved.test), moved.test.x.shape[0])
+        assert got == (n_train, n_train, n_test, n_test), f"job {job} asked for {n_train}/{n_test}, got {got}"
+        assert moved.identity == data.identity
+        del data, moved  # the job ends
+
+
+def test_the_same_data_in_another_object_is_moved_once(empty_cache):
+    first = load_dataset("synthetic", train_subset=64, test_subset=32)
+    again = load_dataset("synthetic", train_subset=64, test_subset=32)
+    assert first is not again and first.identity == again.identity
+    assert on_device(again, META) is on_device(first, META), "one copy on the device per dataset"
+
+
+def test_what_makes_data_differ_makes_its_identity_differ():
+    a = load_dataset("synthetic", train_subset=64, test_subset=32)
+    # the same test size, but `synthetic` draws its test set after a training set of another size
+    b = load_dataset("synthetic", train_subset=96, test_subset=32)
+    assert not torch.equal(a.test.x, b.test.x) and a.identity != b.identity
+    c = load_dataset("synthetic", train_subset=64, test_subset=16)
+    assert a.identity != c.identity
+
+
+def test_data_of_unknown_identity_is_moved_but_never_cached(empty_cache):
+    full = load_dataset("synthetic", train_subset=64, test_subset=32)
+    by_hand = Dataset("synthetic", Split(full.train.x[32:], full.train.y[32:]), full.test, full.source)
+    assert by_hand.identity is None
+    first, second = on_device(by_hand, META), on_device(by_hand, META)
+    assert first is not second and len(first.train) == 32
+    assert not device_module._CACHE
+
+
+# -- numerics: the job's, not the worker's ------------------------------------------------------
+
+
+def settings() -> tuple:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+
+
+@pytest.mark.parametrize("before", [(False, False, False, True), (True, True, True, True)], ids=["defaults", "all-on"])
+def test_gpu_numerics_hold_for_the_job_and_come_back_after_it_even_when_it_fails(before):
+    """job_numerics only sets torch's process-wide flags, so it runs here without a GPU."""
+    saved = settings()
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
+    try:
+        with job_numerics(torch.device("cuda")):
+            assert settings() == (True, False, False, False), "deterministic, no autotuning, no TF32"
+        assert settings() == before
+        with pytest.raises(RuntimeError, match="the job broke"), job_numerics(torch.device("cuda")):
+            assert settings() == (True, False, False, False)
+            raise RuntimeError("the job broke")
+        assert settings() == before, "restored after an exception too"
+        with job_numerics(CPU_DEVICE):
+            assert settings() == before, "the CPU path changes nothing"
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[
+            1:
+        ]
+
+
+CPU_DEVICE = torch.device("cpu")
+
+
+def test_a_train_job_that_fails_on_the_gpu_leaves_the_worker_as_it_was(tmp_path, monkeypatch):
+    """kind train on a stand-in GPU: pick_device says cuda, and the job fails as it starts."""
+    inside: list[tuple] = []
+
+    def broken(*_args: object, **_kwargs: object) -> Dataset:
+        inside.append(settings())
+        raise RuntimeError("the GPU fell off the bus")
+
+    monkeypatch.setattr(train_kind, "pick_device", lambda _name: torch.device("cuda"))
+    monkeypatch.setattr(train_kind, "load_dataset", broken)
+    before = settings()
+    params = {"dataset": "synthetic", "train_subset": 64, "test_subset": 32, "max_epochs": 1}
+    with pytest.raises(RuntimeError, match="fell off the bus"):
+        train_kind.run(Job(tmp_path).attempt(), params)
+    assert inside == [(True, False, False, False)], "the job ran with the GPU numerics"
+    assert settings() == before, "and they did not outlive it"
+
+
+def test_numerics_say_what_a_job_computes_with():
+    assert numerics(CPU_DEVICE) == {"device": "cpu", "tf32": False, "deterministic": False}
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA GPU here")
+def test_on_the_gpu_numerics_name_the_card_and_tf32_off_keeps_logits_within_float32_rounding_of_the_cpu():
+    gpu = pick_device("cuda")
+    model = build(ARCH, "xavier_uniform", 0)
+    x = load_dataset("synthetic", train_subset=64, test_subset=256).test.x
+    with torch.no_grad():
+        on_cpu = model(x)
+    with job_numerics(gpu):
+        used = numerics(gpu)
+        with torch.no_grad():
+            on_gpu = model.to(gpu)(x.to(gpu)).cpu()
+    assert used["device"].startswith("cuda:0 ") and len(used["device"]) > len("cuda:0 ")
+    assert (used["tf32"], used["deterministic"]) == (False, True)
+    # How close: float32 rounding of sums in another order (a few ulps of values around 1-10), not
+    # TF32's 10-bit mantissa, which differs by about 1e-3 relative.
+    assert torch.allclose(on_gpu, on_cpu, rtol=1e-5, atol=1e-5), (on_gpu - on_cpu).abs().max()

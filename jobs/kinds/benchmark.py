@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,24 @@ from sweeper.plots import pyplot
 STATE_VERSION = 1
 EXAMPLE = "{all_of: [prune_conv1, prune_conv2, prune_fc1]}"
 ORIGINAL_EXAMPLE = "{result_of: baseline}"
+
+
+@dataclass
+class BenchmarkState:
+    """What the job has measured so far; a plain dict (keys version, records, timing, original) only
+    in a checkpoint."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per model measured, in order
+    timing: dict[str, Any] | None = None  # once the timed rounds are done
+    original: dict[str, Any] | None = None  # the Step 1 network, with `original`
+
+    @classmethod
+    def from_checkpoint(cls, saved: Mapping[str, Any]) -> BenchmarkState:
+        return cls(list(saved["records"]), saved["timing"], saved.get("original"))
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        saved = {"version": STATE_VERSION, "records": self.records, "timing": self.timing}
+        return saved if self.original is None else {**saved, "original": self.original}
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
@@ -78,28 +98,29 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
         train_subset=up["train_subset"],
         test_subset=upstream.pick(p.test_subset, up["test_subset"]),
     )
-    state = ctx.restore() or {"version": STATE_VERSION, "records": [], "timing": None}
-    if original_ref is not None and state.get("original") is None:
-        state["original"] = measure_original(ctx, p, original_ref, data)
-        ctx.checkpoint(state)
+    saved = ctx.restore()
+    state = BenchmarkState() if saved is None else BenchmarkState.from_checkpoint(saved)
+    if original_ref is not None and state.original is None:
+        state.original = measure_original(ctx, p, original_ref, data)
+        ctx.checkpoint(state.to_checkpoint())
 
     # -- every model: size, FLOPs, accuracy, matmul check ---------------------------------------
-    done = {r["sha256"] for r in state["records"]}
+    done = {r["sha256"] for r in state.records}
     for i, cand in enumerate(candidates):
         if cand["sha256"] in done:
             continue
         if ctx.should_stop():
-            ctx.checkpoint(state)
+            ctx.checkpoint(state.to_checkpoint())
             return ctx.interrupted()
         ctx.progress(i / (len(candidates) + 1), f"measuring {cand['name']} ({i + 1}/{len(candidates)})")
         record = measure(ctx, p, cand, data)
-        state["records"].append(record)
+        state.records.append(record)
         ctx.log_metrics(
             {"model_flops": record["flops"], "model_test_accuracy": record["test_accuracy"]},
-            step=len(state["records"]) - 1,
+            step=len(state.records) - 1,
         )
-        ctx.checkpoint(state)
-    records = state["records"]
+        ctx.checkpoint(state.to_checkpoint())
+    records = state.records
     bad = [r for r in records if not r["matmul_allclose"]]
     if bad:
         worst = max(bad, key=lambda r: r["matmul_max_abs_diff"])
@@ -115,23 +136,23 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     selected = select(records, p.min_test_accuracy)
 
     # -- timing ---------------------------------------------------------------------------------
-    if state["timing"] is None:
+    if state.timing is None:
         timed = records if p.time_all else [selected or max(records, key=lambda r: r["test_accuracy"])]
         ctx.progress(len(candidates) / (len(candidates) + 1), f"timing {', '.join(r['name'] for r in timed)}")
-        timing = time_models(ctx, p, timed, data, state.get("original"))
+        timing = time_models(ctx, p, timed, data, state.original)
         if timing is None:
-            ctx.checkpoint(state)
+            ctx.checkpoint(state.to_checkpoint())
             return ctx.interrupted()
         if selected is None:
             timing["note"] = (
                 f"no model has test accuracy above {p.min_test_accuracy}; timed the most accurate one instead"
             )
-        state["timing"] = timing
-        ctx.checkpoint(state)
-    timing = state["timing"]
+        state.timing = timing
+        ctx.checkpoint(state.to_checkpoint())
+    timing = state.timing
 
     # -- outputs --------------------------------------------------------------------------------
-    result = build_result(p, records, front, selected, timing, state.get("original"))
+    result = build_result(p, records, front, selected, timing, state.original)
     out = ctx.work_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")

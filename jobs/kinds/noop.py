@@ -25,21 +25,20 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     if p.bad_param:
         raise JobFailed(f"noop job {ctx.job_id}: bad_param is set; this can never succeed", retry=False)
 
-    state = ctx.restore() or {"step": 0, "resumed_from": None}
-    start = state["step"]
-    if start:
-        state["resumed_from"] = start
+    saved = ctx.restore()  # the checkpoint: {"step": steps done, "resumed_from": the step an attempt resumed at}
+    start = saved["step"] if saved else 0
+    resumed_from = start or (saved["resumed_from"] if saved else None)
     for step in range(start, p.steps):
         if ctx.should_stop():
-            ctx.checkpoint(state)
+            ctx.checkpoint({"step": step, "resumed_from": resumed_from})
             return ctx.interrupted()
         if p.step_s:
             time.sleep(p.step_s)
-        state["step"] = step + 1
         ctx.log_metrics({"noop_step": float(step + 1)}, step=step + 1)
         ctx.progress((step + 1) / p.steps, f"step {step + 1}/{p.steps}")
         if p.checkpoint:
-            ctx.checkpoint(state)
+            ctx.checkpoint({"step": step + 1, "resumed_from": resumed_from})
+    done = max(start, p.steps)
 
     if p.counter_dir:
         ctx.verify_lease()  # the side effect below cannot be fenced by the database: check first
@@ -50,4 +49,4 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             os.fsync(fd)
         finally:
             os.close(fd)
-    return {"steps": state["step"], "resumed_from": state["resumed_from"], "attempt": ctx.attempt, "value": p.value}
+    return {"steps": done, "resumed_from": resumed_from, "attempt": ctx.attempt, "value": p.value}

@@ -40,6 +40,7 @@ last accepted step (the input when the first step is rejected); for magnitude, t
 whose drop is within max_step_drop. Every model is kept as an artifact: `step-0.pt` is the input,
 `step-<k>.pt` the model of step k (after its fine-tuning), plus `pruning.json` / `pruning.csv`.
 
+State: a PruneState (jobs/kinds/prune_state.py), with named fields; a dict only in a checkpoint.
 Checkpoints: after the input is evaluated, when a step's unit is removed, inside fine-tuning
 (every checkpoint_every_s of compute and at each epoch end, by jobs/training.fit) and when a step
 is recorded. A killed job resumes mid-fine-tuning at the exact batch and its triplets come out
@@ -50,38 +51,64 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from jobs.kinds import upstream
 from jobs.kinds.params import PruneParams, parse
+from jobs.kinds.prune_state import (
+    AcceptedModel,
+    Control,
+    InputRecord,
+    ModelState,
+    PendingStep,
+    PruneState,
+    Resume,
+    StepRecord,
+)
 from jobs.ml import magnitude, surgery
 from jobs.ml.data import Dataset, load_dataset
-from jobs.ml.device import cpu_state, on_device, pick_device
+from jobs.ml.device import cpu_state, job_numerics, on_device, pick_device
 from jobs.ml.flops import model_cost
 from jobs.ml.model import CNN, Arch, count_params, load_model, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer
 from sweeper.context import Interrupted, JobContext, JobFailed
 
-STATE_VERSION = 2  # 2: the unpruned control and the cumulative drop
 EXAMPLE = "{best_of: train_search, metric: test_accuracy, mode: max}"
 OUTPUT_LAYER = "fc2 is the output layer: its 10 units are the 10 classes, so it is not pruned"
 
 
-def settings(p: PruneParams, ref: dict[str, Any]) -> dict[str, Any]:
-    """Data and fine-tuning settings: as given, else as the upstream model was trained."""
+@dataclass(frozen=True)
+class Settings:
+    """Data and fine-tuning settings (the result's `training`): as given, else as upstream trained."""
+
+    dataset: str
+    train_subset: int | None
+    test_subset: int | None
+    seed: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int  # of fine-tuning per step
+
+
+def settings(p: PruneParams, ref: dict[str, Any]) -> Settings:
     up = upstream.training(ref)
-    return {
-        "dataset": upstream.pick(p.dataset, up["dataset"]),
-        "train_subset": upstream.pick(p.train_subset, up["train_subset"]),
-        "test_subset": upstream.pick(p.test_subset, up["test_subset"]),
-        "seed": upstream.pick(p.seed, up["seed"]),
-        "lr": upstream.pick(p.finetune_lr, up["lr"]),
-        "momentum": upstream.pick(p.finetune_momentum, up["momentum"]),
-        "weight_decay": upstream.pick(p.finetune_weight_decay, up["weight_decay"]),
-        "batch_size": upstream.pick(p.finetune_batch_size, up["batch_size"]),
-        "epochs": p.finetune_epochs if p.finetune_epochs is not None else (5 if p.method == "structured" else 0),
-    }
+    return Settings(
+        dataset=upstream.pick(p.dataset, up["dataset"]),
+        train_subset=upstream.pick(p.train_subset, up["train_subset"]),
+        test_subset=upstream.pick(p.test_subset, up["test_subset"]),
+        seed=upstream.pick(p.seed, up["seed"]),
+        lr=upstream.pick(p.finetune_lr, up["lr"]),
+        momentum=upstream.pick(p.finetune_momentum, up["momentum"]),
+        weight_decay=upstream.pick(p.finetune_weight_decay, up["weight_decay"]),
+        batch_size=upstream.pick(p.finetune_batch_size, up["batch_size"]),
+        epochs=p.finetune_epochs if p.finetune_epochs is not None else (5 if p.method == "structured" else 0),
+    )
 
 
 def run(ctx: JobContext, params: dict[str, Any]) -> Any:
@@ -93,36 +120,40 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             "prune needs a train or prune stage upstream",
             retry=False,
         )
-    s = settings(p, ref)
     # Models are built and cut on the CPU (cheap); they move to `device` to be measured and
     # fine-tuned, and their state dicts go into checkpoints as CPU tensors (jobs/ml/device.py).
     device = pick_device(p.device)
+    with job_numerics(device):  # deterministic kernels on a GPU, for this job only
+        return prune(ctx, p, ref, device)
+
+
+def prune(ctx: JobContext, p: PruneParams, ref: dict[str, Any], device: torch.device) -> Any:
+    s = settings(p, ref)
     data = load_dataset(
-        s["dataset"],
+        s.dataset,
         data_dir=p.data_dir or ctx.options.get("data_dir"),
         state_dir=ctx.state_dir,
-        train_subset=s["train_subset"],
-        test_subset=s["test_subset"],
+        train_subset=s.train_subset,
+        test_subset=s.test_subset,
     )
     data = on_device(data, device)
-    state = ctx.restore()
-    if state is None:
+    saved = ctx.restore()
+    if saved is None:
         state = start(ctx, p, ref, data)
-    elif state.get("version") != STATE_VERSION:
-        raise JobFailed(f"checkpoint has prune state version {state.get('version')}, expected {STATE_VERSION}")
     else:
+        state = PruneState.from_checkpoint(saved)
         note_resume(ctx, state)
 
-    while not state["done"]:
-        if state["pending"] is None:
+    while not state.done:
+        if state.pending is None:
             plan_next_step(ctx, p, state, data)
         else:
-            for which in ("finetune", "control_finetune"):
-                interrupted = finetune(ctx, p, s, state, data, which)
+            for control in (False, True):
+                interrupted = finetune(ctx, p, s, state, data, control)
                 if interrupted is not None:
                     return interrupted
             record_step(ctx, p, state, data)
-        if ctx.should_stop() and not state["done"]:
+        if ctx.should_stop() and not state.done:
             return ctx.interrupted()  # the state was just checkpointed
     return finish(ctx, p, s, ref, state)
 
@@ -130,7 +161,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
 # -- the steps -----------------------------------------------------------------------------------
 
 
-def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -> dict[str, Any]:
+def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -> PruneState:
     """Fetch and evaluate the input model; it is step 0."""
     path = ctx.fetch_artifact(ref, "model.pt")
     model = load_model(path)
@@ -138,60 +169,51 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     ctx.log(f"job {ctx.job_id}: input {ref['stage']}:{ref['job']} {model.arch.describe()}: test accuracy {acc:.4f}")
     cost = model_cost(model.arch)
-    input_record = {
-        "step": 0,
-        "arch": model.arch.to_dict(),
-        "architecture": model.arch.describe(),
-        "units": unit_count(p, model.arch),
-        "test_accuracy": acc,
-        "test_loss": loss,
-        "flops": cost.flops,
-        "macs": cost.macs,
-        "params": count_params(model),
-        "model": "step-0.pt",
-        "sha256": info["sha256"],
-    }
-    ctx.log_metrics(step_metrics(input_record, acc), step=0)
-    state = {
-        "version": STATE_VERSION,
-        "method": p.method,
-        "layer": p.layer,
-        "input": input_record,
+    input_record = InputRecord(
+        arch=model.arch.to_dict(),
+        architecture=model.arch.describe(),
+        units=unit_count(p, model.arch),
+        test_accuracy=acc,
+        test_loss=loss,
+        flops=cost.flops,
+        macs=cost.macs,
+        params=count_params(model),
+        model="step-0.pt",
+        sha256=info["sha256"],
+    )
+    ctx.log_metrics(step_metrics(input_record.to_dict(), acc), step=0)
+    state = PruneState(
+        method=p.method,
+        layer=p.layer,
+        input=input_record,
         # magnitude prunes the input at every amount; structured only needs the current model
-        "input_model": {"arch": model.arch.to_dict(), "state_dict": cpu_state(model)}
-        if p.method == "magnitude"
-        else None,
-        "current": {"step": 0, "arch": model.arch.to_dict(), "state_dict": cpu_state(model), "accuracy": acc},
+        input_model=ModelState(model.arch.to_dict(), cpu_state(model)) if p.method == "magnitude" else None,
+        current=AcceptedModel(step=0, arch=model.arch.to_dict(), state_dict=cpu_state(model), accuracy=acc),
         # the unpruned control: the input, fine-tuned beside every step with the same epochs and seed
-        "control": {"state_dict": cpu_state(model), "accuracy": acc} if uses_control(p) else None,
+        control=Control(cpu_state(model), acc) if uses_control(p) else None,
         # the cumulative drop the input already carries from upstream prune jobs (0 for a trained model)
-        "upstream_total_drop": float((ref.get("metrics") or {}).get("total_drop") or 0.0),
-        "steps": [],
-        "pending": None,
-        "finetune": None,
-        "control_finetune": None,
-        "done": False,
-        "stop_reason": None,
-    }
-    ctx.checkpoint(state)
+        upstream_total_drop=float((ref.get("metrics") or {}).get("total_drop") or 0.0),
+    )
+    ctx.checkpoint(state.to_checkpoint())
     return state
 
 
-def note_resume(ctx: JobContext, state: dict[str, Any]) -> None:
+def note_resume(ctx: JobContext, state: PruneState) -> None:
     """Say (in the log, and in the result's `resumes`) where this attempt picks the work up."""
-    pending, ft, control = state["pending"], state["finetune"], state.get("control_finetune")
-    where: dict[str, Any] = {"attempt": ctx.attempt, "steps_done": len(state["steps"])}
+    pending, ft, control = state.pending, state.finetune, state.control_finetune
+    where = Resume(attempt=ctx.attempt, steps_done=len(state.steps), phase="between steps")
     if pending is None:
-        where["phase"] = "between steps"
+        pass
     elif ft is None:
-        where.update(phase="before fine-tuning", step=pending["step"])
-    elif control is not None:
-        where.update(phase="control fine-tuning", step=pending["step"], epoch=control["epoch"], batch=control["batch"])
+        where.phase, where.step = "before fine-tuning", pending.step
     else:
-        where.update(phase="fine-tuning", step=pending["step"], epoch=ft["epoch"], batch=ft["batch"])
-    state.setdefault("resumes", []).append(where)
-    detail = f" epoch {where['epoch'] + 1} batch {where['batch']}" if "epoch" in where else ""
-    ctx.log(f"job {ctx.job_id}: resuming {where['phase']} of step {where.get('step', len(state['steps']) + 1)}{detail}")
+        at = control if control is not None else ft
+        where.phase = "control fine-tuning" if control is not None else "fine-tuning"
+        where.step, where.epoch, where.batch = pending.step, at.epoch, at.batch
+    state.resumes.append(where)
+    detail = f" epoch {where.epoch + 1} batch {where.batch}" if where.epoch is not None else ""
+    step = where.step if where.step is not None else len(state.steps) + 1
+    ctx.log(f"job {ctx.job_id}: resuming {where.phase} of step {step}{detail}")
 
 
 def uses_control(p: PruneParams) -> bool:
@@ -208,11 +230,11 @@ def model_of(arch: dict[str, Any], state_dict: dict[str, Any]) -> CNN:
     return model
 
 
-def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Dataset) -> None:
+def plan_next_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Dataset) -> None:
     """Prune the next unit (or amount), measure, and checkpoint; or mark the job done."""
-    k = len(state["steps"]) + 1
+    k = len(state.steps) + 1
     if p.method == "structured":
-        current = model_of(state["current"]["arch"], state["current"]["state_dict"])
+        current = model_of(state.current.arch, state.current.state_dict)
         units = surgery.unit_count(current.arch, p.layer)
         stop = None
         if units <= 1:
@@ -220,77 +242,77 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data:
         elif p.max_steps is not None and k > p.max_steps:
             stop = f"max_steps {p.max_steps} reached"
         if stop:
-            state["done"], state["stop_reason"] = True, stop
-            ctx.checkpoint(state)
+            state.stop(stop)
+            ctx.checkpoint(state.to_checkpoint())
             return
         scores = surgery.importance(current, p.layer)
         unit = int(scores.argmin())
         pruned = surgery.remove_units(current, p.layer, [unit])
-        before = state["current"]["accuracy"]
-        pending: dict[str, Any] = {
-            "step": k,
-            "unit": unit,
-            "importance": float(scores[unit]),
-            "units": units - 1,
-            "masks": None,
-        }
+        before = state.current.accuracy
+        masks = None
     else:
         if k > len(p.amounts):
-            state["done"], state["stop_reason"] = True, "every amount done"
-            ctx.checkpoint(state)
+            state.stop("every amount done")
+            ctx.checkpoint(state.to_checkpoint())
             return
         original = load_input(state)
         amount = p.amounts[k - 1]
         pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
-        before = state["input"]["test_accuracy"]
-        pending = {"step": k, "amount": amount, "masks": masks}
+        before = state.input.test_accuracy
     _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
-    pending.update(
+    pending = PendingStep(
+        step=k,
         arch=pruned.arch.to_dict(),
         state_dict=cpu_state(pruned),
         accuracy_before=before,
         accuracy_after_prune=after,
+        masks=masks,
     )
-    state["pending"], state["finetune"], state["control_finetune"] = pending, None, None
+    if p.method == "structured":
+        pending.unit, pending.importance, pending.units = unit, float(scores[unit]), units - 1
+    else:
+        pending.amount = amount
+    state.pending, state.finetune, state.control_finetune = pending, None, None
     ctx.log(
         f"job {ctx.job_id}: step {k}: {describe(p, pending)}: accuracy {before:.4f} -> {after:.4f} (before fine-tuning)"
     )
-    ctx.checkpoint(state)
+    ctx.checkpoint(state.to_checkpoint())
 
 
-def load_input(state: dict[str, Any]) -> CNN:
+def load_input(state: PruneState) -> CNN:
     """The input model, for magnitude pruning (which prunes the input at every amount)."""
-    return model_of(state["input_model"]["arch"], state["input_model"]["state_dict"])
+    assert state.input_model is not None, "magnitude pruning keeps the input model"
+    return model_of(state.input_model.arch, state.input_model.state_dict)
 
 
-def describe(p: PruneParams, pending: dict[str, Any]) -> str:
+def describe(p: PruneParams, pending: PendingStep) -> str:
     if p.method == "structured":
-        return f"{p.layer} unit {pending['unit']} removed, {pending['units']} left"
-    return f"{p.layer} weights {pending['amount']:.0%} zeroed"
+        return f"{p.layer} unit {pending.unit} removed, {pending.units} left"
+    return f"{p.layer} weights {pending.amount:.0%} zeroed"
 
 
 def finetune(
-    ctx: JobContext, p: PruneParams, s: dict[str, Any], state: dict[str, Any], data: Dataset, which: str = "finetune"
+    ctx: JobContext, p: PruneParams, s: Settings, state: PruneState, data: Dataset, control: bool = False
 ) -> Any:
-    """Fine-tune the pending step's model, or (which="control_finetune") the unpruned control, with
-    the same epochs, seed and settings, resuming mid-way from the checkpoint. None when finished."""
-    pending = state["pending"]
-    if s["epochs"] == 0:
+    """Fine-tune the pending step's model, or (control=True) the unpruned control, with the same
+    epochs, seed and settings, resuming mid-way from the checkpoint. None when finished."""
+    pending = state.pending
+    assert pending is not None
+    if s.epochs == 0:
         return None
-    control = which == "control_finetune"
     if control:
-        if state["control"] is None or state.get("control_converged"):
+        if state.control is None or state.control_converged:
             return None
-        model = model_of(state["input"]["arch"], state["control"]["state_dict"])
+        model = model_of(state.input.arch, state.control.state_dict)
     else:
-        model = model_of(pending["arch"], pending["state_dict"])
+        model = model_of(pending.arch, pending.state_dict)
     model = model.to(data.train.x.device)
-    optimizer = make_optimizer(model, s["lr"], s["momentum"], s["weight_decay"])  # fresh, every step
-    k = pending["step"]
+    optimizer = make_optimizer(model, s.lr, s.momentum, s.weight_decay)  # fresh, every step
+    k = pending.step
     cfg = LoopConfig(
-        epochs=s["epochs"],
-        batch_size=s["batch_size"],
-        seed=s["seed"] + k,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        seed=s.seed + k,
         checkpoint_every_s=p.checkpoint_every_s,
         log_every=p.log_every,
         eval_batch_size=p.eval_batch_size,
@@ -298,7 +320,7 @@ def finetune(
         # fit() counts its steps from 1 again on every call
         metric_prefix=f"control/step{k}/" if control else f"finetune/step{k}/",
     )
-    masks = None if control else pending["masks"]
+    masks = None if control else pending.masks
     if masks:
         masks = {name: m.to(data.train.x.device) for name, m in masks.items()}
 
@@ -306,14 +328,15 @@ def finetune(
         magnitude.apply_masks(m, masks)
 
     def save(train_checkpoint: dict[str, Any]) -> None:
-        state[which] = train_checkpoint
-        ctx.checkpoint(state)
+        state.set_fine_tuning(control, train_checkpoint)
+        ctx.checkpoint(state.to_checkpoint())
 
     what = "the unpruned control" if control else describe(p, pending)
 
     def progress(fraction: float, message: str) -> None:
         ctx.progress(fraction, f"step {k} ({what}): {message}")
 
+    so_far = state.fine_tuning(control)
     result = fit(
         ctx,
         model,
@@ -321,32 +344,33 @@ def finetune(
         data.train,
         data.test,
         cfg,
-        checkpoint=state[which],
+        checkpoint=None if so_far is None else so_far.checkpoint,
         save=save,
         after_step=keep_zeros if masks else None,
         progress=progress,
     )
     if isinstance(result, Interrupted):
         return result
-    # state[which] holds fit's last checkpoint, which it writes as it finishes (its weights are the model's)
+    # the state holds fit's last checkpoint, which it writes as it finishes (its weights are the model's)
     return None
 
 
-def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Dataset) -> None:
+def record_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Dataset) -> None:
     """Measure the fine-tuned model, keep it as step-<k>.pt, accept or reject the step, checkpoint."""
-    pending = state["pending"]
-    k = pending["step"]
-    model = model_of(pending["arch"], pending["state_dict"])
-    ft = state["finetune"]
+    pending = state.pending
+    assert pending is not None
+    k = pending.step
+    model = model_of(pending.arch, pending.state_dict)
+    ft, control_ft = state.finetune, state.control_finetune
     if ft is not None:
-        model.load_state_dict(ft["model"])
+        model.load_state_dict(ft.weights)
     loss, acc = evaluate(model.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     control_before, control_after = control_accuracies(p, state, data)
-    control_measured = state["control"] is not None and state["control_finetune"] is not None
-    raw_drop = pending["accuracy_before"] - acc
+    control_measured = state.control is not None and control_ft is not None
+    raw_drop = pending.accuracy_before - acc
     control_gain = control_after - control_before
     drop = raw_drop + control_gain
-    total_drop = state["upstream_total_drop"] + control_after - acc
+    total_drop = state.upstream_total_drop + control_after - acc
     eps = 1e-9  # accuracies are counts / n: 0.8575 - 0.8475 is not exactly 0.01
     over_step = drop > p.max_step_drop + eps
     over_total = p.max_total_drop is not None and total_drop > p.max_total_drop + eps
@@ -354,41 +378,39 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
     path = save_model(step_dir(ctx, k) / "model.pt", model)
     info = ctx.log_artifact(path, f"step-{k}.pt")
     cost = model_cost(model.arch)
-    record: dict[str, Any] = {
-        "step": k,
-        "layer": p.layer,
-        "arch": model.arch.to_dict(),
-        "architecture": model.arch.describe(),
-        "accuracy_before": pending["accuracy_before"],
-        "accuracy_after_prune": pending["accuracy_after_prune"],
-        "accuracy_after_finetune": acc,
-        "test_loss": loss,
-        "raw_drop": raw_drop,
-        "control_accuracy": control_after,
-        "control_gain": control_gain,
-        "control_measured": control_measured,
-        "pruning_drop": drop,
-        "total_drop": total_drop,
-        "accepted": accepted,
-        "flops": cost.flops,
-        "macs": cost.macs,
-        "params": count_params(model),
-        "finetune_s": ft["train_s"] if ft is not None else 0.0,
-        "control_finetune_s": state["control_finetune"]["train_s"] if state["control_finetune"] is not None else 0.0,
-        "model": f"step-{k}.pt",
-        "sha256": info["sha256"],
-    }
+    record = StepRecord(
+        step=k,
+        layer=p.layer,
+        arch=model.arch.to_dict(),
+        architecture=model.arch.describe(),
+        accuracy_before=pending.accuracy_before,
+        accuracy_after_prune=pending.accuracy_after_prune,
+        accuracy_after_finetune=acc,
+        test_loss=loss,
+        raw_drop=raw_drop,
+        control_accuracy=control_after,
+        control_gain=control_gain,
+        control_measured=control_measured,
+        pruning_drop=drop,
+        total_drop=total_drop,
+        accepted=accepted,
+        flops=cost.flops,
+        macs=cost.macs,
+        params=count_params(model),
+        finetune_s=ft.train_s if ft is not None else 0.0,
+        control_finetune_s=control_ft.train_s if control_ft is not None else 0.0,
+        model=f"step-{k}.pt",
+        sha256=info["sha256"],
+    )
     if p.method == "structured":
-        record.update(unit=pending["unit"], importance=pending["importance"], units=pending["units"])
+        record.unit, record.importance, record.units = pending.unit, pending.importance, pending.units
     else:
-        record.update(
-            amount=pending["amount"],
-            density=magnitude.density(model),
-            nonzero_params=magnitude.nonzero_params(model),
-            effective_macs=magnitude.effective_macs(model),
-        )
-    ctx.log_metrics(step_metrics(record, acc), step=k)
-    state["steps"].append(record)
+        record.amount = pending.amount
+        record.density = magnitude.density(model)
+        record.nonzero_params = magnitude.nonzero_params(model)
+        record.effective_macs = magnitude.effective_macs(model)
+    ctx.log_metrics(step_metrics(record.to_dict(), acc), step=k)
+    state.steps.append(record)
     reasons = []
     if over_step:
         reasons.append(f"step {k}'s pruning drop {drop:.4f} > max_step_drop {p.max_step_drop:g}")
@@ -396,56 +418,54 @@ def record_step(ctx: JobContext, p: PruneParams, state: dict[str, Any], data: Da
         reasons.append(f"step {k}'s cumulative drop {total_drop:.4f} > max_total_drop {p.max_total_drop:g}")
     verdict = "accepted" if accepted else "rejected: " + "; ".join(reasons)
     ctx.log(
-        f"job {ctx.job_id}: step {k}: {record['architecture']}: "
-        f"{record['accuracy_before']:.4f} / {record['accuracy_after_prune']:.4f} / {acc:.4f}, "
+        f"job {ctx.job_id}: step {k}: {record.architecture}: "
+        f"{record.accuracy_before:.4f} / {record.accuracy_after_prune:.4f} / {acc:.4f}, "
         f"control {control_after:.4f}, drop {drop:+.4f} (raw {raw_drop:+.4f}), total {total_drop:+.4f}: {verdict}"
     )
     if accepted:
-        state["current"] = {
-            "step": k,
-            "arch": record["arch"],
-            "state_dict": cpu_state(model),
-            "accuracy": acc,
-            "total_drop": total_drop,
-        }
+        state.current = AcceptedModel(
+            step=k, arch=record.arch, state_dict=cpu_state(model), accuracy=acc, total_drop=total_drop
+        )
     if control_measured:
+        assert control_ft is not None
         # the control moves on whatever the verdict: it stays as trained as the pruned chain
-        state["control"] = {"state_dict": state["control_finetune"]["model"], "accuracy": control_after}
+        state.control = Control(control_ft.weights, control_after)
         if p.control_stop_gain is not None and control_gain < p.control_stop_gain:
-            state["control_converged"] = k
+            state.control_converged = k
             ctx.log(
                 f"job {ctx.job_id}: step {k}: the control gained {control_gain:+.4f} "
                 f"(< control_stop_gain {p.control_stop_gain:g}): converged, later steps keep its accuracy"
             )
     if p.method == "structured" and not accepted:
-        state["done"], state["stop_reason"] = True, "; ".join(reasons)
-    state["pending"], state["finetune"], state["control_finetune"] = None, None, None
-    ctx.checkpoint(state)
+        state.stop("; ".join(reasons))
+    state.pending, state.finetune, state.control_finetune = None, None, None
+    ctx.checkpoint(state.to_checkpoint())
 
 
-def control_accuracies(p: PruneParams, state: dict[str, Any], data: Dataset) -> tuple[float, float]:
+def control_accuracies(p: PruneParams, state: PruneState, data: Dataset) -> tuple[float, float]:
     """The control's test accuracy before and after this step's epochs (both the input's without a
     control; both its last accuracy once it has converged)."""
-    control = state["control"]
+    control = state.control
     if control is None:
-        base = state["input"]["test_accuracy"]  # no control: drops are against the unpruned input as it is
+        base = state.input.test_accuracy  # no control: drops are against the unpruned input as it is
         return base, base
-    if state["control_finetune"] is None:
-        return control["accuracy"], control["accuracy"]
-    model = model_of(state["input"]["arch"], state["control_finetune"]["model"]).to(data.test.x.device)
+    if state.control_finetune is None:
+        return control.accuracy, control.accuracy
+    model = model_of(state.input.arch, state.control_finetune.weights).to(data.test.x.device)
     _, after = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
-    return control["accuracy"], after
+    return control.accuracy, after
 
 
 def step_metrics(record: dict[str, Any], accuracy: float) -> dict[str, float]:
-    arch = record["arch"]
+    """The figures of a step (or of the input, step 0) as MLflow metrics, from its record's dict."""
+    arch = Arch.from_dict(record["arch"])
     metrics = {
         "test_accuracy": accuracy,
         "flops": record["flops"],
         "params": record["params"],
-        "conv1_channels": arch["conv1"]["channels"],
-        "conv2_channels": arch["conv2"]["channels"],
-        "dense": arch["dense"],
+        "conv1_channels": arch.conv1.channels,
+        "conv2_channels": arch.conv2.channels,
+        "dense": arch.dense,
     }
     keys = ("accuracy_before", "accuracy_after_prune", "accuracy_after_finetune", "pruning_drop", "amount")
     for key in (*keys, "raw_drop", "total_drop", "control_accuracy"):
@@ -470,41 +490,38 @@ def step_dir(ctx: JobContext, k: int | str) -> Path:
 # -- the result ----------------------------------------------------------------------------------
 
 
-def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, Any], state: dict[str, Any]) -> dict:
-    current = state["current"]
-    model = model_of(current["arch"], current["state_dict"])
+def finish(ctx: JobContext, p: PruneParams, s: Settings, ref: dict[str, Any], state: PruneState) -> dict:
+    current = state.current
+    model = model_of(current.arch, current.state_dict)
     info = ctx.log_artifact(save_model(step_dir(ctx, "result") / "model.pt", model), "model.pt")
-    steps = state["steps"]
+    steps = state.steps
+    records = [r.to_dict() for r in steps]
+    training = asdict(s)
     table = {
         "version": 1,
         "job": ctx.job_id,
         "method": p.method,
         "layer": p.layer,
-        "input": {"job": ref["job"], "stage": ref["stage"], **state["input"]},
-        "steps": steps,
-        "result_step": current["step"],
-        "stop_reason": state["stop_reason"],
-        "training": s,
+        "input": {"job": ref["job"], "stage": ref["stage"], **state.input.to_dict()},
+        "steps": records,
+        "result_step": current.step,
+        "stop_reason": state.stop_reason,
+        "training": training,
     }
     out = step_dir(ctx, "tables")
     (out / "pruning.json").write_text(json.dumps(table, indent=1) + "\n")
     ctx.log_artifact(out / "pruning.json", "pruning.json")
-    write_csv(out / "pruning.csv", steps)
+    write_csv(out / "pruning.csv", records)
     ctx.log_artifact(out / "pruning.csv", "pruning.csv")
     cost = model_cost(model.arch)
-    models = [{"name": "step-0.pt", "step": 0, "test_accuracy": state["input"]["test_accuracy"], "accepted": True}]
+    models = [{"name": "step-0.pt", "step": 0, "test_accuracy": state.input.test_accuracy, "accepted": True}]
     models += [
-        {
-            "name": r["model"],
-            "step": r["step"],
-            "test_accuracy": r["accuracy_after_finetune"],
-            "accepted": r["accepted"],
-        }
+        {"name": r.model, "step": r.step, "test_accuracy": r.accuracy_after_finetune, "accepted": r.accepted}
         for r in steps
     ]
-    accepted = [r for r in steps if r["accepted"]]
+    accepted = [r for r in steps if r.accepted]
     result: dict[str, Any] = {
-        "test_accuracy": current["accuracy"],
+        "test_accuracy": current.accuracy,
         "flops": cost.flops,
         "macs": cost.macs,
         "params": count_params(model),
@@ -512,49 +529,49 @@ def finish(ctx: JobContext, p: PruneParams, s: dict[str, Any], ref: dict[str, An
         "architecture": model.arch.describe(),
         "method": p.method,
         "layer": p.layer,
-        "result_step": current["step"],
+        "result_step": current.step,
         "steps_tried": len(steps),
         "steps_accepted": len(accepted),
-        "stop_reason": state["stop_reason"],
+        "stop_reason": state.stop_reason,
         "max_step_drop": p.max_step_drop,
         "max_total_drop": p.max_total_drop,
-        "control": state["control"] is not None,  # drops measured against an unpruned, equally fine-tuned control
+        "control": state.control is not None,  # drops measured against an unpruned, equally fine-tuned control
         # the step after which the control stopped (its gain fell under control_stop_gain); None: every step
-        "control_converged_at_step": state.get("control_converged"),
+        "control_converged_at_step": state.control_converged,
         "control_stop_gain": p.control_stop_gain,
         # the cumulative drop from the unpruned model of the result, through upstream prune jobs
-        "total_drop": current.get("total_drop", state["upstream_total_drop"]),
-        "upstream_total_drop": state["upstream_total_drop"],
+        "total_drop": current.total_drop if current.total_drop is not None else state.upstream_total_drop,
+        "upstream_total_drop": state.upstream_total_drop,
         "output_layer": OUTPUT_LAYER,
-        "input_test_accuracy": state["input"]["test_accuracy"],
+        "input_test_accuracy": state.input.test_accuracy,
         "input_job": ref["job"],
         "input_stage": ref["stage"],
         "triplets": [
             {
-                "step": r["step"],
-                "architecture": r["architecture"],
-                "before": r["accuracy_before"],
-                "after_prune": r["accuracy_after_prune"],
-                "after_finetune": r["accuracy_after_finetune"],
-                "control": r["control_accuracy"],
-                "control_measured": r.get("control_measured", r["control_finetune_s"] > 0),
-                "raw_drop": r["raw_drop"],
-                "drop": r["pruning_drop"],
-                "total_drop": r["total_drop"],
-                "accepted": r["accepted"],
+                "step": r.step,
+                "architecture": r.architecture,
+                "before": r.accuracy_before,
+                "after_prune": r.accuracy_after_prune,
+                "after_finetune": r.accuracy_after_finetune,
+                "control": r.control_accuracy,
+                "control_measured": r.control_measured,
+                "raw_drop": r.raw_drop,
+                "drop": r.pruning_drop,
+                "total_drop": r.total_drop,
+                "accepted": r.accepted,
             }
             for r in steps
         ],
         "models": models,
         "model_sha256": info["sha256"],
-        "training": s,
-        "finetune_s": sum(r["finetune_s"] for r in steps),
-        "control_finetune_s": sum(r["control_finetune_s"] for r in steps),
-        "resumes": state.get("resumes", []),
+        "training": training,
+        "finetune_s": sum(r.finetune_s for r in steps),
+        "control_finetune_s": sum(r.control_finetune_s for r in steps),
+        "resumes": [r.to_dict() for r in state.resumes],
     }
     ctx.log(
-        f"job {ctx.job_id}: {len(accepted)}/{len(steps)} step(s) accepted ({state['stop_reason']}); "
-        f"result {model.arch.describe()} at test accuracy {current['accuracy']:.4f}"
+        f"job {ctx.job_id}: {len(accepted)}/{len(steps)} step(s) accepted ({state.stop_reason}); "
+        f"result {model.arch.describe()} at test accuracy {current.accuracy:.4f}"
     )
     return result
 

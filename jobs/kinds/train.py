@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from jobs.kinds import outputs
 from jobs.kinds.params import TrainParams, parse
 from jobs.ml import figures
 from jobs.ml.data import load_dataset
-from jobs.ml.device import describe, on_device, pick_device
+from jobs.ml.device import describe, job_numerics, on_device, pick_device
 from jobs.ml.model import Arch, build, count_params, save_model
 from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer, predict, window_batches
 from sweeper.context import Interrupted, JobContext
@@ -23,7 +25,11 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     arch = Arch.from_params(p.model_dump())
     arch.validate()  # kernel too large for the input etc.: fail now, not after loading data
     device = pick_device(p.device)  # device: cuda without a GPU fails here, before any work
+    with job_numerics(device):  # deterministic kernels on a GPU, for this job only
+        return train(ctx, p, arch, device)
 
+
+def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> Any:
     data = load_dataset(
         p.dataset,
         data_dir=p.data_dir or ctx.options.get("data_dir"),
@@ -56,7 +62,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
 
     # -- final evaluation (not training time) --
     time = state.summary()
-    ctx.progress(1.0, f"trained {time['epochs']:.2f} epochs; evaluating and writing artifacts")
+    ctx.progress(1.0, f"trained {time.epochs:.2f} epochs; evaluating and writing artifacts")
     test_loss, test_acc = evaluate(model, data.test.x, data.test.y, p.eval_batch_size)
     running = state.history.epochs[-1] if state.history.epochs else None
     if p.eval_train:
@@ -66,27 +72,27 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
     else:
         train_loss, train_acc = float("nan"), float("nan")
     images = state.epoch * len(data.train) + min(state.batch * p.batch_size, len(data.train))
-    target_step = time["target_step"]
+    target_step = time.target_step
     result: dict[str, Any] = {
         "test_accuracy": test_acc,
         "test_loss": test_loss,
         "train_accuracy": train_acc,
         "train_loss": train_loss,
-        "time_to_target_s": time["time_to_target_s"],
+        "time_to_target_s": time.time_to_target_s,
         # The same moment in images seen: deterministic, so speed rankings do not depend on machine load.
         "images_to_target": None
         if target_step is None
         else images_seen(target_step, state.batches_per_epoch, len(data.train), p.batch_size),
-        "reached": time["reached"],
-        "target_step": time["target_step"],
-        "epochs": time["epochs"],
-        "total_train_s": time["total_train_s"],
+        "reached": time.reached,
+        "target_step": time.target_step,
+        "epochs": time.epochs,
+        "total_train_s": time.total_train_s,
         "params": count_params(model),
-        "images_per_s": images / time["total_train_s"] if time["total_train_s"] > 0 else None,
+        "images_per_s": images / time.total_train_s if time.total_train_s > 0 else None,
         "train_running_accuracy": running["train_acc"] if running else None,
-        "eval_s": time["eval_s"],
-        "checkpoint_s": time["checkpoint_s"],
-        "checkpoints": time["checkpoints"],
+        "eval_s": time.eval_s,
+        "checkpoint_s": time.checkpoint_s,
+        "checkpoints": time.checkpoints,
         "dataset": data.name,
         "device": device.type,
     }
@@ -111,7 +117,7 @@ def run(ctx: JobContext, params: dict[str, Any]) -> Any:
             "window_images": p.target_window,
             "window_batches": window_batches(cfg, len(data.train)),
         },
-        "time": time,
+        "time": time.to_dict(),
         "points": state.history.points,
         "epochs": state.history.epochs,
         "final": result,

@@ -62,6 +62,9 @@ class Dataset:
     train: Split
     test: Split
     source: str  # where it came from, for the job's log
+    # What the data is, for caches: name, source, the full set's sizes and which rows of each split
+    # (load_dataset takes the first n). None: not known (built by hand), so never served from a cache.
+    identity: tuple[object, ...] | None = None
 
 
 # One copy per process, shared by every job the worker runs: loading takes seconds, a job
@@ -86,7 +89,10 @@ def load_dataset(
         full = fashion_mnist(data_dir=data_dir, state_dir=state_dir, download=download)
     else:
         raise JobFailed(f"unknown dataset '{name}'; use fashion-mnist or synthetic")
-    return Dataset(full.name, full.train.head(train_subset), full.test.head(test_subset), full.source)
+    train, test = full.train.head(train_subset), full.test.head(test_subset)
+    # the full sizes matter too: `synthetic` draws its test set after its training set
+    identity = (full.name, full.source, len(full.train), len(full.test), ("first", len(train)), ("first", len(test)))
+    return Dataset(full.name, train, test, full.source, identity)
 
 
 def fashion_mnist(

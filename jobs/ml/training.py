@@ -52,7 +52,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,11 +131,11 @@ class SGD:
             "momentum_buffers": [None if b is None else b.to(CPU, copy=True) for b in self.momentum_buffers],
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        buffers = list(state["momentum_buffers"])
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        buffers = list(saved["momentum_buffers"])
         if len(buffers) != len(self.params):
             raise ValueError(f"optimizer state has {len(buffers)} buffers for {len(self.params)} parameters")
-        self.lr, self.momentum, self.weight_decay = state["lr"], state["momentum"], state["weight_decay"]
+        self.lr, self.momentum, self.weight_decay = saved["lr"], saved["momentum"], saved["weight_decay"]
         self.momentum_buffers = [
             None if b is None else b.to(p.device, copy=True) for b, p in zip(buffers, self.params, strict=True)
         ]
@@ -335,19 +335,37 @@ class TrainState:
             "rng": rng,
         }
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TrainSummary:
         """The time accounting and target figures, for results and history.json."""
-        return {
-            "epochs": self.epoch + self.batch / max(1, self.batches_per_epoch),
-            "steps": self.step,
-            "total_train_s": self.train_s,
-            "time_to_target_s": self.time_to_target_s,
-            "reached": self.time_to_target_s is not None,
-            "target_step": self.target_step,
-            "eval_s": self.eval_s,
-            "checkpoint_s": self.checkpoint_s,
-            "checkpoints": self.checkpoints,
-        }
+        return TrainSummary(
+            epochs=self.epoch + self.batch / max(1, self.batches_per_epoch),
+            steps=self.step,
+            total_train_s=self.train_s,
+            time_to_target_s=self.time_to_target_s,
+            reached=self.time_to_target_s is not None,
+            target_step=self.target_step,
+            eval_s=self.eval_s,
+            checkpoint_s=self.checkpoint_s,
+            checkpoints=self.checkpoints,
+        )
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """How long training took and when it reached its target; `time` in history.json (to_dict)."""
+
+    epochs: float  # epochs trained, fractional when stopped mid-epoch
+    steps: int  # batches overall
+    total_train_s: float  # training compute (TrainState.train_s)
+    time_to_target_s: float | None
+    reached: bool  # whether the running train accuracy reached the target
+    target_step: int | None
+    eval_s: float
+    checkpoint_s: float
+    checkpoints: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def fit(

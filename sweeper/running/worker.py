@@ -26,7 +26,7 @@ from typing import Any
 from sweeper import mappings
 from sweeper.config import Settings, mask_password
 from sweeper.context import Interrupted, JobContext, JobFailed
-from sweeper.errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
+from sweeper.errors import DatabaseUnavailable, LeaseLost, RefusedCheckpoint, SweeperError, UnsafePath, error_summary
 from sweeper.grid import registry
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
@@ -35,7 +35,8 @@ from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
 from sweeper.store.queue import ClaimedJob, Queue
-from sweeper.store.readmodel import work_summary
+from sweeper.store.readmodel import failed_job_ids, work_summary
+from sweeper.views.safe_text import visible
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ class Worker:
 
     def log(self, message: str) -> None:
         who = f"worker {self.id.split(':')[1]}"
-        self._print(f"{time.strftime('%H:%M:%S')} {who} {mask_password(message)}")
+        # Messages quote the queue (job labels, errors, progress): control characters made visible.
+        self._print(f"{time.strftime('%H:%M:%S')} {who} {visible(mask_password(message), lines=True)}")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -281,9 +283,14 @@ class Worker:
                 if (left.running or left.blocked)
                 else "queue is empty"
             )
+            failed = queue.in_read(
+                "read the queue",
+                lambda conn: failed_job_ids(conn, stages_filter=opts.stages or None, sweep=opts.sweep),
+            )
             self.log(
                 f"no runnable job left ({what}); exiting"
                 + ("; use --wait to keep polling" if left.running or left.blocked else "")
+                + failed_note(failed)
             )
             return
         self.log("stopped")
@@ -395,7 +402,7 @@ class Worker:
             raise
         except JobFailed as exc:
             return None, exc.message, exc.retry
-        except (registry.KindError, UnsafePath) as exc:  # neither gets better on a retry
+        except (registry.KindError, UnsafePath, RefusedCheckpoint) as exc:  # none gets better on a retry
             return None, str(exc), False
         except Exception:
             if self.heartbeat.db_down is not None:
@@ -478,6 +485,16 @@ def pin_gpu(gpu: str | None) -> None:
     """Before torch is imported: this process sees only its GPU, as cuda:0."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def failed_note(failed: list[str]) -> str:
+    """The end of a worker's last line when jobs it could have run failed: how many, and how to see why."""
+    if not failed:
+        return ""
+    return (
+        f"; {len(failed)} job(s) failed: `sweeper status` lists them, "
+        f"`sweeper show {failed[0]}` says why, `sweeper retry --failed` runs them again"
+    )
 
 
 def run_workers(opts: WorkerOptions) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sweeper import files
-from sweeper.errors import CheckpointError, LeaseLost, UnsafePath
+from sweeper.errors import CheckpointError, LeaseLost, RefusedCheckpoint, UnsafePath
 from sweeper.files import sha256_file
+from sweeper.store import quarantine
 from sweeper.store.db import artifacts as artifact_rows
 from sweeper.store.db import checkpoints as checkpoint_rows
 from sweeper.store.queue import Lease, Queue, add_event
@@ -94,33 +96,64 @@ def encode(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-class RefusedCheckpoint(CheckpointError):
-    """Bytes that would need more than tensors and plain values to load: possibly malicious."""
+def layout_problem(data: bytes) -> str | None:
+    """Why `data` is not a torch.save file as encode() writes one, or None if it is.
+
+    torch.save writes a zip archive: one top folder holding data.pkl, a version record and the
+    tensor storages. Anything else (a bare pickle of any protocol, 0 to 5, or a zip laid out
+    otherwise) was not written by this store.
+    """
+    import zipfile
+
+    if not data.startswith(b"PK\x03\x04"):
+        if data[:1] == b"\x80" and len(data) > 1:
+            return f"a bare pickle (protocol {data[1]}), not a torch.save file"
+        if data[:1] in (b"(", b"c", b"]", b"}", b"I", b"S", b"V", b"N", b"."):
+            return "a bare pickle (protocol 0 or 1), not a torch.save file"
+        return "not a torch.save file (no zip archive)"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        return f"a damaged zip archive ({exc})"
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) != 1 or any(n.startswith("/") or ".." in n.split("/") for n in names):
+        return "a zip archive not laid out as torch.save writes one"
+    if f"{tops.pop()}/data.pkl" not in names:
+        return "a zip archive without the data.pkl of a torch.save file"
+    return None
 
 
 def decode(data: bytes, what: str) -> dict[str, Any]:
-    """Load bytes written by `encode`, refusing anything but tensors and plain containers."""
+    """Load bytes written by `encode`, refusing anything but a torch.save dict of tensors and plain values.
+
+    Called once the bytes match their recorded sha256: they are what someone wrote on purpose, and
+    encode() writes nothing else than such a dict. So whatever fails here is refused as possibly
+    malicious (RefusedCheckpoint), never skipped as unreadable.
+    """
     import pickle
 
     import torch
 
+    problem = layout_problem(data)
+    if problem:
+        raise RefusedCheckpoint(what, problem)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        # torch names the class a pickle wanted to import ("unsupported GLOBAL posix.system"):
-        # that is code, refused. Anything else it could not unpickle is just not a checkpoint.
-        wants_code = [ln for ln in lines if "GLOBAL" in ln]
-        if not wants_code:
-            reason = next((ln for ln in lines if "Unsupported" in ln), lines[-1] if lines else "unreadable")
-            raise CheckpointError(f"{what} is not a readable checkpoint ({reason[:200]})") from None
-        reason = wants_code[0]
-        raise RefusedCheckpoint(
-            f"{what} refused: it holds objects other than tensors and plain values ({reason[:200]})",
-            hint="checkpoints are loaded with weights_only=True; a file that needs more may be malicious",
-        ) from None
+        # torch names the class a pickle wanted ("unsupported GLOBAL posix.system whose module ...").
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        if wanted:
+            reason = f"loading it would call {wanted.group(1)[:80]}"
+        else:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            reason = f"weights_only unpickling refused it ({(lines[0] if lines else '')[:80]})"
+        raise RefusedCheckpoint(what, reason) from None
     except Exception as exc:
-        raise CheckpointError(f"{what} is not a readable checkpoint: {type(exc).__name__}: {exc}") from None
+        raise RefusedCheckpoint(what, f"torch.load failed: {type(exc).__name__}: {str(exc)[:80]}") from None
+    if not isinstance(state, dict):
+        raise RefusedCheckpoint(what, f"it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +227,13 @@ def record_checkpoint(
                 created_at=time.time(),
             )
         )
+        # A quarantined row (its location under quarantine/) is evidence: never pruned, never counted.
+        kept = sa.or_(t.c.location.is_(None), ~t.c.location.like(f"{quarantine.AREA}/%"))
         old = conn.execute(
-            sa.select(t.c.id, t.c.location).where(t.c.job_id == lease.job_id).order_by(t.c.seq.desc()).offset(keep)
+            sa.select(t.c.id, t.c.location)
+            .where(t.c.job_id == lease.job_id, kept)
+            .order_by(t.c.seq.desc())
+            .offset(keep)
         ).all()
         if old:
             conn.execute(t.delete().where(t.c.id.in_([o.id for o in old])))
@@ -347,10 +385,13 @@ class CheckpointStore:
     def restore(self, sweep: str, job_id: str, *, scan: bool = False) -> RestoredCheckpoint | None:
         """The newest checkpoint (by seq) whose bytes match their sha256 and decode, or None.
 
-        A checkpoint that is missing, torn, undecodable or stored at an unsafe location is skipped
-        with a warning, and the previous one is tried. Only when none is left and one was refused
-        as possibly malicious does this raise (RefusedCheckpoint): a job must not quietly start
-        over when someone tampered with its checkpoints.
+        A checkpoint that is missing, torn or stored at an unsafe location is skipped with a
+        warning, and the previous one is tried. One whose bytes match its sha256 but that is not a
+        torch.save dict of plain values is refused as possibly malicious: moved to quarantine/
+        (quarantine.py), its row kept and flagged, an event recorded, and the previous one tried.
+        When no checkpoint is left and one was refused (now, or in an earlier attempt that no
+        `retry --from-scratch` has acknowledged), this raises RefusedCheckpoint naming the file:
+        a job must not quietly start over when someone tampered with its checkpoints.
 
         With scan=True, files in the job's checkpoint directory that the database does not know
         (written after the last database snapshot was taken) are considered too.
@@ -358,6 +399,10 @@ class CheckpointStore:
         candidates: list[_Candidate] = []
         for rec in list_checkpoints(self.queue, job_id):
             seq = int(rec.name)
+            if quarantine.is_quarantined(rec.location):
+                continue  # refused before: kept as evidence, never loaded
+            name = f"seq-{seq:09d}.{rec.sha256}{SUFFIX}"
+            path: Path | None = None
             if rec.location:
                 try:
                     path = stored(self.root, rec.location, "checkpoints", job_id, sweep)
@@ -367,7 +412,8 @@ class CheckpointStore:
                 read = _reader(path)
             else:
                 read = lambda rid=rec.id: read_blob(self.queue, checkpoint_rows, rid)  # noqa: E731
-            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
+            name = path.name if path is not None else name  # a file keeps its own name in quarantine/
+            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq, rec.id, path, name))
         if scan:
             known = {c.sha256 for c in candidates}
             for path, digest, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
@@ -381,9 +427,11 @@ class CheckpointStore:
                 # A file named before seqs were (<time_ns>.<sha256>.ckpt) sorts after every
                 # numbered one; among themselves such files keep their old order.
                 order = (seq, 0, 0) if seq is not None else (-1, 0, _legacy_time(path))
-                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), seq))
+                candidates.append(
+                    _Candidate(order, digest, "directory scan", _reader(path), seq, None, path, path.name)
+                )
         candidates.sort(key=lambda c: c.order, reverse=True)
-        refused: RefusedCheckpoint | None = None
+        refused: list[RefusedCheckpoint] = []
         for c in candidates:
             what = f"checkpoint {c.sha256[:12]} of job {job_id}"
             data = c.read()
@@ -395,15 +443,43 @@ class CheckpointStore:
                 continue
             try:
                 state = decode(data, what)
-            except CheckpointError as exc:
-                self.warn(f"{exc.message}; trying the previous one")
-                if isinstance(exc, RefusedCheckpoint):
-                    refused = refused or exc
+            except RefusedCheckpoint as exc:
+                refused.append(self._quarantine(sweep, job_id, c, data, exc.reason))
+                self.warn(f"{refused[-1].message}; trying the previous one")
                 continue
             return RestoredCheckpoint(state, c.sha256, c.seq, c.source)
-        if refused is not None:
-            raise refused
+        if refused:
+            first = refused[0]
+            raise RefusedCheckpoint(
+                first.what,
+                first.reason,
+                sha256=first.sha256,
+                quarantine=first.quarantine,
+                job_id=job_id,
+                more=len(refused) - 1,
+            )
+        earlier = quarantine.pending_refusal(self.queue, job_id)
+        if earlier is not None:
+            raise RefusedCheckpoint(
+                f"job {job_id}: its checkpoints",
+                f"refused in an earlier attempt ({earlier})",
+                job_id=job_id,
+            )
         return None
+
+    def _quarantine(self, sweep: str, job_id: str, c: _Candidate, data: bytes, reason: str) -> RefusedCheckpoint:
+        """Keep a refused checkpoint aside (quarantine.py) and say what was kept where."""
+        # A blob is named as its file would be (seq-<seq>.<sha256>.ckpt): the name it gets in quarantine/.
+        what = f"checkpoint {c.name} of job {job_id}" + (" (a database blob)" if c.path is None else "")
+        try:
+            dest = quarantine.keep(self.root, sweep, job_id, c.name, path=c.path, data=data)
+            place = dest.relative_to(self.root).as_posix()
+        except (OSError, CheckpointError) as exc:  # never lose the refusal itself over this
+            place = None
+            self.warn(f"could not move {what} to quarantine: {getattr(exc, 'message', exc)}")
+        detail = f"{what}: {reason}; sha256 {c.sha256}" + (f"; kept in {place}" if place else "")
+        quarantine.record(self.queue, job_id, c.row_id if place else None, place or "", detail)
+        return RefusedCheckpoint(what, reason, sha256=c.sha256, quarantine=place, job_id=job_id)
 
 
 @dataclass(frozen=True)
@@ -413,6 +489,9 @@ class _Candidate:
     source: str
     read: Callable[[], bytes | None]
     seq: int | None
+    row_id: int | None = None  # its checkpoint row; None for a file found by the directory scan
+    path: Path | None = None  # its file; None for a database blob
+    name: str = ""  # its file name (the one it would have, for a blob)
 
 
 def _reader(path: Path) -> Callable[[], bytes | None]:

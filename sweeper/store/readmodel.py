@@ -176,6 +176,18 @@ def work_summary(
     )
 
 
+def failed_job_ids(
+    conn: sa.Connection, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None
+) -> list[str]:
+    """The failed jobs a worker with these filters leaves behind, in queue order (for its last line)."""
+    cond = [jobs.c.status == "failed"]
+    if stages_filter:
+        cond.append(jobs.c.stage.in_(list(stages_filter)))
+    if sweep:
+        cond.append(jobs.c.sweep == sweep)
+    return list(conn.execute(sa.select(jobs.c.id).where(*cond).order_by(jobs.c.position)).scalars())
+
+
 def resolve_job_id(conn: sa.Connection, prefix: str) -> str:
     """Accept a unique prefix of a job id, as git does for commits."""
     prefix = prefix.strip()

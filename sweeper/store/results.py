@@ -161,6 +161,14 @@ def load_jobs(
     return [_record(r) for r in rows]
 
 
+def _did_you_mean(name: str, names: list[str], what: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    listing = f"{what}: {', '.join(names)}"
+    return (f"did you mean '{close[0]}'? " if close else "") + listing
+
+
 def require_sweep(db: Database, name: str) -> None:
     """Raise a UsageError naming the sweeps there are, unless sweep `name` exists."""
     with db.read() as conn:
@@ -168,26 +176,34 @@ def require_sweep(db: Database, name: str) -> None:
     if name not in names:
         raise UsageError(
             f"no sweep named '{name}' in {db.display_url}",
-            hint=f"sweeps there: {', '.join(names)}" if names else "run `sweeper enqueue GRID.yaml` first",
+            hint=_did_you_mean(name, names, "sweeps there") if names else "run `sweeper enqueue GRID.yaml` first",
         )
 
 
 def require_stage(db: Database, name: str, sweep: str | None = None) -> None:
     """Raise a UsageError naming the stages there are, unless stage `name` exists (in `sweep`)."""
-    import difflib
-
     cond = [stages.c.sweep == sweep] if sweep else []
     with db.read() as conn:
         names = sorted(set(conn.execute(sa.select(stages.c.name).where(*cond)).scalars()))
     if name in names:
         return
     where = f"sweep '{sweep}'" if sweep else "the queue"
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    listing = f"stages: {', '.join(names)}" if names else "it has no stages yet"
     raise UsageError(
         f"no stage named '{name}' in {where}",
-        hint=(f"did you mean '{close[0]}'? " if close else "") + listing,
+        hint=_did_you_mean(name, names, "stages") if names else "it has no stages yet",
     )
+
+
+def require_selection(db: Database, sweep: str | None = None, stages: str | Iterable[str] | None = None) -> None:
+    """`--sweep` and `--stage` must name what is in the queue (UsageError, exit 2, with "did you mean").
+
+    A typo would otherwise select nothing: `work --stage model_serch` would exit with "queue is
+    empty" while jobs wait, `export` would write an empty file.
+    """
+    if sweep:
+        require_sweep(db, sweep)
+    for stage in [stages] if isinstance(stages, str) else stages or ():
+        require_stage(db, stage, sweep)
 
 
 def why_untouched(
@@ -255,6 +271,7 @@ class SweepView:
             ]
         self._jobs = load_jobs(db, sweep)
         self._artifacts: dict[str, list[str]] | None = None
+        self._stale: dict[str, str] | None = None
         self._store: Any = None
 
     # -- jobs --------------------------------------------------------------------------------
@@ -267,6 +284,15 @@ class SweepView:
 
     def job(self, job_id: str) -> JobRecord | None:
         return next((j for j in self._jobs if j.id == job_id), None)
+
+    def stale(self) -> dict[str, str]:
+        """Job id -> why, for the sweep's jobs that ran on a hand-off whose upstream changed since."""
+        if self._stale is None:
+            from sweeper.store.stale import stale_jobs
+
+            with self.db.read() as conn:
+                self._stale = stale_jobs(conn, sweep=self.sweep)
+        return self._stale
 
     # -- artifacts ---------------------------------------------------------------------------
 

@@ -85,10 +85,10 @@ def test_time_to_target_is_training_compute_only(job, data):
     _, state = train(job.attempt(), data)
     wall = time.perf_counter() - started
     t = state.summary()
-    assert t["reached"] and 0 < t["time_to_target_s"] <= t["total_train_s"]
-    assert t["eval_s"] > 0 and t["checkpoint_s"] > 0 and t["checkpoints"] == 3  # one per epoch end
+    assert t.reached and 0 < t.time_to_target_s <= t.total_train_s
+    assert t.eval_s > 0 and t.checkpoint_s > 0 and t.checkpoints == 3  # one per epoch end
     # evaluation and checkpoint writes happened inside fit() but are not in the training time
-    assert t["total_train_s"] + t["eval_s"] + t["checkpoint_s"] <= wall
+    assert t.total_train_s + t.eval_s + t.checkpoint_s <= wall
     # the target was reached at the first batch where the running window crossed it
     points = state.history.points
     assert points[0]["train_acc"] < 0.7
