@@ -185,7 +185,7 @@ def test_retry_gives_a_failed_job_a_fresh_start(queue: Queue) -> None:
     assert queue.retry([job.id]) == []  # pending now: nothing to retry
 
 
-def test_a_retried_dependent_waits_for_its_upstream_and_resolves_afresh(queue: Queue) -> None:
+def test_a_dependent_failed_by_its_upstream_waits_again_when_the_upstream_is_retried(queue: Queue) -> None:
     enqueue(queue)
     for _ in range(2):
         job = queue.claim("w", 30)
@@ -195,12 +195,11 @@ def test_a_retried_dependent_waits_for_its_upstream_and_resolves_afresh(queue: Q
     queue.retry(stage="b")  # blocked again, and at once settled again: its upstream still all failed
     assert status_by_stage(queue)[2] == ("b", "failed")
     assert len(queue.retry(stage="a")) == 2
+    assert status_by_stage(queue)[2] == ("b", "blocked")  # it never ran: it waits for the retried upstream
     for _ in range(2):
         job = queue.claim("w", 30)
         assert job is not None and job.stage == "a"
         queue.complete(job.lease, {"score": job.params["value"]})
-    assert status_by_stage(queue)[2] == ("b", "failed")  # retrying upstream does not revive it
-    queue.retry(stage="b")
     dependent = queue.claim("w", 30)
     assert dependent is not None and dependent.stage == "b" and dependent.params["up"]["metrics"] == {"score": 2}
 
