@@ -170,7 +170,7 @@ def _mirror_info(ctx: typer.Context, settings: Settings) -> dict[str, Any] | Non
         return None
     from sweeper.mirrored.recovery import last_recovery
 
-    database = _open(settings, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         recovery = last_recovery(database)
     finally:
@@ -195,11 +195,12 @@ def _with_mirror(ctx: typer.Context, payload: dict[str, Any], settings: Settings
     return payload if info is None else {**payload, "mirror": info}
 
 
-def _open(settings: Settings, *, create: bool):
+def _open(settings: Settings, *, create: bool, readonly: bool = False):
+    """`readonly`: a command that only reads, which works on a state directory it may not write."""
     from sweeper.store.db import OutagePolicy, open_database
 
     # Interactive commands give up on an unreachable database quickly; workers wait longer.
-    return open_database(settings.db_url, create=create, outage=OutagePolicy(limit_s=10.0))
+    return open_database(settings.db_url, create=create, outage=OutagePolicy.interactive(), readonly=readonly)
 
 
 @app.command()
@@ -232,14 +233,13 @@ def enqueue(
 
 
 def _dry_run_diff(settings: Settings, spec: Any) -> Any:
-    from sweeper.store.db import open_database
     from sweeper.store.queue import EnqueueDiff, Queue
 
     if settings.is_sqlite:
         path = settings.db_url.split(":///", 1)[-1]
         if not os.path.exists(path):
             return EnqueueDiff(sweep=spec.name, new=list(spec.jobs), dry_run=True)
-    database = open_database(settings.db_url, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         diff = Queue(database).diff(spec)
     finally:
@@ -469,7 +469,7 @@ def status(
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
     metric = parse_metric(by or "test_accuracy")
     settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         from sweeper.store.results import require_selection
 
@@ -510,7 +510,7 @@ def show(
     from sweeper.views.show import collect_job, render, to_json
 
     settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         with database.read() as conn:
             full_id = resolve_job_id(conn, job_id)
@@ -547,18 +547,20 @@ def export(
     from sweeper.store.db import STATUSES
     from sweeper.store.results import load_jobs, require_selection
     from sweeper.views.export import write_csv
+    from sweeper.views.outputs import csv_file as csv_destination
 
     bad = [s for s in status_filter or [] if s not in STATUSES]
     if bad:
         raise UsageError(f"--status {bad[0]!r} is not a job state", hint=f"states: {', '.join(STATUSES)}")
+    target = csv_destination(csv_file)  # a missing directory fails before the queue is read
     settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         require_selection(database, sweep, stage)
         records = load_jobs(database, sweep, stage, status_filter or None)
     finally:
         database.dispose()
-    if csv_file == "-":
+    if target is None:
         write_csv(records, sys.stdout)
         return
     import io
@@ -567,7 +569,7 @@ def export(
 
     buf = io.StringIO()
     n = write_csv(records, buf)
-    atomic_write(Path(csv_file), buf.getvalue().encode("utf-8"))
+    atomic_write(target, buf.getvalue().encode("utf-8"))
     out.print(f"wrote {n} job(s) to {csv_file}")
 
 
@@ -623,7 +625,10 @@ def report(
     """
     from sweeper.grid.ranking import parse_metric
     from sweeper.store.results import SweepView, only_sweep, require_selection
+    from sweeper.views.outputs import report_dir
     from sweeper.views.report import ReportOptions, write_report
+
+    out_dir = report_dir(out_dir)  # a file in the way fails before the queue is read
 
     opts = ReportOptions(
         primary=parse_metric(metric or "test_accuracy", option="--metric"),
@@ -633,7 +638,7 @@ def report(
         plots=not no_plots,
     )
     settings = _settings(ctx, state, db, mlflow_uri, tracking=mlflow_screenshot)
-    database = _open(settings, create=False)
+    database = _open(settings, create=False, readonly=True)
     try:
         name = sweep or only_sweep(database)
         require_selection(database, name)

@@ -21,6 +21,7 @@ any machine. A tracking server (http://...) stores files where it is configured 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sweeper.errors import LeaseLost
 from sweeper.mappings import flatten
 
 
@@ -67,6 +69,12 @@ class Tracker(Protocol):
     def end(self, status: str) -> None:
         """status: FINISHED, FAILED or KILLED (interrupted; the next attempt reopens the run)."""
 
+    def withdraw(self, job_run: str | None) -> None:
+        """This attempt lost its job before recording its run; `job_run`: the run the queue records now."""
+
+    def drop_strays(self) -> None:
+        """The run is recorded as the job's: delete any other active run tagged with the job."""
+
 
 class NullTracker:
     """Tracking switched off: everything is accepted and dropped."""
@@ -91,6 +99,52 @@ class NullTracker:
 
     def end(self, status: str) -> None:
         pass
+
+    def withdraw(self, job_run: str | None) -> None:
+        pass
+
+    def drop_strays(self) -> None:
+        pass
+
+
+class RunRecord(Protocol):
+    """The queue's side of a job's run (sweeper.store.queue.Queue)."""
+
+    def set_tracking_run(self, lease: Any, run_id: str, uri: str | None = None) -> None: ...
+
+    def tracking_run(self, job_id: str) -> str | None: ...
+
+
+def open_job_run(
+    tracker: Tracker, record: RunRecord, run: RunInfo, lease: Any, recorded: str | None, uri: str | None
+) -> str | None:
+    """Open the job's run and record it in the queue under `lease`: exactly one run per job.
+
+    A worker frozen between its tag search and create_run (tracker.start) may wake after another
+    worker took the job over and opened the job's run; it then creates a second one. Its
+    `set_tracking_run` is refused (fenced by the lease), and it withdraws that run. The two sides
+    clean up in opposite orders, so that one of them always sees the other's stray: the loser
+    creates its run, then reads the queue; the owner records its run, then searches the store.
+      * the loser deletes its run when the queue records another one (never the one the queue
+        records: an owner may have adopted it as an orphan);
+      * the owner, once its run is recorded, deletes every other active run tagged with the job.
+    A stray never holds metric points: a run is recorded before the job logs anything.
+    """
+    run_id = tracker.start(run, recorded)
+    hook = getattr(tracker, "race_hook", None)
+    if hook is not None:
+        hook("run-opened")
+    if run_id and run_id != recorded:
+        try:
+            record.set_tracking_run(lease, run_id, uri)
+        except LeaseLost:
+            # Best effort: when the store or the queue went away too, the job is lost all the same.
+            with contextlib.suppress(Exception):
+                tracker.withdraw(record.tracking_run(run.job_id))
+            raise
+    if run_id:
+        tracker.drop_strays()
+    return run_id
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -298,6 +352,11 @@ class MLflowTracker:
         self._run_id: str | None = None
         self._floor: dict[str, int] = {}
         self._buffer: list[tuple[str, float, int, int]] = []
+        self._created = False  # whether this attempt created the run (open_job_run may withdraw it)
+        self._job_id: str | None = None
+        self._exp_id: str | None = None
+        # Called at named points of start() and open_job_run(); tests park a worker there.
+        self.race_hook: Callable[[str], None] = lambda name: None
 
     @property
     def client(self) -> Any:
@@ -358,6 +417,7 @@ class MLflowTracker:
             except Exception:
                 existing = None
         exp_id = self._experiment_id(run.sweep)
+        self._job_id, self._exp_id, self._created = run.job_id, exp_id, False
         if existing is None:
             # An attempt killed between creating its run and recording the run id in the queue
             # left a run behind: continue that one instead of opening a second run for the job.
@@ -376,13 +436,44 @@ class MLflowTracker:
             if not existing.data.params:  # the attempt that created the run died before logging them
                 self._log_params(run)
             return run_id
+        self.race_hook("run-searched")  # no run of the job found: a frozen worker wakes here
         created = _retry_transient(
             lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
         )
         self._run_id = created.info.run_id
+        self._created = True
         self._floor = {}
         self._log_params(run)
         return self._run_id
+
+    def withdraw(self, job_run: str | None) -> None:
+        """Delete the run this attempt created, unless the queue records it (or none yet).
+
+        Recorded: a worker that took the job over adopted it as an orphan and logs into it. None:
+        the next attempt adopts it, or the owner that records another run deletes it
+        (drop_strays). Deleted runs leave the UI and every search; `mlflow gc` purges them.
+        """
+        run_id, self._run_id, self._buffer = self._run_id, None, []  # nothing more from this attempt
+        if not self._created or run_id is None or job_run is None or job_run == run_id:
+            return
+        _retry_transient(lambda: self.client.delete_run(run_id), "delete a second run of the job")
+
+    def drop_strays(self) -> None:
+        if self._run_id is None or self._exp_id is None:
+            return
+        from mlflow.entities import ViewType
+
+        found = _retry_transient(
+            lambda: self.client.search_runs(
+                [self._exp_id], filter_string=f"tags.job_id = '{self._job_id}'", run_view_type=ViewType.ACTIVE_ONLY
+            ),
+            "look for other runs of the job",
+        )
+        for other in found:
+            if other.info.run_id != self._run_id:
+                _retry_transient(
+                    lambda r=other.info.run_id: self.client.delete_run(r), "delete a second run of the job"
+                )
 
     def _log_params(self, run: RunInfo) -> None:
         from mlflow.entities import Param

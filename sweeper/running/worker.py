@@ -30,7 +30,7 @@ from sweeper.errors import DatabaseUnavailable, LeaseLost, RefusedCheckpoint, Sw
 from sweeper.grid import registry
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
-from sweeper.running.tracking import RunInfo, make_tracker
+from sweeper.running.tracking import RunInfo, make_tracker, open_job_run
 from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
@@ -384,13 +384,15 @@ class Worker:
         LeaseLost and DatabaseUnavailable propagate: neither is the job's fault.
         """
         try:
-            run_id = tracker.start(
+            # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
+            open_job_run(
+                tracker,
+                queue,
                 RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                job.lease,
                 job.tracking_run_id,
+                mask_password(self.opts.settings.tracking_uri or ""),
             )
-            if run_id and run_id != job.tracking_run_id:
-                # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
-                queue.set_tracking_run(job.lease, run_id, mask_password(self.opts.settings.tracking_uri or ""))
             recorded = self._recorded_result(job)
             if recorded is not None:
                 return recorded, None, False
@@ -515,7 +517,25 @@ def run_workers(opts: WorkerOptions) -> int:
         finally:
             if worker.view is not None:
                 worker.view.close()
-    return _supervise(opts, plan)
+    code = _open_once(opts)
+    return code if code is not None else _supervise(opts, plan)
+
+
+def _open_once(opts: WorkerOptions) -> int | None:
+    """Open the queue before starting the worker processes: a URL that cannot work (a host that
+    does not resolve, a missing database, a refused login) is one error here, not one per worker,
+    and an outage at start is waited out (with its lines) once. Returns an exit code, or None."""
+
+    def log(line: str) -> None:
+        _stderr_line(f"{time.strftime('%H:%M:%S')} {mask_password(line)}")
+
+    try:
+        db = open_database(opts.settings.db_url, create=True, outage=OutagePolicy(limit_s=opts.db_outage_s, log=log))
+    except SweeperError as exc:
+        log(str(exc))
+        return exc.exit_code
+    db.dispose()
+    return None
 
 
 def _supervise(opts: WorkerOptions, plan: WorkerPlan) -> int:

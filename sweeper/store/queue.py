@@ -561,6 +561,13 @@ class Queue(Settling):
 
         self._in_write("record the tracking run", txn)
 
+    def tracking_run(self, job_id: str) -> str | None:
+        """The run recorded for the job (a read: a worker that lost the job asks whose run won)."""
+        return self.in_read(
+            "read the tracking run",
+            lambda conn: conn.execute(sa.select(jobs.c.tracking_run_id).where(jobs.c.id == job_id)).scalar(),
+        )
+
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn(conn: Connection) -> None:
             row = conn.execute(
