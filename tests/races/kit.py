@@ -70,7 +70,9 @@ class Competitor:
     fn: Callable[[], Any]
     started: threading.Event = field(default_factory=threading.Event)
     at_point: threading.Event = field(default_factory=threading.Event)
-    # SQLite: B's connection found the write lock held (by the parked A) when it asked for it.
+    # SQLite, set by let_competitor_run: B's connection found the write lock held (by the parked A)
+    # when it asked for it. A Competitor used only as a thread (no parked A) is not probed.
+    probe_lock: bool = False
     waits_on_lock: threading.Event = field(default_factory=threading.Event)
     lock_was_free: bool = False
     done: threading.Event = field(default_factory=threading.Event)
@@ -115,7 +117,7 @@ def probe_write_lock(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _probe(conn, cursor, statement, parameters, context, executemany):
         comp = _PROBED.get(threading.current_thread())
-        if comp is None or statement != "BEGIN IMMEDIATE" or comp.waits_on_lock.is_set():
+        if comp is None or not comp.probe_lock or statement != "BEGIN IMMEDIATE" or comp.waits_on_lock.is_set():
             return
         raw = cursor.connection
         (timeout_ms,) = raw.execute("PRAGMA busy_timeout").fetchone()
@@ -155,6 +157,7 @@ class LockWatch:
 
 def let_competitor_run(comp: Competitor, watch: LockWatch | None) -> None:
     """Block (inside A's hook) until B is as far as it can get while A holds its place."""
+    comp.probe_lock = watch is None
     comp.start()
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
