@@ -57,3 +57,37 @@ def zombie_fails(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     for step in range(4, 7):
         ctx.log_metrics({"loss": float(step)}, step)
     return {"steps": 6, "attempt": ctx.attempt}
+
+
+def together(ctx: JobContext, params: dict[str, Any]) -> Any:
+    """Runs as `kind: noop` once `params['expect']` jobs have started (each touches a file in
+    `params['meet']`): the first job waits for the others, so each of that many workers holds one
+    job at the same time, however slowly the machine starts them."""
+    from jobs.kinds.noop import run as noop
+
+    meet = Path(params["meet"])
+    meet.mkdir(parents=True, exist_ok=True)
+    (meet / ctx.job_id).touch()
+    deadline = time.monotonic() + 300.0
+    while len(list(meet.iterdir())) < int(params["expect"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(list(meet.iterdir()))} of {params['expect']} jobs started")
+        time.sleep(0.05)
+    return noop(ctx, {k: v for k, v in params.items() if k not in ("meet", "expect")})
+
+
+def artifacts(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Records two output files: result.json (`params['result']`) and table.csv (`params['rows']`)."""
+    import csv
+    import json
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="sweeper-test-artifacts-"))
+    (out / "result.json").write_text(json.dumps(params["result"]))
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(params["rows"][0]))
+        writer.writeheader()
+        writer.writerows(params["rows"])
+    for name in ("result.json", "table.csv"):
+        ctx.log_artifact(out / name)
+    return {"files": 2}

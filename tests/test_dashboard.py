@@ -22,6 +22,7 @@ from sweeper.views.dashview import BAR, render, segments
 from sweeper.views.status_schema import Status
 from tests.conftest import REPO, cli_env, run_cli
 from tests.statuszoo import build_zoo
+from tests.unit.clirun import sweeper
 
 
 @pytest.fixture
@@ -176,22 +177,23 @@ def test_status_never_imports_torch_or_mlflow(sqlite_url, tmp_path):
     assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_status_errors_are_clear(tmp_path):
-    proc = run_cli("status", "--db", f"sqlite:///{tmp_path / 'nope.db'}", cwd=tmp_path)
-    assert proc.returncode == 2 and "no queue database" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("status", "--by", "test accuracy", "--db", f"sqlite:///{tmp_path / 'nope.db'}", cwd=tmp_path)
-    assert proc.returncode == 2 and "--by 'test accuracy'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("status", "--by", "loss:lowest", cwd=tmp_path)
-    assert proc.returncode == 2 and "max or min" in proc.stderr
+def test_status_errors_are_clear(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in this process (clirun): ./state is the test's
+    run = sweeper("status", "--db", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert run.code == 2 and "no queue database" in run.stderr and "Traceback" not in run.text
+    run = sweeper("status", "--by", "test accuracy", "--db", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert run.code == 2 and "--by 'test accuracy'" in run.stderr and "Traceback" not in run.text
+    run = sweeper("status", "--by", "loss:lowest")
+    assert run.code == 2 and "max or min" in run.stderr
 
 
 def test_status_of_an_empty_queue_says_what_to_do(sqlite_url, tmp_path):
     from sweeper.store.db import open_database
 
     open_database(sqlite_url).dispose()
-    proc = run_cli("status", "--db", sqlite_url, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "sweeper enqueue" in proc.stdout
+    run = sweeper("status", "--db", sqlite_url)
+    assert run.code == 0, run.stderr
+    assert "sweeper enqueue" in run.stdout
 
 
 def test_status_for_several_sweeps_names_stages_by_sweep(zoo):
@@ -210,7 +212,11 @@ def test_status_for_several_sweeps_names_stages_by_sweep(zoo):
 
 def test_to_json_round_trips_through_the_schema(zoo):
     doc = to_json(collect(zoo.db))
-    Status.model_validate_json(json.dumps(doc), strict=True)
+    status = Status.model_validate_json(json.dumps(doc), strict=True)
+    back = status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    assert back == doc  # every field read back as it was written: nothing dropped, renamed or coerced
+    filled = [key for key, value in doc.items() if isinstance(value, list) and value]
+    assert {"sweeps", "running", "failed"} <= set(filled), filled  # the zoo fills what is compared
 
 
 @given(st.dictionaries(st.sampled_from(list(BAR)), st.integers(0, 10_000), min_size=1), st.integers(6, 120))

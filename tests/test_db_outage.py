@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from .chaos import pg
 from .conftest import run_cli, start_worker, stop_process, wait_for
 
-pytestmark = pytest.mark.postgres
+# serial: these tests stop and restart the PostgreSQL server (README, Development).
+pytestmark = [pytest.mark.postgres, pytest.mark.serial]
 
 
 class Queue:

@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
+from sweeper.errors import CheckpointError
 from sweeper.grid.ranking import Metric, default_mode
 from sweeper.store.db import open_database
 from sweeper.store.results import SweepView, load_jobs
@@ -137,8 +139,9 @@ def test_report_errors_are_clear(sweep, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_report_api_reads_artifacts_verified(sweep, tmp_path):
-    """The view a plug-in gets: jobs in queue order, params, metrics, and figure paths in the output dir."""
+def test_report_api_gives_stages_jobs_provenance_and_figure_paths(sweep, tmp_path):
+    """The view a plug-in gets: jobs in queue order, params, metrics, and figure paths in the output dir
+    (a job without artifacts lists none; reading them is the next test)."""
     tmp, db = sweep
     database = open_database(db, create=False)
     try:
@@ -160,6 +163,37 @@ def test_report_api_reads_artifacts_verified(sweep, tmp_path):
         database.dispose()
     md = result.path.read_text()
     assert "**Top 2 by value**" in md and len(result.figures) == 3
+
+
+ARTIFACT_GRID = """\
+sweep: files
+stages:
+  out:
+    kind: tests.kinds:artifacts
+    params: {result: {accuracy: 0.9, classes: [1, 2]}, rows: [{epoch: 1, loss: 0.5}, {epoch: 2, loss: 0.25}]}
+"""
+
+
+def test_report_api_reads_a_jobs_artifacts_and_refuses_one_that_fails_its_sha256(tmp_path):
+    """What a plug-in reads through the view are the files the job recorded, checked on the way."""
+    db = run_grid(tmp_path, ARTIFACT_GRID)
+    database = open_database(db, create=False)
+    try:
+        view = SweepView(database, tmp_path / "state", "files", tmp_path / "out")
+        (job,) = view.jobs("out")
+        assert sorted(view.artifact_names(job.id)) == ["result.json", "table.csv"]
+        assert view.read_json(job.id, "result.json") == {"accuracy": 0.9, "classes": [1, 2]}
+        assert view.read_csv(job.id, "table.csv") == [{"epoch": "1", "loss": "0.5"}, {"epoch": "2", "loss": "0.25"}]
+        with database.read() as conn:
+            (location,) = conn.execute(
+                sa.text("select location from artifacts where job_id = :j and name = 'result.json'"), {"j": job.id}
+            ).one()
+        stored = tmp_path / "state" / location
+        stored.write_text(stored.read_text().replace("0.9", "1.0"))  # the same size, other bytes
+        with pytest.raises(CheckpointError, match="sha256"):
+            SweepView(database, tmp_path / "state", "files", tmp_path / "out").read_json(job.id, "result.json")
+    finally:
+        database.dispose()
 
 
 @pytest.mark.parametrize(

@@ -62,11 +62,15 @@ def test_expired_lease_is_taken_over(tmp_path):
 
 
 def test_live_lease_of_another_machine_is_refused_until_it_expires(tmp_path):
-    lease = _lease(tmp_path)
+    now = [time.time()]
+    lease = _lease(tmp_path, clock=lambda: now[0])  # the lease's clock moves, not the test's time
     _foreign_holder(lease.path, expires_in=1.5)
     with pytest.raises(StateLocked, match="colab-vm-7"):
         lease.acquire()
-    time.sleep(1.6)
+    now[0] += 1.49
+    with pytest.raises(StateLocked, match="colab-vm-7"):
+        lease.acquire()
+    now[0] += 0.02
     assert lease.acquire().session == "feedbeef"
 
 
@@ -123,16 +127,15 @@ def test_cli_refuses_second_session_and_takes_over_after_expiry(tmp_path):
     env = {"SWEEPER_MIRROR_DIR": str(tmp_path / "vm1")}
     done = run_cli("enqueue", str(grid), "--state", str(state), "--mirror", "on", **env)
     assert done.returncode == 0, done.stderr
-    _foreign_holder(state / "queue.lease", expires_in=15.0)  # outlasts the start of `work` on a loaded machine
-    expires_at = json.loads((state / "queue.lease").read_text())["expires_at"]
+    # Live for ten minutes: however loaded the machine, `work` starts long before it runs out.
+    _foreign_holder(state / "queue.lease", expires_in=600.0)
 
     refused = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
-    assert time.time() < expires_at, "the machine was too slow for this test to mean anything"
     assert refused.returncode == 4, refused.stderr
     assert "colab-vm-7" in refused.stderr and "pid 4242" in refused.stderr and "until" in refused.stderr
     assert "PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
 
-    time.sleep(max(0.0, expires_at - time.time()) + 0.1)
+    _foreign_holder(state / "queue.lease", expires_in=-1.0)  # the same session's lease, run out
     ran = run_cli("work", "--state", str(state), "--mirror", "on", "--no-tracking", **env)
     assert ran.returncode == 0, ran.stderr
     assert "queue is empty" in ran.stderr
@@ -186,18 +189,45 @@ def test_released_lease_names_the_final_snapshots_and_a_new_holder_inherits_them
     assert json.loads(second.path.read_text())["snapshots"]["queue"] == "queue.2.b.db"
 
 
-def test_countdown_prints_one_line_per_interval_off_a_terminal(tmp_path):
+def test_countdown_prints_one_line_per_interval_off_a_terminal(tmp_path, monkeypatch):
+    from sweeper.mirrored import statelease
     from sweeper.mirrored.statelease import Holder, LeaseWait
 
+    class Clock:  # the countdown's clock: its sleeps move it, so no line depends on machine load
+        now = 1000.0
+        slept: list[float] = []  # noqa: RUF012
+
+        @classmethod
+        def time(cls) -> float:
+            return cls.now
+
+        monotonic = time
+
+        @classmethod
+        def sleep(cls, seconds: float) -> None:
+            cls.slept.append(seconds)
+            cls.now += seconds
+
+    monkeypatch.setattr(statelease, "time", Clock)
     lines: list[str] = []
-    wait = LeaseWait(lines.append, every_s=0.3, tty=False)
-    holder = Holder("feedbeef", "colab-vm-7", "b", 42, "work", time.time(), time.time() + 0.9)
-    while time.time() < holder.expires_at:
+    wait = LeaseWait(lines.append, every_s=1.0, tty=False)
+    holder = Holder("feedbeef", "colab-vm-7", "b", 42, "work", Clock.now, Clock.now + 4.0)
+    polls = 0
+    while Clock.now < holder.expires_at:
         wait.pause(holder, what="continues")
+        polls += 1
+        Clock.now += 0.25  # the caller's own work between polls (reading the lease file)
     wait.done("taken")
-    assert 2 <= len(lines) <= 5, lines  # not one per poll
+    # Polls at 0, 1.25, 2.5 and 3.75 s (each sleeps the 1 s interval): each is due a line.
+    assert polls == 4 and len(lines) == 5, lines
     assert "session feedbeef" in lines[0] and "runs out in" in lines[0] and "--no-wait" in lines[0]
     assert lines[-1] == "taken"
+    fast = LeaseWait(lines.append, every_s=1.0, tty=False)
+    lines.clear()
+    for _ in range(10):  # ten polls 0.25 s apart (a lease that is out: each sleeps only 0.05 s)
+        fast.pause(Holder("feedbeef", "colab-vm-7", "b", 42, "work", 0.0, Clock.now - 0.1), what="continues")
+        Clock.now += 0.2
+    assert len(lines) == 3, lines  # at 0, 1.0 and 2.0 s: one per interval, not one per poll
 
 
 def test_short_commands_wait_for_a_live_lease_of_another_machine_unless_no_wait(tmp_path):

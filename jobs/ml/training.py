@@ -27,7 +27,7 @@ any device.
 
 The checkpoint dict (all plain tensors and Python values; loads with weights_only=True): the
 TrainState's fields (sums and window as lists) plus version, model, optimizer and rng. The keys are
-those from before TrainState existed, so a job resumes across that change (tests/test_train_loop.py
+those from before TrainState existed, so a job resumes across that change (tests/unit/test_train_loop.py
 keeps a checkpoint written then):
     version                   STATE_VERSION; fit refuses a checkpoint of another version
     model, optimizer          state_dicts (the optimizer is our SGD: momentum buffers, lr, ...)
@@ -90,7 +90,7 @@ class SGD:
 
     Why not torch.optim: its first use imports torch._dynamo, which costs each worker process
     about 150 MB of its 1.2 GB memory budget and 2-3 s of start-up, for three in-place ops per
-    parameter. tests/test_train_loop.py checks that the weights match torch.optim.SGD exactly.
+    parameter. tests/unit/test_train_loop.py checks that the weights match torch.optim.SGD exactly.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):

@@ -4,7 +4,7 @@ This is the contract scripts rely on (documented in docs/status-json.md). Within
 `sweeper.status/1` keys are only ever added; a key that changes meaning or goes away bumps the
 schema id. The status command itself does not import this module (it builds plain dicts from
 the dataclasses in dashboard.py); tests validate its output against these models,
-tests/test_status_contract.py checks that those dataclasses and these models agree field by
+tests/unit/test_status_contract.py checks that those dataclasses and these models agree field by
 field, and `python -m sweeper.views.status_schema` prints the JSON Schema for other tools.
 """
 

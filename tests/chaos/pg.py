@@ -8,6 +8,7 @@ shared one. In CI it is the machine's main cluster.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +28,12 @@ class Cluster:
     port: int
 
     def ctl(self, action: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        if action in ("stop", "restart") and os.environ.get("PYTEST_XDIST_WORKER"):
+            # Under pytest-xdist another process is running PostgreSQL tests against this server.
+            raise PostgresControlError(
+                f"refusing to {action} PostgreSQL beside parallel tests: mark the test `serial` "
+                "(it then runs in the second pass, `pytest -m serial`, without -n)"
+            )
         return subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action],
             capture_output=True,

@@ -5,12 +5,16 @@ parks transaction A at such a point and starts the competitor B in a thread, the
 only once B has got as far as it can:
   * PostgreSQL: B finished, or reached its own hook point, or waits on a lock that A holds
     (seen in pg_stat_activity); no sleeps, no luck;
-  * SQLite: B has started. BEGIN IMMEDIATE makes B wait for A's whole transaction, whatever the
-    moment, which is the serialization the queue relies on there.
+  * SQLite: B has asked for the write lock while A holds it. BEGIN IMMEDIATE makes B wait for A's
+    whole transaction, which is the serialization the queue relies on there; a probe on B's
+    connection (`probe_write_lock`) proves that B got that far: just before B's BEGIN IMMEDIATE it
+    tries the lock without waiting and must be answered "database is locked". So every SQLite
+    round really runs B's write against A's open transaction, not merely B's thread start.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import textwrap
 import threading
 import time
@@ -50,6 +54,8 @@ class Workers:
     def queue(self, **kwargs: Any) -> Queue:
         db = open_database(self.url)
         self.dbs.append(db)
+        if db.dialect == "sqlite":
+            probe_write_lock(db.engine)
         return Queue(db, retry_backoff_s=0.0, **kwargs)
 
     def close(self) -> None:
@@ -64,6 +70,11 @@ class Competitor:
     fn: Callable[[], Any]
     started: threading.Event = field(default_factory=threading.Event)
     at_point: threading.Event = field(default_factory=threading.Event)
+    # SQLite, set by let_competitor_run: B's connection found the write lock held (by the parked A)
+    # when it asked for it. A Competitor used only as a thread (no parked A) is not probed.
+    probe_lock: bool = False
+    waits_on_lock: threading.Event = field(default_factory=threading.Event)
+    lock_was_free: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -80,12 +91,48 @@ class Competitor:
                 self.done.set()
 
         self.thread = threading.Thread(target=run, daemon=True)
+        _PROBED[self.thread] = self
         self.thread.start()
 
     def join(self) -> None:
         assert self.thread is not None
         self.thread.join(WAIT_S)
         assert not self.thread.is_alive(), "the competing transaction did not finish"
+        _PROBED.pop(self.thread, None)
+        assert not self.lock_was_free, "SQLite: the competitor found the write lock free while A was parked"
+
+
+# Competitor threads whose SQLite writes are probed (see probe_write_lock).
+_PROBED: dict[threading.Thread, Competitor] = {}
+
+
+def probe_write_lock(engine: sa.Engine) -> None:
+    """On a competitor's thread, check that its BEGIN IMMEDIATE will wait for the parked transaction.
+
+    Just before the queue's own BEGIN IMMEDIATE (db.py), the same connection tries one with a busy
+    timeout of 0: SQLite answers "database is locked" at once while another connection holds the
+    write lock. That answer sets `waits_on_lock`; the real BEGIN IMMEDIATE then waits as usual.
+    """
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _probe(conn, cursor, statement, parameters, context, executemany):
+        comp = _PROBED.get(threading.current_thread())
+        if comp is None or not comp.probe_lock or statement != "BEGIN IMMEDIATE" or comp.waits_on_lock.is_set():
+            return
+        raw = cursor.connection
+        (timeout_ms,) = raw.execute("PRAGMA busy_timeout").fetchone()
+        raw.execute("PRAGMA busy_timeout=0")
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            comp.waits_on_lock.set()
+        else:
+            raw.execute("ROLLBACK")
+            comp.lock_was_free = True
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
 
 
 class LockWatch:
@@ -110,11 +157,12 @@ class LockWatch:
 
 def let_competitor_run(comp: Competitor, watch: LockWatch | None) -> None:
     """Block (inside A's hook) until B is as far as it can get while A holds its place."""
+    comp.probe_lock = watch is None
     comp.start()
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        if watch is None:  # SQLite
-            if comp.started.is_set():
+        if watch is None:  # SQLite: B asked for the write lock A holds (or finished without writing)
+            if comp.waits_on_lock.is_set() or comp.done.is_set():
                 return
         elif comp.done.is_set() or comp.at_point.is_set() or watch.waiting() > 0:
             return

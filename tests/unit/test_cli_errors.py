@@ -1,17 +1,28 @@
 """Bad command-line input gets one clear error and the right exit code, never a traceback.
 
 Exit codes: 2 for bad input (an option, a job id, a URL, a path), 3 for a database that cannot be
-used or does not answer. Grid-file errors are covered by tests/test_spec.py and the fuzzer
-(tests/test_fuzz_grid.py); a database that goes away under a worker by tests/test_db_outage.py.
+used or does not answer. Grid-file errors are covered by tests/unit/test_spec.py and the fuzzer
+(tests/unit/test_fuzz_grid.py); a database that goes away under a worker by tests/test_db_outage.py.
+
+The CLI runs in this process (clirun.py: the console script's main() under typer's CliRunner).
+The same path as a real process, and a PostgreSQL database that does not exist, are checked in
+tests/test_cli.py.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from .conftest import run_cli, run_grid
+from sweeper.grid.spec import parse_spec
+from sweeper.store.db import open_database
+from sweeper.store.queue import Queue
+
+from .clirun import check
+from .clirun import sweeper as run_cli
 
 GRID = "sweep: s\nstages:\n  a: {kind: noop, grid: {value: [1, 2]}}\n"
 
@@ -21,18 +32,8 @@ def state(tmp_path: Path) -> Path:
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
     path = tmp_path / "state"
-    proc = run_cli("enqueue", str(grid), "--state", str(path))
-    assert proc.returncode == 0, proc.stderr
+    check(run_cli("enqueue", str(grid), "--state", str(path)), 0)
     return path
-
-
-def check(proc, code: int, *needles: str) -> None:
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == code, text
-    assert "Traceback" not in text, text
-    flat = " ".join(text.split())  # rich wraps long lines
-    for needle in needles:
-        assert needle in flat, text
 
 
 @pytest.mark.parametrize("command", ["show", "retry", "cancel"])
@@ -55,7 +56,7 @@ def test_a_job_id_prefix_too_short_to_be_unique_is_refused(state: Path) -> None:
 def test_a_bad_db_url_is_a_clear_error(tmp_path: Path, url: str, code: int, needle: str) -> None:
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
-    for args in (("status",), ("enqueue", str(grid)), ("work", "--no-tracking")):
+    for args in (("status",), ("enqueue", str(grid)), ("work", "--workers", "1", "--no-tracking")):
         # status creates nothing, not even the directory
         needle_here = "no queue database" if args[0] == "status" and url.startswith("sqlite") else needle
         check(run_cli(*args, "--db", url, "--state", str(tmp_path / "state")), code, needle_here)
@@ -81,18 +82,11 @@ def test_status_without_a_queue_says_how_to_make_one(tmp_path: Path) -> None:
     assert not (tmp_path / "empty" / "queue.db").exists()
 
 
-@pytest.mark.postgres
-def test_a_postgres_database_that_does_not_exist_fails_at_once(pg_url: str) -> None:
-    import sqlalchemy as sa
-
-    url = sa.make_url(pg_url).set(database="sweeper_no_such_db").render_as_string(hide_password=False)
-    check(run_cli("status", "--db", url), 3, "cannot use database", 'database "sweeper_no_such_db" does not exist')
-
-
 def test_an_unreachable_database_gives_up_after_the_limit_with_a_clear_message(tmp_path: Path) -> None:
     down = "postgresql://postgres@127.0.0.1:1/sweeper"  # nothing listens on port 1
+    work = ("work", "--workers", "1", "--db", down, "--state", str(tmp_path / "s"), "--no-tracking")
     check(
-        run_cli("work", "--db", down, "--state", str(tmp_path / "s"), "--db-outage-limit", "1", "--no-tracking"),
+        run_cli(*work, "--db-outage-limit", "1"),
         3,
         "did not answer for 1s",
         "check that the database server is running",
@@ -121,8 +115,8 @@ def test_bad_options_are_usage_errors_with_exit_code_2(state: Path, args: tuple[
 def test_version_prints_the_version() -> None:
     from sweeper import __version__
 
-    proc = run_cli("--version")
-    assert proc.returncode == 0 and proc.stdout.strip() == f"sweeper {__version__}", proc.stdout + proc.stderr
+    run = run_cli("--version")
+    assert run.code == 0 and run.stdout.strip() == f"sweeper {__version__}", run.text
 
 
 # Training jobs report test_accuracy and train_accuracy; one benchmark job reports a threshold,
@@ -144,13 +138,24 @@ stages:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return run_grid(tmp_path_factory.mktemp("metrics"), METRICS_GRID)
+    """METRICS_GRID run to the end: each job claimed and completed with the metrics its params name
+    (what tests.kinds:metrics returns), through the queue, without a worker process."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('metrics') / 'state' / 'queue.db'}"
+    db = open_database(url)
+    try:
+        queue = Queue(db)
+        queue.enqueue(parse_spec(textwrap.dedent(METRICS_GRID), "grid.yaml"))
+        while (job := queue.claim("w", 60)) is not None:
+            queue.complete(job.lease, dict(job.params["metrics"]))
+    finally:
+        db.dispose()
+    return url
 
 
 def test_an_unknown_by_metric_lists_the_metrics_that_exist_likeliest_first(finished: str) -> None:
-    proc = run_cli("status", "--by", "accuracy", "--db", finished)
-    check(proc, 2, "--by accuracy: no finished job reports a metric 'accuracy'", "did you mean --by test_accuracy?")
-    listing = " ".join(proc.stderr.split()).split("(how many):")[1]
+    run = run_cli("status", "--by", "accuracy", "--db", finished)
+    check(run, 2, "--by accuracy: no finished job reports a metric 'accuracy'", "did you mean --by test_accuracy?")
+    listing = " ".join(run.stderr.split()).split("(how many):")[1]
     assert listing.index("test_accuracy (3)") < listing.index("train_accuracy (3)") < listing.index("min_test_accuracy")
     check(run_cli("status", "--by", "no_such_metric", "--db", finished), 2, "no finished job reports", "test_accuracy")
     check(run_cli("status", "--by", "test_accuracy", "--db", finished), 0, "0.85")
@@ -187,8 +192,6 @@ def test_cancel_or_retry_of_an_unknown_stage_or_sweep_is_a_usage_error(state: Pa
 
 
 def test_retrying_or_cancelling_a_done_job_says_why_nothing_happened(finished: str) -> None:
-    import sqlalchemy as sa
-
     engine = sa.create_engine(finished)
     with engine.connect() as conn:
         job = conn.execute(sa.text("select id from jobs where stage = 'bench'")).scalar_one()

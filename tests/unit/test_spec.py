@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sweeper.errors import SpecError
 from sweeper.grid.spec import job_identity, parse_spec
 
-from .conftest import run_cli
+from .clirun import sweeper as run_cli
 
 
 def spec(text: str):
@@ -206,23 +206,23 @@ def test_bad_grid_via_cli_exits_2_and_leaves_the_queue_untouched(tmp_path: Path,
     state = tmp_path / "state"
     good = tmp_path / "good.yaml"
     good.write_text("sweep: s\nstages:\n  a: {kind: noop, grid: {steps: [1, 2, 3]}}\n")
-    assert run_cli("enqueue", str(good), "--state", str(state)).returncode == 0
+    assert run_cli("enqueue", str(good), "--state", str(state)).code == 0
     db = state / "queue.db"
     before = _dump(db)
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD_GRIDS[case][0])
-    proc = run_cli("enqueue", str(bad), "--state", str(state))
-    assert proc.returncode == 2
-    assert BAD_GRIDS[case][1] in proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    run = run_cli("enqueue", str(bad), "--state", str(state))
+    assert run.code == 2
+    assert BAD_GRIDS[case][1] in run.stderr
+    assert "Traceback" not in run.text
     assert _dump(db) == before
 
 
 def test_missing_grid_file_is_a_clear_error(tmp_path: Path):
-    proc = run_cli("enqueue", str(tmp_path / "nope.yaml"), "--state", str(tmp_path / "state"))
-    assert proc.returncode == 2
-    assert "no such grid file" in proc.stderr
+    run = run_cli("enqueue", str(tmp_path / "nope.yaml"), "--state", str(tmp_path / "state"))
+    assert run.code == 2
+    assert "no such grid file" in run.stderr
     assert not (tmp_path / "state" / "queue.db").exists()
 
 
