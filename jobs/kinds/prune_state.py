@@ -77,7 +77,16 @@ class InputRecord:
         return {"step": record.pop("step"), **record}
 
 
-METHOD_KEYS = ("controlled_drop", "unit", "importance", "units", "amount", "density", "nonzero_params", "effective_macs")
+METHOD_KEYS = (
+    "controlled_drop",
+    "unit",
+    "importance",
+    "units",
+    "amount",
+    "density",
+    "nonzero_params",
+    "effective_macs",
+)
 
 
 @dataclass

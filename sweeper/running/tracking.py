@@ -465,7 +465,9 @@ class MLflowTracker:
 
         parent_run = self.client.get_run(parent)
         tags = {k: v for k, v in parent_run.data.tags.items() if k in ("sweep", "stage", "kind")}
-        tags.update({"mlflow.parentRunId": parent, "row": name, "parent_job_id": parent_run.data.tags.get("job_id", "")})
+        tags.update(
+            {"mlflow.parentRunId": parent, "row": name, "parent_job_id": parent_run.data.tags.get("job_id", "")}
+        )
         child = _retry_transient(
             lambda: self.client.create_run(
                 parent_run.info.experiment_id, run_name=f"{parent_run.info.run_name} {name}"[:250], tags=tags
