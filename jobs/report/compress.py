@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs.kinds.benchmark_result import BenchmarkResult, ModelRecord
-from jobs.report.sections.md import cell, count, details, pct, section, table
-from jobs.report.sections.roles import Roles
-from jobs.report.sections.stats import number, wilson
+from jobs.report.md import cell, count, details, pct, section, table
+from jobs.report.roles import Roles
+from jobs.report.stats import number, wilson
 from sweeper.plots import pyplot
 
 UNIT = {"conv1": "channels", "conv2": "channels", "fc1": "neurons"}

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.report.sections.stats import number
+from jobs.report.stats import number
 from sweeper.plots import pyplot
 
 

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.report.sections.curves import Curve, Histories, plot_failure
-from jobs.report.sections.md import ARCH_KEYS, cell, pct, section, slug
-from jobs.report.sections.roles import Roles
-from jobs.report.sections.stats import accuracy_se, mean, number
+from jobs.report.curves import Curve, Histories, plot_failure
+from jobs.report.md import ARCH_KEYS, cell, pct, section, slug
+from jobs.report.roles import Roles
+from jobs.report.stats import accuracy_se, mean, number
 
 MODES = (
     ("lr_high", "i. Learning rate too high"),

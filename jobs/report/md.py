@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jobs.report.sections.stats import number
+from jobs.report.stats import number
 
 # Hyper-parameter names as a student would write them.
 PLAIN = {

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.report.sections.md import ARCH_KEYS
-from jobs.report.sections.stats import SEED_KEY, config_key
+from jobs.report.md import ARCH_KEYS
+from jobs.report.stats import SEED_KEY, config_key
 
 TRAIN_KEYS = ("init", "batch_size", "lr", "momentum")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs.report.sections.md import (
+from jobs.report.md import (
     ARCH_KEYS,
     arch_text,
     cell,
@@ -25,8 +25,8 @@ from jobs.report.sections.md import (
     slug,
     table,
 )
-from jobs.report.sections.roles import Grid, Roles
-from jobs.report.sections.stats import (
+from jobs.report.roles import Grid, Roles
+from jobs.report.stats import (
     Config,
     accuracy_se,
     beyond_noise,

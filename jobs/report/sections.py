@@ -10,10 +10,10 @@ Which stage answers which question is found by kind and content (jobs/report/rol
 whose stage is missing or unfinished is left out with a one-line note under "Not in this report".
 A sweep with no train jobs is not this assignment: the plug-in then adds nothing.
 
-    report_roles     stages -> baseline, grids (+ seed repeats), diagnostics, prune, benchmark
-    report_stats     seeds, means, noise, Wilson intervals, marginal effects
-    report_step1     Step 1          report_search    12a-12c, noise
-    report_failures  12d             report_compress  Steps 3 and 4
+    roles            stages -> baseline, grids (+ seed repeats), diagnostics, prune, benchmark
+    stats            seeds, means, noise, Wilson intervals, marginal effects
+    step1            Step 1          search          12a-12c, noise
+    failures         12d             compress      Steps 3 and 4
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any
 
 from jobs.ml.classes import CLASSES
 from jobs.ml.figures import plot_confusion
-from jobs.report.sections.compress import step3, step4
-from jobs.report.sections.curves import Histories
-from jobs.report.sections.failures import q12d
-from jobs.report.sections.md import arch_text, pct, plain, section, table
-from jobs.report.sections.roles import Roles, find_roles
-from jobs.report.sections.search import grid_title, noise, q12a, q12b, q12c
+from jobs.report.compress import step3, step4
+from jobs.report.curves import Histories
+from jobs.report.failures import q12d
+from jobs.report.md import arch_text, pct, plain, section, table
+from jobs.report.roles import Roles, find_roles
+from jobs.report.search import grid_title, noise, q12a, q12b, q12c
 
-from .report_step1 import step1
+from jobs.report.step1 import step1
 
 
 def sections(view: Any) -> list[dict[str, Any]]:

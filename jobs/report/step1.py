@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from jobs.report.sections.curves import Curve, Histories, plot_loss
-from jobs.report.sections.md import arch_text, cell, count, pct, seconds, section, table
-from jobs.report.sections.roles import Roles
-from jobs.report.sections.stats import number, wilson
+from jobs.report.curves import Curve, Histories, plot_loss
+from jobs.report.md import arch_text, cell, count, pct, seconds, section, table
+from jobs.report.roles import Roles
+from jobs.report.stats import number, wilson
 
 MODEL_FILE = "step1_model.pt"
 
