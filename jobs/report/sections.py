@@ -13,7 +13,7 @@ A sweep with no train jobs is not this assignment: the plug-in then adds nothing
     roles            stages -> baseline, grids (+ seed repeats), diagnostics, prune, benchmark
     stats            seeds, means, noise, Wilson intervals, marginal effects
     step1            Step 1          search          12a-12c, noise
-    failures         12d             compress      Steps 3 and 4
+    failures         12d             compress        Steps 3 and 4
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from jobs.report.failures import q12d
 from jobs.report.md import arch_text, pct, plain, section, table
 from jobs.report.roles import Roles, find_roles
 from jobs.report.search import grid_title, noise, q12a, q12b, q12c
-
 from jobs.report.step1 import step1
 
 
