@@ -608,9 +608,14 @@ def report(
         bool,
         typer.Option(
             "--mlflow-screenshot",
-            help="Also save the MLflow UI's runs table as mlflow-runs.png and show it in the report: starts "
-            "`mlflow server` on the tracking store and takes the picture with headless Chromium (offline).",
+            help="Also save the MLflow UI's runs table as mlflow-runs.png, and each stage's as mlflow-<stage>.png, "
+            "and show them in the report: starts `mlflow server` on the tracking store and takes the pictures with "
+            "headless Chromium (offline).",
         ),
+    ] = False,
+    pdf: Annotated[
+        bool,
+        typer.Option("--pdf", help="Also print the report, figures included, to report.pdf with headless Chromium."),
     ] = False,
     mlflow_uri: MlflowUriOpt = None,
     state: StateOpt = None,
@@ -646,12 +651,17 @@ def report(
         view = SweepView(database, settings.state_dir, name, out_dir)
         if mlflow_screenshot:
             view.mlflow_screenshot = _mlflow_screenshot(settings, name, out_dir)
+            view.mlflow_stage_screenshots = _mlflow_stage_screenshots(settings, name, out_dir)
         result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
     finally:
         database.dispose()
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
+    if pdf:
+        from sweeper.views.report_pdf import write_pdf
+
+        out.print(f"wrote {write_pdf(Path(result.path))}")
 
 
 def _mlflow_screenshot(settings: Settings, sweep: str, out_dir: Path) -> str:
@@ -663,6 +673,13 @@ def _mlflow_screenshot(settings: Settings, sweep: str, out_dir: Path) -> str:
     name = "mlflow-runs.png"
     take_screenshot(uri, sweep, out_dir / name)
     return name
+
+
+def _mlflow_stage_screenshots(settings: Settings, sweep: str, out_dir: Path) -> dict[str, str]:
+    from sweeper.views.mlflow_shot import take_stage_screenshots
+
+    assert settings.tracking_uri is not None, "resolved with tracking on"
+    return take_stage_screenshots(settings.tracking_uri, sweep, out_dir)
 
 
 def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:

@@ -218,7 +218,7 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         cum_final = unpruned - end
     unit = UNIT.get(layer, "units")
     body = [
-        f"Job `{job.id}` (stage `{job.stage}`) starts from {pct(r.get('input_test_accuracy'))} and keeps "
+        f"Starts from {pct(r.get('input_test_accuracy'))} and keeps "
         f"{cell(_kept(layer, r.get('arch'), r.get('architecture')))} {unit} after {cell(r.get('steps_accepted'))} of "
         f"{cell(r.get('steps_tried'))} step(s), at {pct(end)} test accuracy. Stopped by "
         f"{stop_in_words(r, steps, layer)}. Cumulative drop from the unpruned model: {_pt(cum_final)}.",
@@ -264,7 +264,13 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
                 + ", ".join(cell(s.get("step")) for s in hidden)
                 + ") cost more than the limit once the control's gain is counted; the extra epochs hid it."
             )
-    return section(f"{QUESTION.get(layer, '16.')} Layer {layer}", body)
+    shot = (getattr(view, "mlflow_stage_screenshots", None) or {}).get(job.stage)
+    if shot:
+        body.append(
+            "The same steps as an MLflow table (item 16: “Report all results with the help of MLFlow tables”): one "
+            f"row per step under the layer's run, in step order.\n\n![MLflow table of the {layer} pruning steps]({shot})"
+        )
+    return section(f"{QUESTION.get(layer, '16.')} Layer {layer}", body, [shot] if shot else [])
 
 
 def _raw(step: Mapping[str, Any]) -> float | None:

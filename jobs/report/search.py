@@ -257,10 +257,22 @@ def q12a(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
                 all_runs_table(roles, grid),
             )
         )
+    shots = getattr(view, "mlflow_stage_screenshots", None) or {}
+    figures = []
+    for grid in roles.grids:
+        for stage in (grid.stage, *grid.repeats):
+            if stage in shots:
+                parts.append(
+                    f"{grid_title(roles, grid).capitalize()}, stage {stage}, in the MLflow UI: its runs table with "
+                    f"the hyper-parameters as columns, sorted by test accuracy (best first).\n\n"
+                    f"![MLflow runs table of {stage}]({shots[stage]})"
+                )
+                figures.append(shots[stage])
     shot = getattr(view, "mlflow_screenshot", None)
-    if shot:
+    if shot and not figures:
         parts.append(f"The same runs in the MLflow UI (its runs table, newest first):\n\n![MLflow runs table]({shot})")
-    return section("12a. The top 3 configurations and all runs", parts, figures=[shot] if shot else [])
+        figures.append(shot)
+    return section("12a. The top 3 configurations and all runs", parts, figures=figures)
 
 
 def _inherited(roles: Roles, grid: Grid) -> str:

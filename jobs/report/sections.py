@@ -23,6 +23,7 @@ from typing import Any
 
 from jobs.ml.classes import CLASSES
 from jobs.ml.figures import plot_confusion
+from jobs.report.about import about
 from jobs.report.compress import step3, step4
 from jobs.report.curves import Histories
 from jobs.report.failures import q12d
@@ -55,6 +56,7 @@ def sections(view: Any) -> list[dict[str, Any]]:
     part("Step 2", lambda: step2(view, roles, hist))
     part("Step 3", lambda: step3(view, roles))
     part("Step 4", lambda: step4(view, roles))
+    part("How this was run, references", lambda: about(view, roles))
     if notes:
         out.append(section("Not in this report", "\n".join(f"- {n}" for n in notes), level=2))
     for s in out:
