@@ -116,7 +116,7 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
     intro = [
         "Item 13: “Take the trained model which has the highest test accuracy in Step 2.” Pruning starts from "
         "that single model, the most accurate of every run of Step 2 (both grids and their seed repeats): "
-        + (f"{src.label}" if src is not None and src.label else f"a run of {r0.get('input_stage', '?')}")
+        + (_model_words(src) if src is not None else f"a run of {r0.get('input_stage', '?')}")
         + f", test accuracy {pct(unpruned)}."
         + _start_in_context(view, roles, src),
         "Heuristic (item 14): in the layer being pruned, remove the channel (or neuron) whose weights and bias "
@@ -126,6 +126,7 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
         f"then the network is retrained {epochs} and measured again: the triplet (before pruning, after "
         "pruning, after retraining).",
     ]
+    caps = {cell(v) for j in jobs if (v := j.result.get("max_steps", j.params.get("max_steps"))) is not None}
     rule_is_raw = all(
         j.result.get("drop_rule", "controlled" if j.result.get("control") else "raw") == "raw" for j in jobs
     )
@@ -135,8 +136,12 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
         f"We read 1% as {_pt(step_rule, signed=False)} of test accuracy (a drop from 89.0% to 88.0%, not 1% of "
         "89.0%). So a layer stops at the first step whose pruning drop, the accuracy before the step minus the "
         "accuracy after its retraining, exceeds that; the step is reported and not kept, and the next layer "
-        "starts from the last kept model. There is no limit on the drop summed over steps and no cap on the "
-        "number of steps."
+        "starts from the last kept model."
+        + (
+            " There is no limit on the drop summed over steps and no cap on the number of steps."
+            if not caps and total_rule is None
+            else ""
+        )
         if rule_is_raw
         else "The rule judges the controlled drop (below), not the assignment's raw drop: the sweep set "
         "`drop: controlled`."
@@ -165,6 +170,11 @@ def step3(view: Any, roles: Roles) -> tuple[list[dict[str, Any]], list[str]]:
         intro.append(
             "The pruning drop of a step is before − after retraining; the cumulative drop is the unpruned model's "
             "accuracy minus the accuracy after the step's retraining."
+        )
+    if caps:
+        intro.append(
+            f"This sweep also stopped a layer after {', '.join(sorted(caps))} step(s) (max_steps): a cap of its "
+            "own, not the assignment's, so a layer can stop before the rule would stop it."
         )
     if total_rule is not None:
         intro.append(
@@ -285,6 +295,19 @@ def _controlled(step: Mapping[str, Any]) -> float | None:
     return value if value is not None else number(step.get("pruning_drop"))
 
 
+def _model_words(job: Any) -> str:
+    """A trained model in words: its network and its training settings."""
+    from jobs.report.md import arch_text
+
+    flat = job.flat_params()
+    training = ", ".join(
+        f"{name} {cell(flat[key])}"
+        for key, name in (("init", "init"), ("batch_size", "batch"), ("lr", "lr"), ("momentum", "momentum"))
+        if key in flat
+    )
+    return f"{arch_text(flat)}" + (f", trained with {training}" if training else "")
+
+
 def _start_in_context(view: Any, roles: Roles, src: Any) -> str:
     """What the seed repeats say about the starting model's configuration (the winner's curse)."""
     if src is None:
@@ -309,7 +332,11 @@ def _pt(v: Any, signed: bool = True) -> str:
     n = number(v)
     if n is None:
         return "-"
-    return f"{100 * n:+.2f} pt" if signed else f"{100 * n:g} point" + ("" if 100 * n == 1 else "s")
+    if signed:
+        return f"{100 * n:+.2f} pt"
+    points = 100 * n
+    text = f"{points:.0f}" if abs(points - round(points)) < 1e-9 else f"{points:.2f}"
+    return f"{text} point" + ("" if text == "1" else "s")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
         noisy = (
             f"; over equal windows of images its training loss is {rough:.1f}× as jagged as the reference's"
             if rough is not None
-            else ""
+            else "; it logged too few loss points to compare its noise with the reference's over equal windows of images"
         )
         if slower:
             better = (

@@ -400,22 +400,33 @@ def _reason(key: str, best: Any, worst: Any) -> str:
 
 
 def _speed_effects(grid: Grid) -> dict[str, str]:
-    """For each hyper-parameter, a sentence on its effect on images to the target (mean per value)."""
-    rows = [
-        (_flat(j), v)
-        for j in grid.jobs
-        if j.result.get("reached", True) is not False and (v := number(j.result.get("images_to_target"))) is not None
-    ]
+    """For each hyper-parameter, a sentence on its effect on images to the target (mean per value;
+    runs that never reached the target are counted apart, not averaged in)."""
     out = {}
-    for e in marginal_effects(rows, grid.keys):
-        fastest = min(e.levels, key=lambda m: m.mean)
-        slowest = max(e.levels, key=lambda m: m.mean)
-        if slowest.mean <= 0:
+    for key in grid.keys:
+        levels: dict[str, tuple[Any, list[float], int]] = {}
+        for j in grid.jobs:
+            value = _flat(j).get(key)
+            _, images, never = levels.setdefault(cell(value), (value, [], 0))
+            v = number(j.result.get("images_to_target"))
+            if j.result.get("reached", True) is False or v is None:
+                levels[cell(value)] = (value, images, never + 1)
+            else:
+                images.append(v)
+        if len(levels) < 2:
             continue
-        out[e.key] = (
-            f"Time to the target: {cell(fastest.value)} needs {count(round(fastest.mean))} images on average, "
-            f"{cell(slowest.value)} {count(round(slowest.mean))} ({slowest.mean / fastest.mean:.2f}× as many)."
-        )
+        words = []
+        for value, images, never in levels.values():
+            text = f"{cell(value)} {count(round(mean(images)))} images on average" if images else f"{cell(value)} -"
+            if never:
+                text += f" ({never} run(s) never reached it)"
+            words.append(text)
+        reached = [(mean(images), value) for value, images, _ in levels.values() if images]
+        ratio = ""
+        if len(reached) >= 2 and min(reached)[0] > 0:
+            (fast, fv), (slow, sv) = min(reached, key=lambda x: x[0]), max(reached, key=lambda x: x[0])
+            ratio = f"; {cell(sv)} needs {slow / fast:.2f}× the images of {cell(fv)}"
+        out[key] = "Time to the target: " + "; ".join(words) + ratio + "."
     return out
 
 
