@@ -160,6 +160,10 @@ def test_report_follows_the_assignment_steps_and_questions(report):
         "### 18. FLOPs and the Pareto plot",
         "### 19. The selected model",
         "### 20. The model as matrix multiplications, and its speed",
+        "## How this was run",
+        "## Our figures beside the submitted report's",
+        "## Bonus items",
+        "## References",
         "## Appendix: every stage in detail",
     ]
     at = [md.index(t + "\n") for t in titles]
@@ -167,6 +171,13 @@ def test_report_follows_the_assignment_steps_and_questions(report):
     assert "## Not in this report" not in md  # every part had its stage
     for jargon in ("seed report", "3.3.a", "2.5.a"):
         assert jargon not in md
+    assert "| Step 1 network, test accuracy | 88.34 % |" in md, "the submitted report's figures beside ours"
+    assert "sweeper enqueue jobs/grids/assignment.yaml" in part(md, "## How this was run")
+    assert "last 10,000 training images" in part(md, "## How this was run"), "the running 90 % is defined"
+    bonus = part(md, "## Bonus items")
+    assert all(f"**{n}." in bonus for n in (9, 21, 22)) and "not attempted" in bonus
+    references = part(md, "## References")
+    assert all(word in references for word in ("Assignment 3", "PyTorch", "MLflow", "FLOPs convention"))
 
 
 @pytest.mark.slow
