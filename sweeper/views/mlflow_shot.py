@@ -37,6 +37,10 @@ from sweeper.errors import UsageError
 from sweeper.running.tracking import VIEW_KEY
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# The name Chromium reaches the local server by (mapped to 127.0.0.1 inside Chromium only). MLflow 3
+# opens its Assistant panel over a quarter of the page when the UI is served from localhost or
+# 127.0.0.1; under another host name the Assistant is off and the table gets the whole width.
+SHOT_HOST = "sweeper-mlflow"
 # Chromium renders on a virtual clock: this much page time for MLflow's JS to load and fetch the runs.
 RENDER_BUDGET_MS = 20_000
 
@@ -61,33 +65,12 @@ def take_screenshot(
     start_timeout_s: float = 90.0,
 ) -> Path:
     """Save the runs table of MLflow experiment `experiment` to `out` (PNG); UsageError when it cannot."""
-    chromium = find_chromium()
-    if chromium is None:
-        raise UsageError(
-            "--mlflow-screenshot needs Chromium, which was not found "
-            f"(looked for {', '.join(CHROMIUM_NAMES)}; or set SWEEPER_CHROMIUM). "
-            "On Debian or Ubuntu: apt-get install chromium. Or leave out --mlflow-screenshot."
-        )
+    chromium = _need_chromium()
     experiment_id = _experiment_id(tracking_uri, experiment)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sweeper-shot-") as tmp:
-        port = _free_port()
-        log_path = Path(tmp) / "mlflow-server.log"
-        with open(log_path, "wb") as log:
-            command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
-            command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-            server = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: uvicorn's children stop with it
-            )
-        try:
-            _wait_healthy(server, port, start_timeout_s, log_path)
-            url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
-            _chromium(chromium, url, out, size, Path(tmp) / "profile")
-        finally:
-            _stop(server)
+    with _server(tracking_uri, start_timeout_s) as (port, tmp):
+        url = f"http://{SHOT_HOST}:{port}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+        _chromium(chromium, url, out, size, tmp / "profile")
     return out
 
 
@@ -195,7 +178,7 @@ def take_stage_screenshots(
     done: dict[str, str] = {}
     with _server(tracking_uri) as (port, tmp):
         for shot in shots:
-            url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?viewStateShareKey={shot.key}"
+            url = f"http://{SHOT_HOST}:{port}/#/experiments/{experiment_id}/runs?viewStateShareKey={shot.key}"
             _chromium(chromium, url, out_dir / shot.file, size, tmp / "profile")
             done[shot.stage] = shot.file
     return done
@@ -221,6 +204,8 @@ def _server(tracking_uri: str, start_timeout_s: float = 90.0) -> Iterator[tuple[
         with open(log_path, "wb") as log:
             command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
             command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            command += ["--allowed-hosts", f"{SHOT_HOST}:{port},127.0.0.1:{port},localhost:{port}"]
+            # its own process group: uvicorn's children stop with it
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_healthy(server, port, start_timeout_s, log_path)
@@ -267,6 +252,7 @@ def _wait_healthy(server: subprocess.Popen, port: int, timeout_s: float, log_pat
 def _chromium(chromium: str, url: str, out: Path, size: tuple[int, int], profile: Path) -> None:
     args = [
         chromium,
+        f"--host-resolver-rules=MAP {SHOT_HOST} 127.0.0.1",  # see SHOT_HOST
         "--headless",
         "--disable-gpu",
         "--hide-scrollbars",
