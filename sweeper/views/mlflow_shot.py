@@ -205,6 +205,7 @@ def _server(tracking_uri: str, start_timeout_s: float = 90.0) -> Iterator[tuple[
             command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
             command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
             command += ["--allowed-hosts", f"{SHOT_HOST}:{port},127.0.0.1:{port},localhost:{port}"]
+            command += ["--cors-allowed-origins", f"http://{SHOT_HOST}:{port}"]  # the UI's own requests
             # its own process group: uvicorn's children stop with it
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
