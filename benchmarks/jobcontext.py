@@ -27,8 +27,8 @@ class ScratchJob:
         return JobContext(
             job=self.claimed,
             queue=self.queue,
-            checkpoints=CheckpointStore(self.queue, self.state_dir, "files"),
-            artifacts=ArtifactStore(self.queue, self.state_dir, "files"),
+            checkpoints=CheckpointStore(self.queue.db, self.state_dir, "files", fence=self.queue.in_lease),
+            artifacts=ArtifactStore(self.queue.db, self.state_dir, "files", fence=self.queue.in_lease),
             state_dir=self.state_dir,
             log=lambda _msg: None,
         )

@@ -2,25 +2,39 @@
 
 Errors meant for the user are SweeperError subclasses; `main()` prints them without a traceback
 and exits with their code (2 for bad input, 3 for an unreachable or incompatible database).
+
+Options: a command's own options are typed parameters of its function (add one there). The options
+every command shares (--state, --db, --mirror; --take-over and --no-wait on those that write) are
+declared once, in SHARED: `@shared_options(...)` lists them after the command's own and hands them
+to it as one SharedOptions, whose open() starts the command's session on the state
+(sweeper/mirrored/session.py decides what that means on a network mount).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
-import signal
 import sys
-from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from sweeper.config import Settings, mask_password, resolve_settings
 from sweeper.errors import SweeperError, UsageError
+from sweeper.views import safe_text
+
+if TYPE_CHECKING:
+    from sweeper.mirrored.mirror import StateSession
+    from sweeper.store.admin import JobChange
+    from sweeper.store.db import Database
 
 app = typer.Typer(
     help="Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report.",
@@ -51,6 +65,7 @@ DbOpt = Annotated[
     ),
 ]
 SweepOpt = Annotated[str | None, typer.Option("--sweep", help="Only this sweep.")]
+JobIdsArg = Annotated[list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)]
 MlflowUriOpt = Annotated[
     str | None,
     typer.Option(
@@ -107,179 +122,118 @@ def _main_options(
     """Resumable hyperparameter sweeps: enqueue a grid, run workers anywhere, watch and report."""
 
 
-# Commands that only read the queue: in mirrored mode they never take the state lease.
-READ_ONLY_COMMANDS = frozenset({"status", "show", "export", "report"})
+# The options every command shares, in --help order: name -> (type, default). See shared_options.
+SHARED: dict[str, tuple[Any, Any]] = {
+    "state": (StateOpt, None),
+    "db": (DbOpt, None),
+    "mirror": (MirrorOpt, "auto"),
+    "take_over": (TakeOverOpt, False),
+    "no_wait": (NoWaitOpt, False),
+}
+READS = ("state", "db", "mirror")  # commands that read the queue
+WRITES = (*READS, "take_over", "no_wait")  # commands that change it (work takes --wait instead of --no-wait)
 
 
-def _settings(
-    ctx: typer.Context, state: Path | None, db: str | None, mlflow_uri: str | None = None, tracking: bool = True
-) -> Settings:
-    settings = resolve_settings(state=state, db=db, tracking_uri=mlflow_uri, tracking=tracking)
-    return _state_session(ctx, settings).settings
+@dataclass
+class SharedOptions:
+    """The shared options as given, with the command they came with."""
 
+    ctx: typer.Context
+    state: Path | None = None
+    db: str | None = None
+    mirror: str = "auto"
+    take_over: bool = False
+    no_wait: bool = False
 
-def _state_session(ctx: typer.Context, settings: Settings) -> Any:
-    """Mirrored mode (mirror.py) for the running command; a plain session when it is not needed.
+    def open(
+        self, *, mlflow_uri: str | None = None, tracking: bool = False, dry_run: bool = False, wait: bool = False
+    ) -> StateSession:
+        """Resolve the settings and start the command's session on the state (mirrored mode on a
+        network mount); Typer closes it when the command returns."""
+        from sweeper.mirrored.session import CommandState, open_command_state
 
-    On a network mount every command works on local copies of the SQLite files; the session (the
-    state lease, the snapshots) stays open until the command returns, when its context closes it
-    (`ctx: typer.Context`, which Typer passes to each command). The command's --mirror,
-    --take-over and wait options are read from the context's parameters.
-    """
-    from sweeper.mirrored.mirror import open_state
-
-    if "sweeper.session" in ctx.meta:
-        return ctx.meta["sweeper.session"]
-    command = ctx.info_name or "?"
-    if command == "work":
-        access = "work"
-    elif command in READ_ONLY_COMMANDS or ctx.params.get("dry_run"):
-        access = "read"
-    else:
-        access = "write"
-
-    def lost() -> None:  # another session took the state over: stop like on SIGTERM
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    # A live lease of another session (the VM before a disconnect) is waited out: `work --wait`
-    # and the short commands unless --no-wait.
-    wait = bool(ctx.params.get("wait")) if access == "work" else not ctx.params.get("no_wait")
-
-    session = ctx.with_resource(
-        open_state(
-            settings,
-            command=command,
-            access=access,
-            mirror=ctx.params.get("mirror") or os.environ.get("SWEEPER_MIRROR") or "auto",
-            take_over=bool(ctx.params.get("take_over")),
-            log=lambda line: err.print(mask_password(line), markup=False, highlight=False),
-            on_lost=lost,
-            wait=wait and access != "read",
-            fail_fast="without --wait it fails at once" if access == "work" else "--no-wait fails at once",
+        settings = resolve_settings(state=self.state, db=self.db, tracking_uri=mlflow_uri, tracking=tracking)
+        command = CommandState(
+            self.ctx.info_name or "?", self.mirror, self.take_over, dry_run=dry_run, wait=wait, no_wait=self.no_wait
         )
-    )
-    ctx.meta["sweeper.session"] = session
-    return session
+        log = lambda line: err.print(mask_password(line), markup=False, highlight=False)  # noqa: E731
+        return self.ctx.with_resource(open_command_state(settings, command, log=log))
 
 
-def _mirror_info(ctx: typer.Context, settings: Settings) -> dict[str, Any] | None:
-    """Where mirrored state came from and the last recovery (None when the state is not mirrored)."""
-    session = _state_session(ctx, settings)
-    if not session.mirrored:
-        return None
-    from sweeper.mirrored.recovery import last_recovery
-
-    database = _open(settings, create=False)
-    try:
-        recovery = last_recovery(database)
-    finally:
-        database.dispose()
-    return {"notes": list(session.notes), "last_recovery": recovery}
+Command = TypeVar("Command", bound=Callable[..., None])
 
 
-def _mirror_lines(ctx: typer.Context, settings: Settings) -> list[str]:
-    from sweeper.mirrored.recovery import describe_recovery
+def shared_options(*names: str) -> Callable[[Command], Command]:
+    """Give a command the SHARED options `names`, after its own, and call it with them gathered in
+    its keyword `shared: SharedOptions`. Typer reads the signature made here: ctx, the command's own
+    parameters, then the shared options."""
 
-    info = _mirror_info(ctx, settings)
-    if info is None:
-        return []
-    lines = list(info["notes"])
-    if info["last_recovery"]:
-        lines.append(describe_recovery(info["last_recovery"]))
-    return lines
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "shared"]
+        ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        extra = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED[n][0], default=SHARED[n][1])
+            for n in names
+        ]
+
+        @functools.wraps(command)
+        def with_shared(ctx: typer.Context, **kwargs: Any) -> None:
+            given = {n: kwargs.pop(n) for n in names}
+            command(**kwargs, shared=SharedOptions(ctx, **given))
+
+        params = [ctx, *own, *extra]
+        with_shared.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        with_shared.__annotations__ = {p.name: p.annotation for p in params}
+        return with_shared  # type: ignore[return-value]
+
+    return decorate
 
 
-def _with_mirror(ctx: typer.Context, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    info = _mirror_info(ctx, settings)
-    return payload if info is None else {**payload, "mirror": info}
+@contextmanager
+def open_db(settings: Settings, *, create: bool = False, readonly: bool = False) -> Iterator[Database]:
+    """The queue database for a `with` block. Interactive commands give up on an unreachable
+    database quickly; workers wait longer. `readonly`: a command that only reads, which works on a
+    state directory it may not write."""
+    from sweeper.store.db import OutagePolicy
+    from sweeper.store.db import open_db as open_queue
 
-
-def _open(settings: Settings, *, create: bool):
-    from sweeper.store.db import OutagePolicy, open_database
-
-    # Interactive commands give up on an unreachable database quickly; workers wait longer.
-    return open_database(settings.db_url, create=create, outage=OutagePolicy(limit_s=10.0))
+    with open_queue(settings.db_url, create=create, outage=OutagePolicy.interactive(), readonly=readonly) as database:
+        yield database
 
 
 @app.command()
+@shared_options(*WRITES)
 def enqueue(
-    ctx: typer.Context,
     grid: Annotated[Path, typer.Argument(help="The grid file (YAML) describing the sweep.", show_default=False)],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs without writing anything.")] = False,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
-    take_over: TakeOverOpt = False,
-    no_wait: NoWaitOpt = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Turn every configuration of GRID into a job. Safe to run again: only new jobs are added."""
     from sweeper.grid.spec import load_spec
-    from sweeper.store.queue import EnqueueDiff, Queue
 
     spec = load_spec(grid)
-    settings = _settings(ctx, state, db, tracking=False)
+    _enqueue(shared.open(dry_run=dry_run).settings, spec, dry_run=dry_run)
+
+
+def _enqueue(settings: Settings, spec: Any, *, dry_run: bool = False) -> None:
+    """enqueue, and `work GRID`: add the grid's new jobs (or only list them) and say what changed."""
+    from sweeper.store.admin import preview_enqueue
+    from sweeper.store.queue import Queue
+    from sweeper.views.enqueued import print_diff
+
     if dry_run:
-        diff = _dry_run_diff(settings, spec)
-        _print_diff(diff, settings, listing=True)
+        print_diff(out, preview_enqueue(settings.db_url, spec), settings.display_db, listing=True)
         return
-    database = _open(settings, create=True)
-    try:
-        diff: EnqueueDiff = Queue(database).enqueue(spec)
-    finally:
-        database.dispose()
-    _print_diff(diff, settings, listing=False)
-
-
-def _dry_run_diff(settings: Settings, spec: Any) -> Any:
-    from sweeper.store.db import open_database
-    from sweeper.store.queue import EnqueueDiff, Queue
-
-    if settings.is_sqlite:
-        path = settings.db_url.split(":///", 1)[-1]
-        if not os.path.exists(path):
-            return EnqueueDiff(sweep=spec.name, new=list(spec.jobs), dry_run=True)
-    database = open_database(settings.db_url, create=False)
-    try:
-        diff = Queue(database).diff(spec)
-    finally:
-        database.dispose()
-    diff.dry_run = True
-    return diff
-
-
-def _print_diff(diff: Any, settings: Settings, *, listing: bool) -> None:
-    verb = "would add" if diff.dry_run else "added"
-    out.print(
-        f"sweep [bold]{diff.sweep}[/]: {verb} {len(diff.new)} new job(s), {len(diff.unchanged)} unchanged, "
-        f"{len(diff.gone)} no longer in the file (left alone)  [dim]{settings.display_db}[/]"
-    )
-    if diff.new:
-        per_stage = Counter(j.stage for j in diff.new)  # in file order: Counter keeps first-seen order
-        out.print("new jobs by stage: " + ", ".join(f"{stage} {n}" for stage, n in per_stage.items()))
-    if diff.reprioritized:
-        verb = "would change" if diff.dry_run else "changed"
-        out.print(f"{verb} the priority of {len(diff.reprioritized)} job(s) not started yet")
-    rows = [("new", j.id, j.stage, j.label) for j in diff.new]
-    rows += [(f"priority {old} -> {j.priority}", j.id, j.stage, j.label) for j, old in diff.reprioritized]
-    if listing:
-        rows += [("unchanged", j.id, j.stage, j.label) for j in diff.unchanged]
-    rows += [(f"not in file ({status})", jid, stage, label) for jid, stage, label, status in diff.gone]
-    if not rows:
-        return
-    limit = None if listing else 30
-    table = Table(show_edge=False, box=None, pad_edge=False)
-    for col in ("", "job", "stage", "params"):
-        table.add_column(col)
-    for row in rows[:limit]:
-        table.add_row(*row)
-    out.print(table)
-    if limit is not None and len(rows) > limit:
-        out.print(f"... and {len(rows) - limit} more (use --dry-run to list them all)")
+    with open_db(settings, create=True) as database:
+        diff = Queue(database).enqueue(spec)
+    print_diff(out, diff, settings.display_db, listing=False)
 
 
 @app.command()
+@shared_options(*READS, "take_over")
 def work(
-    ctx: typer.Context,
     grid: Annotated[
         Path | None,
         typer.Argument(
@@ -363,10 +317,8 @@ def work(
             "--db-outage-limit", min=1.0, help="Seconds to keep retrying an unreachable database before exiting."
         ),
     ] = 120.0,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
-    take_over: TakeOverOpt = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Claim jobs and run them, checkpointing as they go. Exits when no runnable job is left.
 
@@ -387,23 +339,18 @@ def work(
         from sweeper.grid.spec import load_spec
 
         spec = load_spec(grid)
-    settings = _settings(ctx, state, db, mlflow_uri, tracking=not no_tracking)
-    session = _state_session(ctx, settings)
-    if session.mirrored and store == "db":
-        raise UsageError(
-            "--store db keeps checkpoints inside the queue database, which in mirrored mode reaches the "
-            "state directory only with each snapshot",
-            hint="use --store files (the default with SQLite): checkpoint files go to the state directory at once",
-        )
-    if spec is not None:
-        from sweeper.store.queue import Queue
+    from sweeper.mirrored.session import check_store
 
-        database = _open(settings, create=True)
-        try:
-            diff = Queue(database).enqueue(spec)
-        finally:
-            database.dispose()
-        _print_diff(diff, settings, listing=False)
+    session = shared.open(mlflow_uri=mlflow_uri, tracking=not no_tracking, wait=wait)
+    settings = session.settings
+    check_store(session, store)
+    if spec is not None:
+        _enqueue(settings, spec)
+    if stage or sweep:  # a typo would otherwise find "no runnable job" and exit 0
+        from sweeper.store.results import require_selection
+
+        with open_db(settings) as database:
+            require_selection(database, sweep, stage)
     opts = WorkerOptions(
         settings=settings,
         workers=workers,
@@ -423,13 +370,12 @@ def work(
         scan_checkpoints=session.mirrored,  # files written after the last snapshot
         mirror_lineage=session.lineage if session.mirrored else None,
     )
-    code = run_workers(opts)
-    raise typer.Exit(code)
+    raise typer.Exit(run_workers(opts))
 
 
 @app.command()
+@shared_options(*READS)
 def status(
-    ctx: typer.Context,
     sweep: SweepOpt = None,
     by: Annotated[
         str | None,
@@ -449,72 +395,64 @@ def status(
         bool,
         typer.Option("--json", help="Print one snapshot as JSON (schema sweeper.status/1, see docs/status-json.md)."),
     ] = False,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Progress per stage with ETA, running jobs, the leaderboard, recent failures and workers.
 
     Reads the queue only (never torch or MLflow), so it is quick to run from any machine.
     """
     from sweeper.grid.ranking import parse_metric
-    from sweeper.views.dashboard import collect, to_json
+    from sweeper.mirrored.session import mirror_info, mirror_lines
+    from sweeper.views.dashboard import check_metric, collect, to_json
     from sweeper.views.dashview import render
     from sweeper.views.dashview import watch as watch_status
 
     if watch and as_json:
         raise UsageError("--watch and --json do not go together", hint="poll `sweeper status --json` instead")
     metric = parse_metric(by or "test_accuracy")
-    settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
-    try:
-        if sweep:
-            from sweeper.store.results import require_sweep
+    session = shared.open()
+    with open_db(session.settings, readonly=True) as database:
+        from sweeper.store.results import require_selection
 
-            require_sweep(database, sweep)
+        require_selection(database, sweep)
         if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
-            from sweeper.views.dashboard import check_metric
-
             check_metric(database, metric, sweep, option="--by")
         read = lambda: collect(database, sweep, by=metric, top=top, failures=failures)  # noqa: E731
         if watch:
             watch_status(read, out, interval=interval)
             return
         snap = read()
-    finally:
-        database.dispose()
+        mirror = mirror_info(session, database)
     if as_json:
-        sys.stdout.write(mask_password(json.dumps(_with_mirror(ctx, to_json(snap), settings), indent=2)) + "\n")
+        payload = to_json(snap) if mirror is None else {**to_json(snap), "mirror": mirror}
+        sys.stdout.write(mask_password(json.dumps(payload, indent=2)) + "\n")
         return
     out.print(render(snap, out.width))
-    for line in _mirror_lines(ctx, settings):
+    for line in mirror_lines(mirror):
         out.print(line, style="yellow" if line.startswith("recovered") else "dim", markup=False)
 
 
 @app.command()
+@shared_options(*READS)
 def show(
-    ctx: typer.Context,
     job_id: Annotated[
         str, typer.Argument(help="Job id (or a unique prefix of at least 4 characters).", show_default=False)
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON (schema sweeper.job/1).")] = False,
     no_traceback: Annotated[bool, typer.Option("--no-traceback", help="Only the error's summary line.")] = False,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Everything about one job: params as written and as resolved, attempts, metrics, files, the error."""
     from sweeper.store.readmodel import resolve_job_id
     from sweeper.views.show import collect_job, render, to_json
 
-    settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
-    try:
+    settings = shared.open().settings
+    with open_db(settings, readonly=True) as database:
         with database.read() as conn:
             full_id = resolve_job_id(conn, job_id)
         detail = collect_job(database, full_id, settings.state_dir)
-    finally:
-        database.dispose()
     if as_json:
         sys.stdout.write(mask_password(json.dumps(to_json(detail), indent=2, default=str)) + "\n")
         return
@@ -522,8 +460,8 @@ def show(
 
 
 @app.command()
+@shared_options(*READS)
 def export(
-    ctx: typer.Context,
     csv_file: Annotated[
         str,
         typer.Option(
@@ -537,44 +475,32 @@ def export(
     status_filter: Annotated[
         list[str] | None, typer.Option("--status", help="Only jobs in this state (repeatable), e.g. --status done.")
     ] = None,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
     from sweeper.store.db import STATUSES
-    from sweeper.store.results import load_jobs
-    from sweeper.views.export import write_csv
+    from sweeper.store.results import load_jobs, require_selection
+    from sweeper.views.export import write_csv, write_csv_file
+    from sweeper.views.outputs import csv_file as csv_destination
 
     bad = [s for s in status_filter or [] if s not in STATUSES]
     if bad:
         raise UsageError(f"--status {bad[0]!r} is not a job state", hint=f"states: {', '.join(STATUSES)}")
-    settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
-    try:
-        if sweep:
-            from sweeper.store.results import require_sweep
-
-            require_sweep(database, sweep)
+    target = csv_destination(csv_file)  # a missing directory fails before the queue is read
+    with open_db(shared.open().settings, readonly=True) as database:
+        require_selection(database, sweep, stage)
         records = load_jobs(database, sweep, stage, status_filter or None)
-    finally:
-        database.dispose()
-    if csv_file == "-":
+    if target is None:
         write_csv(records, sys.stdout)
         return
-    import io
-
-    from sweeper.store.checkpoints import atomic_write
-
-    buf = io.StringIO()
-    n = write_csv(records, buf)
-    atomic_write(Path(csv_file), buf.getvalue().encode("utf-8"))
+    n = write_csv_file(records, target)
     out.print(f"wrote {n} job(s) to {csv_file}")
 
 
 @app.command()
+@shared_options(*READS)
 def report(
-    ctx: typer.Context,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for report.md and its PNGs (created; files overwritten).")
     ],
@@ -618,9 +544,8 @@ def report(
         typer.Option("--pdf", help="Also print the report, figures included, to report.pdf with headless Chromium."),
     ] = False,
     mlflow_uri: MlflowUriOpt = None,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Write a Markdown report of a sweep: per-stage tables, top-k, Pareto and scatter plots, plug-in sections.
 
@@ -628,8 +553,12 @@ def report(
     (except for --mlflow-screenshot).
     """
     from sweeper.grid.ranking import parse_metric
-    from sweeper.store.results import SweepView, only_sweep
+    from sweeper.store.results import SweepView, only_sweep, require_selection
+    from sweeper.views.dashboard import check_metric
+    from sweeper.views.outputs import report_dir
     from sweeper.views.report import ReportOptions, write_report
+
+    out_dir = report_dir(out_dir)  # a file in the way fails before the queue is read
 
     opts = ReportOptions(
         primary=parse_metric(metric or "test_accuracy", option="--metric"),
@@ -638,25 +567,27 @@ def report(
         plugins=[] if no_plugins else plugin,
         plots=not no_plots,
     )
-    settings = _settings(ctx, state, db, mlflow_uri, tracking=mlflow_screenshot)
-    database = _open(settings, create=False)
-    try:
+    settings = shared.open(mlflow_uri=mlflow_uri, tracking=mlflow_screenshot).settings
+    log = lambda msg: err.print(safe_text.text(msg, "dim"))  # noqa: E731
+    with open_db(settings, readonly=True) as database:
         name = sweep or only_sweep(database)
-        from sweeper.views.dashboard import check_metric
-
+        require_selection(database, name)
         # A metric given by name must exist; the defaults may not apply to this sweep's jobs.
         for given, option, parsed in ((metric, "--metric", opts.primary), (second, "--second", opts.secondary)):
             if given is not None:
                 check_metric(database, parsed, name, option=option)
         view = SweepView(database, settings.state_dir, name, out_dir)
         if mlflow_screenshot:
-            view.mlflow_screenshot = _mlflow_screenshot(settings, name, out_dir)
-            view.mlflow_stage_screenshots = _mlflow_stage_screenshots(settings, name, out_dir)
-        result = write_report(view, out_dir, opts, log=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False))
-    finally:
-        database.dispose()
+            from sweeper.views.mlflow_shot import take_screenshot, take_stage_screenshots
+
+            uri = settings.tracking_uri
+            assert uri is not None, "resolved with tracking on"
+            log(f"MLflow screenshot: mlflow server on {uri.split('://', 1)[0]}, headless Chromium")
+            view.mlflow_screenshot = take_screenshot(uri, name, out_dir / "mlflow-runs.png").name
+            view.mlflow_stage_screenshots = take_stage_screenshots(uri, name, out_dir)  # one table per stage
+        result = write_report(view, out_dir, opts, log=log)
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {safe_text.markup(note)}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
     if pdf:
         from sweeper.views.report_pdf import write_pdf
@@ -664,131 +595,78 @@ def report(
         out.print(f"wrote {write_pdf(Path(result.path))}")
 
 
-def _mlflow_screenshot(settings: Settings, sweep: str, out_dir: Path) -> str:
-    from sweeper.views.mlflow_shot import take_screenshot
-
-    uri = settings.tracking_uri
-    assert uri is not None, "resolved with tracking on"
-    err.print(f"[dim]MLflow screenshot: mlflow server on {uri.split('://', 1)[0]}, headless Chromium[/]")
-    name = "mlflow-runs.png"
-    take_screenshot(uri, sweep, out_dir / name)
-    return name
-
-
-def _mlflow_stage_screenshots(settings: Settings, sweep: str, out_dir: Path) -> dict[str, str]:
-    from sweeper.views.mlflow_shot import take_stage_screenshots
-
-    assert settings.tracking_uri is not None, "resolved with tracking on"
-    return take_stage_screenshots(settings.tracking_uri, sweep, out_dir)
-
-
-def _selection(job_ids: list[str] | None, failed: bool, stage: str | None, sweep: str | None, verb: str) -> None:
-    if not job_ids and not failed and not stage and not sweep:
-        raise UsageError(f"say which jobs to {verb}: job ids, --failed, --stage or --sweep")
-
-
 @app.command()
+@shared_options(*WRITES)
 def retry(
-    ctx: typer.Context,
-    job_ids: Annotated[
-        list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
-    ] = None,
+    job_ids: JobIdsArg = None,
     failed: Annotated[bool, typer.Option("--failed", help="Every failed job (within --stage/--sweep).")] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Failed and cancelled jobs of this stage.")] = None,
     sweep: SweepOpt = None,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
-    take_over: TakeOverOpt = False,
-    no_wait: NoWaitOpt = False,
+    stale: Annotated[
+        bool,
+        typer.Option("--stale", help="Run the finished jobs whose upstream stage changed since (stale) again."),
+    ] = False,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Start jobs whose checkpoints were refused as possibly malicious over without them "
+            "(they stay in quarantine/); without it such a job fails again at once.",
+        ),
+    ] = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Put failed or cancelled jobs back in the queue with their failure counts reset."""
+    from sweeper.store.admin import rerunning_stale, retrying
 
-    _selection(job_ids, failed, stage, sweep, "retry")
-    wanted = ("failed",) if failed else ("failed", "cancelled")
-    notes: list[str] = []
-
-    def change(queue: Any, ids: list[str]) -> list[str]:
-        _check_selection(queue.db, stage, sweep)
-        picked = queue.retry(ids, stage=stage, sweep=sweep, include_cancelled=not failed)
-        notes.extend(_why_untouched(queue.db, ids, picked, wanted, stage, sweep))
-        return picked
-
-    picked = _change_jobs(ctx, state, db, job_ids, change)
-    out.print(f"retrying {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
-    _print_untouched(notes, f"retry takes {' or '.join(wanted)} jobs")
+    if stale:  # every stale job unless ids, --stage or --sweep narrow it
+        settings = shared.open(tracking=True).settings
+        warn = lambda m: err.print(Text.assemble(("warning: ", "yellow"), safe_text.text(m)))  # noqa: E731
+        _apply_change(settings, rerunning_stale(settings.state_dir, settings.tracking_uri, warn), job_ids, stage, sweep)
+        return
+    _require_selection_given("retry", job_ids, stage, sweep, everything=failed)
+    change = retrying(failed_only=failed, from_scratch=from_scratch)
+    _apply_change(shared.open().settings, change, job_ids, stage, sweep)
 
 
 @app.command()
+@shared_options(*WRITES)
 def cancel(
-    ctx: typer.Context,
-    job_ids: Annotated[
-        list[str] | None, typer.Argument(help="Job ids (or unique prefixes).", show_default=False)
-    ] = None,
+    job_ids: JobIdsArg = None,
     stage: Annotated[str | None, typer.Option("--stage", help="Every unfinished job of this stage.")] = None,
     sweep: SweepOpt = None,
-    state: StateOpt = None,
-    db: DbOpt = None,
-    mirror: MirrorOpt = "auto",
-    take_over: TakeOverOpt = False,
-    no_wait: NoWaitOpt = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Cancel jobs that have not finished. A running job is dropped by its worker at the next heartbeat."""
+    from sweeper.store.admin import cancelling
 
-    _selection(job_ids, False, stage, sweep, "cancel")
-    from sweeper.store.db import ACTIVE
-
-    notes: list[str] = []
-
-    def change(queue: Any, ids: list[str]) -> list[str]:
-        _check_selection(queue.db, stage, sweep)
-        picked = queue.cancel(ids, stage=stage, sweep=sweep)
-        notes.extend(_why_untouched(queue.db, ids, picked, ACTIVE, stage, sweep))
-        return picked
-
-    picked = _change_jobs(ctx, state, db, job_ids, change)
-    out.print(f"cancelled {len(picked)} job(s)" + (f": {', '.join(picked[:20])}" if picked else ""))
-    _print_untouched(notes, "cancel takes jobs that have not finished")
+    _require_selection_given("cancel", job_ids, stage, sweep)
+    _apply_change(shared.open().settings, cancelling(), job_ids, stage, sweep)
 
 
-def _check_selection(database: Any, stage: str | None, sweep: str | None) -> None:
-    """--sweep and --stage must name what exists: a typo would otherwise change nothing, silently."""
-    from sweeper.store.results import require_stage, require_sweep
-
-    if sweep:
-        require_sweep(database, sweep)
-    if stage:
-        require_stage(database, stage, sweep)
+def _require_selection_given(
+    verb: str, job_ids: list[str] | None, stage: str | None, sweep: str | None, *, everything: bool = False
+) -> None:
+    if not job_ids and not everything and not stage and not sweep:
+        raise UsageError(f"say which jobs to {verb}: job ids, --failed, --stage or --sweep")
 
 
-def _why_untouched(database: Any, ids: list[str], picked: list[str], wanted: Any, stage: Any, sweep: Any) -> list[str]:
-    from sweeper.store.results import why_untouched
+def _apply_change(
+    settings: Settings, change: JobChange, job_ids: list[str] | None, stage: str | None, sweep: str | None
+) -> None:
+    """retry and cancel: one implementation (sweeper/store/admin.py) for every JobChange."""
+    from sweeper.store.admin import change_jobs
 
-    return why_untouched(database, ids, picked, wanted, stage, sweep)
-
-
-def _print_untouched(notes: list[str], rule: str) -> None:
-    for note in notes[:20]:
-        out.print(f"  {note}: nothing to do ({rule})", markup=False)
-    if len(notes) > 20:
-        out.print(f"  ... and {len(notes) - 20} more", markup=False)
-
-
-def _change_jobs(
-    ctx: typer.Context, state: Path | None, db: str | None, job_ids: list[str] | None, change: Any
-) -> list[str]:
-    """Resolve job id prefixes, then apply `change(queue, ids)` (retry or cancel) in the queue."""
-    from sweeper.store.queue import Queue
-    from sweeper.store.readmodel import resolve_job_id
-
-    settings = _settings(ctx, state, db, tracking=False)
-    database = _open(settings, create=False)
-    try:
-        with database.read() as conn:
-            ids = [resolve_job_id(conn, j) for j in job_ids or []]
-        return change(Queue(database), ids)
-    finally:
-        database.dispose()
+    with open_db(settings) as database:
+        result = change_jobs(database, change, job_ids or [], stage=stage, sweep=sweep)
+    picked = result.changed
+    out.print(f"{change.done(len(picked))}" + (f": {', '.join(picked[:20])}" if picked else ""))
+    for note in result.untouched[:20]:
+        out.print(f"  {note}: nothing to do ({change.rule})", markup=False)
+    if len(result.untouched) > 20:
+        out.print(f"  ... and {len(result.untouched) - 20} more", markup=False)
 
 
 def main() -> None:

@@ -45,14 +45,6 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.state_dir / "checkpoints"
-
-    @property
-    def artifact_dir(self) -> Path:
-        return self.state_dir / "artifacts"
-
 
 def default_db_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir.resolve() / 'queue.db'}"

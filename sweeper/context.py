@@ -39,6 +39,18 @@ __all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
 PENDING_METRICS = "__sweeper_pending_metrics__"
 
 
+def load_plain(path: Path) -> dict[str, Any]:
+    """A torch.save file of tensors and plain values (a model artifact), loaded like a checkpoint.
+
+    Anything else (a bare pickle of any protocol, another zip, a pickle that names a global) is
+    refused as possibly malicious (RefusedCheckpoint) before it could run code, and the job fails
+    at once: fetching the same file again cannot help. The file is left where it is.
+    """
+    from sweeper.store.checkpoints import decode
+
+    return decode(Path(path).read_bytes(), f"artifact {Path(path).name} ({path})")
+
+
 @dataclass
 class Progress:
     fraction: float | None = None

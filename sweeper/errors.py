@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 
 from sweeper.config import mask_password
+from sweeper.views.safe_text import visible
 
-# "ValueError: ...", "sqlalchemy.exc.OperationalError: ...", "RuntimeError: MLflow: ..."
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failed|Lost|Warning)\b.*")
+# "ValueError: ...", "sqlalchemy.exc.OperationalError: ...", "RuntimeError: MLflow: ...", and the
+# names of our own errors that end otherwise ("sweeper.errors.RefusedCheckpoint: ...").
+_EXCEPTION_LINE = re.compile(
+    r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failed|Lost|Warning|Checkpoint|Path|Unavailable|Mismatch|"
+    r"Locked|NotFound)\b.*"
+)
 _NOISE = ("(Background on this error", "^", "~")
 
 
@@ -39,6 +44,10 @@ class SweeperError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Messages quote input (a stage name, a file, a value from the queue): shown as text, with
+        # control characters made visible, wherever they are printed (views/safe_text.py).
+        message = visible(message, lines=True)
+        hint = visible(hint, lines=True) if hint is not None else None
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -110,3 +119,36 @@ class CheckpointError(SweeperError):
 
 class UnsafePath(CheckpointError):
     """A name or stored location from the queue that would lead outside the state directory."""
+
+
+class RefusedCheckpoint(CheckpointError):
+    """A checkpoint or artifact that is not a torch.save file of plain tensors and values: possibly
+    malicious. Its one-line message names the file and the reason (and, once it is kept aside,
+    its sha256 and where it went); a retry cannot change the outcome, so the job fails at once."""
+
+    def __init__(
+        self,
+        what: str,
+        reason: str,
+        *,
+        sha256: str | None = None,
+        quarantine: str | None = None,
+        job_id: str | None = None,
+        more: int = 0,
+    ) -> None:
+        # The first line is the summary (status, the CSV, the worker log): the file, the reason and
+        # where it went. File names of the store carry the sha256; the next line states it whole.
+        message = f"{what} refused as possibly malicious: {reason}"
+        if quarantine:
+            message += f"; kept in {quarantine.rsplit('/', 1)[0]}/"
+        if more:
+            message += f" (and {more} older one(s))"
+        if sha256 or quarantine:
+            message += "\n " + (f" sha256 {sha256}" if sha256 else "") + (f"  at {quarantine}" if quarantine else "")
+        hint = (
+            "checkpoints load only as torch.save files of tensors and plain values; inspect the file before trusting it"
+        )
+        if job_id:
+            hint += f"; `sweeper retry --from-scratch {job_id}` starts the job again without it"
+        super().__init__(message, hint=hint)
+        self.what, self.reason, self.sha256, self.quarantine = what, reason, sha256, quarantine

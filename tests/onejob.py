@@ -34,14 +34,14 @@ class Job:
         self.queue = Queue(self.db)
         self.queue.enqueue(parse_spec(textwrap.dedent("sweep: s\nstages:\n  a: {kind: noop}\n"), "g.yaml"))
         self.claimed = self.queue.claim("test-worker", 300)
-        self.store = CheckpointStore(self.queue, self.state_dir, "files")
+        self.store = CheckpointStore(self.queue.db, self.state_dir, "files", fence=self.queue.in_lease)
 
     def attempt(self) -> JobContext:
         return JobContext(
             job=self.claimed,
             queue=self.queue,
             checkpoints=self.store,
-            artifacts=ArtifactStore(self.queue, self.state_dir, "files"),
+            artifacts=ArtifactStore(self.queue.db, self.state_dir, "files", fence=self.queue.in_lease),
             state_dir=self.state_dir,
             log=lambda _msg: None,
         )

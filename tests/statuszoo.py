@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from sweeper.grid.spec import parse_spec
 from sweeper.store.db import Database, jobs, open_database, workers
-from sweeper.store.queue import Queue
+from sweeper.store.queue import Lease, Queue
 
 GRID = """\
 sweep: zoo
@@ -50,6 +50,7 @@ class Zoo:
     db: Database
     queue: Queue
     ids: dict[str, str] = field(default_factory=dict)  # role -> job id
+    running_lease: Lease | None = None  # the lease of ids["running"]
 
     def close(self) -> None:
         self.db.dispose()
@@ -87,7 +88,7 @@ def build_zoo(url: str, state_dir: Path | None = None) -> Zoo:
     assert job is not None and job.params["value"] == 0.6
     queue.renew(job.lease, 600, 0.4, "epoch 2/5 loss 0.412")
     zoo.ids["running"] = job.id
-    zoo.running_lease = job.lease  # type: ignore[attr-defined]
+    zoo.running_lease = job.lease
     zoo.ids["cancelled"] = by_value[0.7]
     queue.cancel([by_value[0.7]])
     zoo.ids["pending"] = by_value[0.9]

@@ -39,7 +39,7 @@ def claimed(db_url, state_dir):
 @pytest.mark.parametrize("mode", ["files", "db"])
 def test_restore_returns_the_newest_checkpoint_bit_exactly(claimed, state_dir, mode):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, mode)
+    store = CheckpointStore(queue.db, state_dir, mode, fence=queue.in_lease)
     weights = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     store.save(job.lease, "s", {"step": 1, "w": weights * 0})
     store.save(job.lease, "s", {"step": 2, "w": weights})
@@ -49,17 +49,17 @@ def test_restore_returns_the_newest_checkpoint_bit_exactly(claimed, state_dir, m
 
 def test_only_the_last_two_checkpoint_files_are_kept(claimed, state_dir):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, "files")
+    store = CheckpointStore(queue.db, state_dir, "files", fence=queue.in_lease)
     for step in range(5):
         store.save(job.lease, "s", {"step": step})
     assert len(scan_checkpoint_dir(store.job_dir("s", job.id))) == 2
-    assert len(list_checkpoints(queue, job.id)) == 2
+    assert len(list_checkpoints(queue.db, job.id)) == 2
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(claimed, state_dir):
     queue, job = claimed
     warnings: list[str] = []
-    store = CheckpointStore(queue, state_dir, "files", warn=warnings.append)
+    store = CheckpointStore(queue.db, state_dir, "files", warn=warnings.append, fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1, "w": torch.ones(1000)})
     store.save(job.lease, "s", {"step": 2, "w": torch.ones(1000) * 2})
     newest = scan_checkpoint_dir(store.job_dir("s", job.id))[0][0]
@@ -71,10 +71,10 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(claimed, state_dir)
 
 def test_corrupted_blob_in_the_database_falls_back_too(claimed, state_dir):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, "db")
+    store = CheckpointStore(queue.db, state_dir, "db", fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     store.save(job.lease, "s", {"step": 2})
-    newest = list_checkpoints(queue, job.id)[0]
+    newest = list_checkpoints(queue.db, job.id)[0]
     with queue.db.write() as conn:
         from sweeper.store.db import checkpoints
 
@@ -97,16 +97,16 @@ def test_malicious_pickle_checkpoint_is_refused_and_does_not_run(claimed, state_
 
     data = buf.getvalue()
     record_checkpoint(
-        queue, job.lease, sha256=hashlib.sha256(data).hexdigest(), size=len(data), location=None, blob=data
+        queue.in_lease, job.lease, sha256=hashlib.sha256(data).hexdigest(), size=len(data), location=None, blob=data
     )
     with pytest.raises(CheckpointError, match="refused"):
-        CheckpointStore(queue, state_dir, "db").restore("s", job.id)
+        CheckpointStore(queue.db, state_dir, "db", fence=queue.in_lease).restore("s", job.id)
     assert not marker.exists()
 
 
 def test_a_zombie_leaves_no_checkpoint_file_behind(claimed, state_dir):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, "files")
+    store = CheckpointStore(queue.db, state_dir, "files", fence=queue.in_lease)
     queue.cancel([job.id])
     with pytest.raises(LeaseLost):
         store.save(job.lease, "s", {"step": 1})
@@ -115,7 +115,7 @@ def test_a_zombie_leaves_no_checkpoint_file_behind(claimed, state_dir):
 
 def test_artifacts_are_verified_by_sha256(claimed, state_dir, tmp_path):
     queue, job = claimed
-    store = ArtifactStore(queue, state_dir, "files")
+    store = ArtifactStore(queue.db, state_dir, "files", fence=queue.in_lease)
     src = tmp_path / "model.bin"
     src.write_bytes(b"weights" * 100)
     info = store.put(job.lease, "s", src, "model.bin")
@@ -126,19 +126,65 @@ def test_artifacts_are_verified_by_sha256(claimed, state_dir, tmp_path):
         store.fetch(job.id, "model.bin", info)
 
 
+@pytest.mark.parametrize("mode", ["files", "db"])
+def test_a_store_without_a_fence_reads_and_refuses_to_write(claimed, state_dir, tmp_path, mode):
+    """What the read-only report holds: the database and no fence. It fetches verified artifacts and
+    restores checkpoints; a write is refused before anything reaches the disk or the database."""
+    queue, job = claimed
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights" * 100)
+    info = ArtifactStore(queue.db, state_dir, mode, fence=queue.in_lease).put(job.lease, "s", src, "model.bin")
+    CheckpointStore(queue.db, state_dir, mode, fence=queue.in_lease).save(job.lease, "s", {"step": 7})
+
+    artifacts = ArtifactStore(queue.db, state_dir, mode)
+    checkpoints = CheckpointStore(queue.db, state_dir, mode)
+    assert artifacts.fetch(job.id, "model.bin", info).read_bytes() == src.read_bytes()
+    assert checkpoints.restore("s", job.id).state == {"step": 7}
+    files_before = _files(state_dir)
+    with pytest.raises(TypeError, match="no fence"):
+        artifacts.put(job.lease, "s", src, "other.bin")
+    with pytest.raises(TypeError, match="no fence"):
+        checkpoints.save(job.lease, "s", {"step": 8})
+    assert [a.name for a in list_artifacts(queue.db, [job.id])] == ["model.bin"]
+    assert [c.name for c in list_checkpoints(queue.db, job.id)] == ["1"]
+    assert _files(state_dir) == files_before
+
+
+def _files(state_dir: Path) -> list[Path]:
+    """Every file under the state directory but the queue database's own."""
+    return sorted(p for p in state_dir.rglob("*") if p.is_file() and not p.name.startswith("queue.db"))
+
+
+def test_the_report_view_reads_artifacts_without_building_a_queue(claimed, state_dir, tmp_path, monkeypatch):
+    from sweeper.store.results import SweepView
+
+    queue, job = claimed
+    src = tmp_path / "curve.json"
+    src.write_text('{"loss": [1.0, 0.5]}')
+    ArtifactStore(queue.db, state_dir, "files", fence=queue.in_lease).put(job.lease, "s", src, "curve.json")
+
+    def no_queue(*_args, **_kwargs):
+        raise AssertionError("the read-only view built a Queue")
+
+    monkeypatch.setattr(Queue, "__init__", no_queue)
+    view = SweepView(queue.db, state_dir, "s")
+    assert view.artifact_names(job.id) == ["curve.json"]
+    assert view.read_json(job.id, "curve.json") == {"loss": [1.0, 0.5]}
+
+
 def _record_raw(queue, job, data: bytes, location: str | None = None) -> None:
     """What any writer of the queue could record: bytes (or a location) with a matching sha256."""
     import hashlib
 
     blob = None if location else data
     digest = hashlib.sha256(data).hexdigest()
-    record_checkpoint(queue, job.lease, sha256=digest, size=len(data), location=location, blob=blob, keep=10)
+    record_checkpoint(queue.in_lease, job.lease, sha256=digest, size=len(data), location=location, blob=blob, keep=10)
 
 
 @pytest.mark.parametrize("mode", ["files", "db"])
 def test_checkpoints_are_ordered_by_seq_not_by_the_writers_clock(claimed, state_dir, mode, monkeypatch):
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, mode)
+    store = CheckpointStore(queue.db, state_dir, mode, fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     # The job moves to a machine whose clock is an hour behind; its checkpoint is still the newest.
     import time
@@ -155,7 +201,7 @@ def test_checkpoints_are_ordered_by_seq_not_by_the_writers_clock(claimed, state_
 def test_a_file_the_database_does_not_know_yet_is_newer_and_later_saves_stay_newer(claimed, state_dir):
     """Mirrored mode: the database snapshot lags the checkpoint files on the mount."""
     queue, job = claimed
-    store = CheckpointStore(queue, state_dir, "files")
+    store = CheckpointStore(queue.db, state_dir, "files", fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     store.save(job.lease, "s", {"step": 2})
     with queue.db.write() as conn:  # the snapshot was taken before seq 2 was recorded
@@ -169,21 +215,23 @@ def test_a_file_the_database_does_not_know_yet_is_newer_and_later_saves_stay_new
     assert store.restore("s", job.id, scan=True).state["step"] == 3
 
 
-def test_a_checkpoint_that_passes_its_sha256_but_cannot_be_decoded_falls_back(claimed, state_dir):
+def test_a_checkpoint_that_passes_its_sha256_but_is_no_torch_file_is_refused_and_falls_back(claimed, state_dir):
     queue, job = claimed
     warnings: list[str] = []
-    store = CheckpointStore(queue, state_dir, "db", warn=warnings.append)
+    store = CheckpointStore(queue.db, state_dir, "db", warn=warnings.append, fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
-    _record_raw(queue, job, b"not a torch checkpoint at all")  # e.g. written by a buggy or newer writer
+    # Bytes whose sha256 matches were written on purpose; encode() writes nothing but torch.save files.
+    _record_raw(queue, job, b"not a torch checkpoint at all")
     got = store.restore("s", job.id)
     assert got.state["step"] == 1 and got.seq == 1
-    assert any("not a readable checkpoint" in w and "trying the previous one" in w for w in warnings)
+    assert any("refused as possibly malicious" in w and "trying the previous one" in w for w in warnings)
+    assert list((state_dir / "quarantine" / "s" / job.id).iterdir())
 
 
 def test_a_refused_checkpoint_falls_back_to_a_good_previous_one(claimed, state_dir):
     queue, job = claimed
     warnings: list[str] = []
-    store = CheckpointStore(queue, state_dir, "db", warn=warnings.append)
+    store = CheckpointStore(queue.db, state_dir, "db", warn=warnings.append, fence=queue.in_lease)
     store.save(job.lease, "s", {"step": 1})
     buf = io.BytesIO()
     torch.save({"step": 2, "payload": _Evil()}, buf, pickle_module=pickle)
@@ -211,7 +259,7 @@ def test_a_stored_location_outside_the_jobs_directory_is_never_read_or_deleted(c
         victim.write_bytes(data)
     _record_raw(queue, job, data, location=location)
     warnings: list[str] = []
-    store = CheckpointStore(queue, state_dir, "files", keep=1, warn=warnings.append)
+    store = CheckpointStore(queue.db, state_dir, "files", keep=1, warn=warnings.append, fence=queue.in_lease)
     assert store.restore("s", job.id) is None  # the crafted row is skipped, not loaded
     store.save(job.lease, "s", {"step": 1})  # prunes the crafted row: its file must survive
     assert victim.read_bytes() == data
@@ -227,7 +275,7 @@ def test_a_symlink_under_the_state_directory_that_leads_out_is_refused(claimed, 
     (state_dir / "checkpoints" / "s").mkdir(parents=True)
     (state_dir / "checkpoints" / "s" / job.id).symlink_to(outside)
     with pytest.raises(UnsafePath, match="outside the state directory"):
-        CheckpointStore(queue, state_dir, "files").save(job.lease, "s", {"step": 1})
+        CheckpointStore(queue.db, state_dir, "files", fence=queue.in_lease).save(job.lease, "s", {"step": 1})
     assert list(outside.iterdir()) == []
 
 
@@ -240,8 +288,8 @@ def test_an_artifact_name_that_is_not_a_plain_file_name_is_refused(claimed, stat
     src.write_bytes(b"weights")
     for mode in ("files", "db"):
         with pytest.raises(UnsafePath):
-            ArtifactStore(queue, state_dir, mode).put(job.lease, "s", src, name)
-    assert not (state_dir.parent / "escape.bin").exists() and list_artifacts(queue, [job.id]) == []
+            ArtifactStore(queue.db, state_dir, mode, fence=queue.in_lease).put(job.lease, "s", src, name)
+    assert not (state_dir.parent / "escape.bin").exists() and list_artifacts(queue.db, [job.id]) == []
 
 
 def test_an_artifact_row_pointing_outside_is_not_fetched(claimed, state_dir, tmp_path):
@@ -253,9 +301,9 @@ def test_an_artifact_row_pointing_outside_is_not_fetched(claimed, state_dir, tmp
     import hashlib
 
     digest = hashlib.sha256(b"not yours").hexdigest()
-    record_artifact(queue, job.lease, name="model.bin", sha256=digest, size=9, location=str(secret), blob=None)
+    record_artifact(queue.in_lease, job.lease, name="model.bin", sha256=digest, size=9, location=str(secret), blob=None)
     with pytest.raises(UnsafePath, match="absolute"):
-        ArtifactStore(queue, state_dir, "files").fetch(job.id, "model.bin")
-    record_artifact(queue, job.lease, name="m2", sha256="../../x", size=9, location=None, blob=b"not yours")
+        ArtifactStore(queue.db, state_dir, "files", fence=queue.in_lease).fetch(job.id, "model.bin")
+    record_artifact(queue.in_lease, job.lease, name="m2", sha256="../../x", size=9, location=None, blob=b"not yours")
     with pytest.raises(UnsafePath, match="malformed sha256"):
-        ArtifactStore(queue, state_dir, "db").fetch(job.id, "m2")
+        ArtifactStore(queue.db, state_dir, "db", fence=queue.in_lease).fetch(job.id, "m2")

@@ -56,7 +56,9 @@ def test_a_bad_db_url_is_a_clear_error(tmp_path: Path, url: str, code: int, need
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
     for args in (("status",), ("enqueue", str(grid)), ("work", "--no-tracking")):
-        check(run_cli(*args, "--db", url, "--state", str(tmp_path / "state")), code, needle)
+        # status creates nothing, not even the directory
+        needle_here = "no queue database" if args[0] == "status" and url.startswith("sqlite") else needle
+        check(run_cli(*args, "--db", url, "--state", str(tmp_path / "state")), code, needle_here)
 
 
 def test_a_state_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:

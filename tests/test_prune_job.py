@@ -232,3 +232,16 @@ def test_killed_during_fine_tuning_resumes_mid_step_with_identical_triplets(swee
     b_model = load_model(artifact(sweep, b, "model.pt"))
     for (name, wa), wb in zip(a_model.state_dict().items(), b_model.state_dict().values(), strict=True):
         assert torch.equal(wa, wb), f"{name} differs after the resume"
+
+
+def test_train_and_prune_declare_the_numbers_their_results_hold(sweep):
+    # `enqueue` checks hand-off metrics against these declarations (tests/test_handoff_checks.py)
+    from jobs.kinds.params import PruneParams, TrainParams
+
+    all_jobs = jobs(sweep)
+    for stage, model in (("train", TrainParams), ("prune_a", PruneParams)):
+        result = all_jobs[stage]["result"]
+        # a None is a number not measured; a bool is not a number a hand-off ranks by
+        numbers = {k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert numbers <= model.metrics, (stage, numbers - model.metrics)
+        assert model.metrics <= set(result), (stage, model.metrics - set(result))

@@ -126,7 +126,7 @@ def test_zombie_writes_are_refused(queue):
     with pytest.raises(LeaseLost):
         queue.complete(zombie.lease, {"who": "zombie"})
     with pytest.raises(LeaseLost):
-        record_checkpoint(queue, zombie.lease, sha256="0" * 64, size=1, location=None, blob=b"x")
+        record_checkpoint(queue.in_lease, zombie.lease, sha256="0" * 64, size=1, location=None, blob=b"x")
     queue.complete(owner.lease, {"who": "owner"})
     with queue.db.read() as conn:
         result = conn.execute(sa.text("select result from jobs where id = :i"), {"i": zombie.id}).scalar_one()
@@ -193,3 +193,24 @@ def test_summary_counts_what_is_left(queue):
     queue.claim("w", 30)
     s = queue.in_read("read", work_summary)
     assert (s.pending_now, s.running, s.blocked) == (1, 1, 1)
+
+
+def test_release_all_running_puts_running_jobs_back_as_interrupted(queue):
+    """Mirrored recovery's lease rewrite, through the queue: running jobs go back to pending with one
+    interruption each (not a failure), their old leases refused; other jobs are not touched."""
+    queue.enqueue(grid(THREE))
+    first, second = queue.claim("gone-vm", 300), queue.claim("gone-vm", 300)
+    queue.complete(second.lease, {"value": 2})
+    third = queue.claim("gone-vm", 300)
+    assert sorted(queue.release_all_running()) == sorted([first.id, third.id])
+    assert statuses(queue) == {first.id: "pending", second.id: "done", third.id: "pending"}
+    with queue.db.read() as conn:
+        rows = conn.execute(sa.text("select id, interruptions, failures, lease_token from jobs")).all()
+    assert {r.id: (r.interruptions, r.failures, r.lease_token) for r in rows} == {
+        first.id: (1, 0, None),
+        second.id: (0, 0, None),
+        third.id: (1, 0, None),
+    }
+    with pytest.raises(LeaseLost):
+        queue.renew(first.lease, 30)
+    assert queue.release_all_running() == []

@@ -100,10 +100,10 @@ def test_show_of_a_running_job_has_progress_lease_and_its_files(db_url, tmp_path
     try:
         lease = zoo.running_lease
         state = tmp_path / "state"
-        CheckpointStore(zoo.queue, state).save(lease, "zoo", {"epoch": 2})
+        CheckpointStore(zoo.queue.db, state, fence=zoo.queue.in_lease).save(lease, "zoo", {"epoch": 2})
         note = tmp_path / "notes.json"
         note.write_text('{"ok": true}')
-        ArtifactStore(zoo.queue, state, mode="db").put(lease, "zoo", note, "notes.json")
+        ArtifactStore(zoo.queue.db, state, mode="db", fence=zoo.queue.in_lease).put(lease, "zoo", note, "notes.json")
         detail = collect_job(zoo.db, zoo.ids["running"], state)
         text = draw(detail)
     finally:

@@ -40,6 +40,33 @@ def test_grid_is_a_product_of_dotted_keys_nested_merges_and_tied_groups():
     assert s.jobs[0].label == "conv1.kernel=3 conv1.channels=8 optim.lr=0.01 optim.momentum=0.5"
 
 
+def test_a_tied_group_of_params_left_at_the_kinds_defaults_is_still_a_tied_group():
+    # lr and momentum are set nowhere in the file: they are params of kind train, so `optim` ties them.
+    s = spec(
+        """
+        sweep: s
+        stages:
+          a:
+            kind: train
+            grid:
+              optim: [{lr: 0.01, momentum: 0.9}, {lr: 0.001, momentum: 0.5}]
+        """
+    )
+    assert [j.params for j in s.jobs] == [{"lr": 0.01, "momentum": 0.9}, {"lr": 0.001, "momentum": 0.5}]
+    assert s.jobs[0].label == "optim.lr=0.01 optim.momentum=0.9"
+
+
+def test_a_mapping_axis_with_a_key_the_kind_does_not_take_is_an_unknown_param():
+    with pytest.raises(SpecError, match="unknown param 'optim'"):
+        spec(
+            """
+            sweep: s
+            stages:
+              a: {kind: train, grid: {optim: [{lr: 0.01, momentun: 0.9}]}}
+            """
+        )
+
+
 def test_configs_are_an_explicit_list_and_combine_with_the_grid():
     s = spec(
         """

@@ -335,7 +335,7 @@ def time_models(
         "matmul_over_nn": cpu["matmul_over_nn"],
         "matmul_strategies": cpu["matmul_strategies"],
     }
-    if "original_nn" in cpu:
+    if "original_nn" in cpu and original is not None:
         summary.update(
             original_model=original["name"],
             original_nn_median_s=cpu["original_nn"]["median_s"],
@@ -395,14 +395,16 @@ def time_pair(
             mm(b)
         sync()
 
-    def original_pass() -> None:
-        with torch.inference_mode():
-            for b in batches:
-                original(b)
-        sync()
-
     variants = [("nn", nn_pass), ("matmul", matmul_pass)]
     if original is not None:
+        reference = original
+
+        def original_pass() -> None:
+            with torch.inference_mode():
+                for b in batches:
+                    reference(b)
+            sync()
+
         variants.append(("original_nn", original_pass))
 
     timers = {

@@ -7,13 +7,18 @@ happen when the job starts, and fail the job without retries.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # The numbers the kind's result holds (not booleans: hand-offs do not rank by them).
+    # `enqueue` checks every hand-off (best_of, inherit, repeat, result_of) that ranks this
+    # kind's jobs against them, so a typo fails before any compute. None: not declared; such
+    # hand-offs are checked when they resolve.
+    metrics: ClassVar[frozenset[str] | None] = None
 
 
 P = TypeVar("P", bound=StrictParams)
@@ -33,6 +38,9 @@ def parse(model: type[P], params: dict[str, Any], kind: str) -> P:
 
 
 class NoopParams(StrictParams):
+    # No `metrics`: tests drive the queue with noop jobs standing in for any kind and record
+    # forged results (test_accuracy, score, ...), so its hand-offs are checked when they resolve.
+
     steps: int = 1
     step_s: float = 0.0
     checkpoint: bool = True
@@ -56,6 +64,27 @@ class ConvParams(StrictParams):
 
 class TrainParams(StrictParams):
     """`kind: train`: the assignment's CNN on Fashion-MNIST, SGD with momentum (see docs/jobs.md, "Train params")."""
+
+    # jobs/kinds/train.py's result (tests/test_handoff_checks.py runs one job and compares)
+    metrics: ClassVar[frozenset[str] | None] = frozenset(
+        {
+            "test_accuracy",
+            "test_loss",
+            "train_accuracy",
+            "train_loss",
+            "time_to_target_s",
+            "images_to_target",
+            "target_step",
+            "epochs",
+            "total_train_s",
+            "params",
+            "images_per_s",
+            "train_running_accuracy",
+            "eval_s",
+            "checkpoint_s",
+            "checkpoints",
+        }
+    )
 
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_dir: str | None = None  # looked in first; then /usr/share/datasets/fashion-mnist; then a download
@@ -88,6 +117,28 @@ PruneLayer = Literal["conv1", "conv2", "fc1", "fc2", "all"]
 
 class PruneParams(StrictParams):
     """`kind: prune` (see docs/jobs.md, "kind: prune"). None means: as the upstream model was trained."""
+
+    # the numbers of jobs/kinds/prune.py's result (tests/test_prune_job.py checks them)
+    metrics: ClassVar[frozenset[str] | None] = frozenset(
+        {
+            "test_accuracy",
+            "flops",
+            "macs",
+            "params",
+            "result_step",
+            "steps_tried",
+            "steps_accepted",
+            "max_step_drop",
+            "max_total_drop",
+            "control_converged_at_step",
+            "control_stop_gain",
+            "total_drop",
+            "upstream_total_drop",
+            "input_test_accuracy",
+            "finetune_s",
+            "control_finetune_s",
+        }
+    )
 
     model: Any = None  # a hand-off: {best_of: STAGE, metric: M, mode: max} or {result_of: STAGE}
     method: Literal["structured", "magnitude"] = "structured"
@@ -124,6 +175,12 @@ class PruneParams(StrictParams):
     eval_batch_size: int = Field(1000, ge=1)
     device: Device = "auto"  # evaluation and fine-tuning; the pruning itself is cheap and stays on the CPU
 
+    @property
+    def layer_name(self) -> str:
+        """`layer` as validated: never None ("all" when a magnitude job names none)."""
+        assert self.layer is not None, "filled in by _layer_fits_method"
+        return self.layer
+
     @field_validator("layer")
     @classmethod
     def _layer_fits_method(cls, layer: str | None, info: ValidationInfo) -> str | None:
@@ -147,6 +204,9 @@ class PruneParams(StrictParams):
 
 class BenchmarkParams(StrictParams):
     """`kind: benchmark` (see docs/jobs.md, "kind: benchmark")."""
+
+    # the numbers of jobs/kinds/benchmark_result.py's BenchmarkResult at its top level
+    metrics: ClassVar[frozenset[str] | None] = frozenset({"min_test_accuracy", "test_images"})
 
     models: Any = None  # a hand-off: {all_of: [prune_conv1, prune_conv2, prune_fc1]} (or best_of / result_of)
     # a hand-off to the Step 1 network, e.g. {result_of: baseline}: timed with nn modules in the same

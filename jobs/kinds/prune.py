@@ -195,7 +195,7 @@ def start(ctx: JobContext, p: PruneParams, ref: dict[str, Any], data: Dataset) -
     ctx.log_metrics(step_metrics(input_record.to_dict(), acc), step=0)
     state = PruneState(
         method=p.method,
-        layer=p.layer,
+        layer=p.layer_name,
         input=input_record,
         # magnitude prunes the input at every amount; structured only needs the current model
         input_model=ModelState(model.arch.to_dict(), cpu_state(model)) if p.method == "magnitude" else None,
@@ -232,7 +232,7 @@ def uses_control(p: PruneParams) -> bool:
 
 
 def unit_count(p: PruneParams, arch: Arch) -> int | None:
-    return surgery.unit_count(arch, p.layer) if p.method == "structured" else None
+    return surgery.unit_count(arch, p.layer_name) if p.method == "structured" else None
 
 
 def model_of(arch: dict[str, Any], state_dict: dict[str, Any]) -> CNN:
@@ -246,7 +246,7 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Dat
     k = len(state.steps) + 1
     if p.method == "structured":
         current = model_of(state.current.arch, state.current.state_dict)
-        units = surgery.unit_count(current.arch, p.layer)
+        units = surgery.unit_count(current.arch, p.layer_name)
         stop = None
         if units <= 1:
             stop = f"one unit left in {p.layer}"
@@ -256,9 +256,9 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Dat
             state.stop(stop)
             ctx.checkpoint(state.to_checkpoint())
             return
-        scores = surgery.importance(current, p.layer)
+        scores = surgery.importance(current, p.layer_name)
         unit = int(scores.argmin())
-        pruned = surgery.remove_units(current, p.layer, [unit])
+        pruned = surgery.remove_units(current, p.layer_name, [unit])
         before = state.current.accuracy
         masks = None
     else:
@@ -268,7 +268,7 @@ def plan_next_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Dat
             return
         original = load_input(state)
         amount = p.amounts[k - 1]
-        pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer), amount)
+        pruned, masks = magnitude.prune(original, magnitude.layers_of(p.layer_name), amount)
         before = state.input.test_accuracy
     _, after = evaluate(pruned.to(data.test.x.device), data.test.x, data.test.y, p.eval_batch_size)
     pending = PendingStep(
@@ -331,7 +331,7 @@ def finetune(
         # fit() counts its steps from 1 again on every call
         metric_prefix=f"control/step{k}/" if control else f"finetune/step{k}/",
     )
-    masks = None if control else pending.masks
+    masks = (None if control else pending.masks) or {}  # none: structured steps and the control
     if masks:
         masks = {name: m.to(data.train.x.device) for name, m in masks.items()}
 
@@ -392,7 +392,7 @@ def record_step(ctx: JobContext, p: PruneParams, state: PruneState, data: Datase
     cost = model_cost(model.arch)
     record = StepRecord(
         step=k,
-        layer=p.layer,
+        layer=p.layer_name,
         arch=model.arch.to_dict(),
         architecture=model.arch.describe(),
         accuracy_before=pending.accuracy_before,

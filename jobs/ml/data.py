@@ -142,7 +142,7 @@ def read_idx(path: Path) -> torch.Tensor:
             for n in shape:
                 count *= n
             out = torch.empty(count, dtype=torch.uint8)
-            got = f.readinto(memoryview(out.numpy()))
+            got = f.readinto(out.numpy().data)  # straight into the tensor's memory
             extra = len(f.read(1))
     except (OSError, EOFError, zlib.error) as exc:
         raise DataCorrupt(f"{path} is corrupted: cannot read it ({exc}); {hint}") from None

@@ -60,6 +60,11 @@ def images_per_block(rows: int, cols_per_image: int, block_bytes: int) -> int:
     return max(1, block_bytes // (4 * rows * cols_per_image))
 
 
+def _bias(layer: torch.nn.Conv2d) -> torch.Tensor:
+    assert layer.bias is not None, "every conv layer of CNN has a bias"
+    return layer.bias
+
+
 class ConvGemm:
     """One conv layer (+ bias, ReLU, optional 2×2 max-pool) on CNHW activations.
 
@@ -184,7 +189,7 @@ class MatmulCNN:
         self.arch = arch
         convs = (model.conv1, model.conv2)
         self.conv1, self.conv2 = (
-            ConvGemm(m.weight, m.bias, arch.padding, arch.pool, strategy, block_bytes) for m in convs
+            ConvGemm(m.weight, _bias(m), arch.padding, arch.pool, strategy, block_bytes) for m in convs
         )
         self.w3 = model.fc1.weight.detach().t().contiguous()  # (C·H·W, dense): PyTorch's (c, h, w) flatten order
         self.b3 = model.fc1.bias.detach().clone()

@@ -7,7 +7,6 @@ itself, whatever pruning did to its widths.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sweeper.context import load_plain
 from sweeper.outcome import JobFailed
 
 INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
@@ -131,7 +131,8 @@ def init_weights(model: nn.Module, init: str) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fn(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # every layer of CNN has one
+                nn.init.zeros_(module.bias)
 
 
 def build(arch: Arch, init: str, seed: int) -> CNN:
@@ -155,20 +156,11 @@ def save_model(path: Path, model: CNN) -> Path:
 
 
 def load_model(path: Path) -> CNN:
-    """A model written by save_model. weights_only=True: a file holding anything but tensors and
-    plain values (a crafted pickle that would run code) is refused without running it, and the job
-    fails at once, since fetching the same file again cannot help. The model comes back on the CPU
-    (map_location="cpu"); move it with .to(device)."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
-        raise JobFailed(
-            f"{path.name} ({path}) refused: it holds objects other than tensors and plain values, "
-            f"which could run code when loaded ({why[:200]})",
-            retry=False,
-        ) from None
+    """A model written by save_model. Loaded as a checkpoint is (sweeper.context.load_plain): a file
+    that is not a torch.save file of tensors and plain values (a crafted pickle that would run code,
+    in any pickle protocol) is refused without running it, and the job fails at once, since
+    fetching the same file again cannot help. The model comes back on the CPU; move it with .to(device)."""
+    blob = load_plain(path)
     model = CNN(Arch.from_dict(blob["arch"]))
     model.load_state_dict(blob["state_dict"])
     return model

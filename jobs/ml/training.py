@@ -189,6 +189,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple), "the legacy (tuple) form, the default"
     return {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

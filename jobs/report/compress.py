@@ -241,7 +241,7 @@ def _layer(view: Any, job: Any, unpruned: float | None, control: bool) -> dict[s
         moved = "gained" if last is not None and start is not None and last >= start else "lost"
         text = (
             f"This layer's control is its input, {pct(start)}, retrained beside {which}: it went to {pct(last)}, "
-            f"so more training alone {moved} {_pt(abs(last - start) if start is not None else None, signed=False)}"
+            f"so more training alone {moved} {_pt(abs(last - start) if start is not None and last is not None else None, signed=False)}"
         )
         if moved == "lost":
             text += (

@@ -106,8 +106,7 @@ def first_nan(curve: Curve) -> float | None:
 
 def rises(curve: Curve) -> int:
     """How many times the test loss went up from one epoch to the next."""
-    vals = [number(e.get("test_loss")) for e in curve.epochs]
-    vals = [v for v in vals if v is not None]
+    vals = [v for v in (number(e.get("test_loss")) for e in curve.epochs) if v is not None]
     return sum(1 for a, b in itertools.pairwise(vals) if b > a)
 
 
@@ -136,7 +135,7 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     )
     if mode in ("lr_high", "lr_low"):
         bad = curve is not None and diverged(curve)
-        if mode == "lr_high" and bad:
+        if mode == "lr_high" and bad and curve is not None:
             nan_at = first_nan(curve)
             if nan_at is not None:
                 after = [v for x, v in zip(curve.xs(), curve.losses(), strict=True) if x >= nan_at]
@@ -179,13 +178,12 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     if mode == "batch_small":
         speed, base_speed = number(r.get("images_per_s")), number(b.get("images_per_s"))
         rough = _rough_ratio(curve, ref_curve)
-        slower = speed is not None and base_speed is not None and speed < 0.8 * base_speed
         noisy = (
             f"; over equal windows of images its training loss is {rough:.1f}× as jagged as the reference's"
             if rough is not None
             else "; it logged too few loss points to compare its noise with the reference's over equal windows of images"
         )
-        if slower:
+        if speed is not None and base_speed is not None and speed < 0.8 * base_speed:  # slower per image
             better = (
                 " Its accuracy is not the failure: in the same epochs it makes many more (smaller-batch) updates, "
                 "so it can end higher; the cost is time, and a noisier path."

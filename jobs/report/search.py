@@ -369,7 +369,9 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
 def _untangle(effects: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
     """Effects of keys that split the runs the same way as a stronger key (a tied group such as
     lr and momentum set in pairs) are one effect: keep the first, name the others."""
-    kept, tied, seen = [], [], {}
+    kept: list[Any] = []
+    tied: list[tuple[str, str]] = []
+    seen: dict[tuple[Any, ...], str] = {}
     for e in effects:
         shape = tuple(sorted(tuple(m.rows) for m in e.levels))
         if shape in seen:

@@ -10,10 +10,12 @@ Which stage answers which question is found by kind and content (jobs/report/rol
 whose stage is missing or unfinished is left out with a one-line note under "Not in this report".
 A sweep with no train jobs is not this assignment: the plug-in then adds nothing.
 
-    roles            stages -> baseline, grids (+ seed repeats), diagnostics, prune, benchmark
-    stats            seeds, means, noise, Wilson intervals, marginal effects
-    step1            Step 1          search          12a-12c, noise
-    failures         12d             compress        Steps 3 and 4
+    roles      stages -> baseline, grids (+ seed repeats), diagnostics, prune, benchmark
+    stats      seeds, means, noise, Wilson intervals, marginal effects
+    step1      Step 1          search     12a-12c, noise
+    failures   12d             compress   Steps 3 and 4
+    md, curves Markdown helpers; loss curves
+    about      how this was run, the submitted report's figures, bonus items, references
 """
 
 from __future__ import annotations

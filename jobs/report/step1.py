@@ -108,12 +108,12 @@ def step1(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]
     if "model.pt" in view.artifact_names(base.id):
         try:
             shutil.copyfile(view.artifact(base.id, "model.pt"), view.figure_path(MODEL_FILE))
-            body = (
+            saved = (
                 f"The trained model is saved next to this report as [{MODEL_FILE}]({MODEL_FILE}), written with "
                 "`torch.save` (a dict with `arch` and `state_dict`); load it with "
                 f"`torch.load('{MODEL_FILE}', weights_only=True)`."
             )
-            out.append(section("8. The saved model", body, [MODEL_FILE]))
+            out.append(section("8. The saved model", saved, [MODEL_FILE]))
         except Exception as exc:
             notes.append(f"Step 1 model file: job `{base.id}`'s model.pt could not be read ({type(exc).__name__}).")
     else:

@@ -99,3 +99,20 @@ def load_params_model(name: str) -> Any | None:
     if kind.params_model is None:
         return None
     return load_target(kind.params_model)
+
+
+def declared_metrics(name: str) -> frozenset[str] | None:
+    """The metrics a kind's results hold, as its param model declares them (`metrics` ClassVar).
+
+    None when the kind declares none (no param model, or a model without `metrics`): its
+    hand-offs are then checked only when they resolve, against the results actually recorded.
+    """
+    model = load_params_model(name)
+    metrics = getattr(model, "metrics", None) if model is not None else None
+    return frozenset(metrics) if metrics is not None else None
+
+
+def param_names(name: str) -> frozenset[str] | None:
+    """The top-level params a kind takes (its param model's fields), or None when it has no model."""
+    model = load_params_model(name)
+    return frozenset(model.model_fields) if model is not None else None

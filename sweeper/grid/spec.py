@@ -48,7 +48,13 @@ DEFAULT_MAX_FAILURES = 3
 DEFAULT_MAX_INTERRUPTIONS = 20
 # Far above any real sweep; a grid past it is a mistake (a typo'd axis) that would exhaust memory.
 MAX_JOBS_PER_STAGE = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # so never "..", never a leading "."
+# Sweep and stage names go into VARCHAR(200) columns (store/db.py: sweeps.name, stages.name,
+# jobs.sweep, jobs.stage; PostgreSQL refuses longer, SQLite would keep them) and the sweep name
+# becomes a directory under the state directory (a file name: 255 bytes). A kind goes into
+# VARCHAR(300). Checked here, so that enqueue refuses the file instead of every job failing later.
+NAME_MAX = 200
+KIND_MAX = 300
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # as sweeper/grid/ranking.py reads metric names
 
 
@@ -203,6 +209,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             key="sweep",
             hint="for example: sweep: fmnist-assignment",
         )
+    _check_length(r, name, "the sweep name", "sweep", key="sweep")
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise r.error("'defaults' must be a mapping of param names to values", "defaults", key="defaults")
@@ -218,6 +225,7 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
             raise r.error(
                 "a stage name is made of letters, digits, '_', '-' or '.'", "stages", stage_name, stage=stage_name
             )
+        _check_length(r, stage_name, "a stage name", "stages", stage_name, stage=stage_name[:40] + "...")
         if not isinstance(raw, Mapping):
             raise r.error("a stage must be a mapping with at least 'kind'", "stages", stage_name, stage=stage_name)
         r.check_keys(raw, STAGE_KEYS, "stages", stage_name, stage=stage_name, what="stage")
@@ -264,7 +272,18 @@ def parse_spec(text: str, file: str = "<grid>") -> SweepSpec:
         job_counts[stage.name] = len(jobs)
         spec.jobs.extend(jobs)
     _check_refs(r, spec, job_counts)
+    _check_handoff_names(r, spec)
     return spec
+
+
+def _check_length(r: _Reader, value: str, what: str, *path: object, limit: int = NAME_MAX, **where: Any) -> None:
+    if len(value) > limit:
+        raise r.error(
+            f"{what} is {len(value)} characters long; at most {limit} fit the queue (and a file name)",
+            *path,
+            hint=f"shorten it to {limit} characters or fewer",
+            **where,
+        )
 
 
 def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
@@ -277,6 +296,7 @@ def _read_stage(r: _Reader, name: str, raw: Mapping[str, Any]) -> StageSpec:
             stage=name,
             key="kind",
         )
+    _check_length(r, kind, "'kind'", "stages", name, "kind", limit=KIND_MAX, stage=name, key="kind")
     try:
         registry.lookup(kind)
     except registry.KindError as exc:
@@ -399,15 +419,6 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _get_path(params: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = params
@@ -421,21 +432,28 @@ def _set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
         node[last] = _copy(value)
 
 
-def apply_axis(params: dict[str, Any], axis: str, value: Any) -> dict[str, Any]:
+def apply_axis(
+    params: dict[str, Any], axis: str, value: Any, kind_params: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Set one grid axis value on params.
 
     * `conv1.kernel: 5` sets a nested value.
     * `conv1: {channels: 8, kernel: 3}` merges into the mapping `conv1` holds.
     * `optim: {lr: 0.01, momentum: 0.9}`, where `optim` is not a param but `lr` and `momentum` are,
       is a tied group: both keys are set together at the top level.
+
+    A key "is a param" when params already hold it or when it is one of `kind_params` (the
+    fields of the kind's param model): a tied group of params left at the kind's defaults is
+    still a tied group.
     """
     out = _copy(params)
+    known = set(params) | set(kind_params or ())
     is_tied_group = (
         isinstance(value, Mapping)
         and value
         and "." not in axis
-        and axis not in params
-        and all(str(k) in params for k in value)
+        and axis not in known
+        and all(str(k) in known for k in value)
     )
     if is_tied_group:
         for key, v in value.items():
@@ -563,11 +581,11 @@ def _expand_stage(
             params = _copy(base)
             overrides: list[tuple[str, Any]] = []
             for axis, value in point:
-                params = apply_axis(params, axis, value)
+                params = apply_axis(params, axis, value, known)
                 overrides.append((axis, value))
             if config is not None:
                 for key, value in config.items():
-                    params = apply_axis(params, str(key), value)
+                    params = apply_axis(params, str(key), value, known)
                     overrides.append((str(key), value))
             _validate_params(r, stage, params, model, raw)
             job_id = job_identity(sweep, name, stage.kind, params)
@@ -660,6 +678,76 @@ def _check_refs(r: _Reader, spec: SweepSpec, job_counts: Mapping[str, int]) -> N
                     f"result_of '{ref.stages[0]}' is ambiguous: that stage has {count} jobs",
                     f"use best_of: {ref.stages[0]} with a metric and mode",
                 )
+
+
+def _check_handoff_names(r: _Reader, spec: SweepSpec) -> None:
+    """Every metric a hand-off ranks by, and every key `inherit` copies, must exist upstream.
+
+    Checked against what the upstream kinds declare (registry.declared_metrics, param models), so
+    `metric: test_acc` or `keys: [convv2]` stops `enqueue` instead of failing the dependent jobs
+    hours later, when the upstream stage has finished. Over several upstream stages a metric must
+    be reported by one of them (resolution ranks the jobs that report it) and an inherited key
+    must be a param of all of them (the chosen job may come from any). A kind that declares
+    nothing is left to the check at resolution time.
+    """
+    stages = {s.name: s for s in spec.stages}
+    checked: set[str] = set()
+
+    def check_metric(metric: str, targets: Iterable[str], what: str, *where: object, stage: str, key: str) -> None:
+        declared = [registry.declared_metrics(stages[t].kind) for t in targets]
+        if any(d is None for d in declared):
+            return
+        known = set().union(*(d or () for d in declared))
+        if metric in known:
+            return
+        kinds = sorted({stages[t].kind for t in targets})
+        raise r.error(
+            f"{what} ranks by metric '{metric}', which {_stage_names(targets)} (kind {', '.join(kinds)}) "
+            f"{'does' if len(set(targets)) == 1 else 'do'} not report",
+            *where,
+            stage=stage,
+            key=key,
+            hint=_suggest(metric, sorted(known)) or f"metrics it reports: {', '.join(sorted(known))}",
+        )
+
+    for stage in spec.stages:
+        if stage.repeat is not None:
+            rep = stage.repeat
+            check_metric(
+                rep.by, [rep.stage], "repeat", "stages", stage.name, "repeat", "by", stage=stage.name, key="repeat.by"
+            )
+        if stage.inherit is not None:
+            inherit = stage.inherit
+            where = ("stages", stage.name, "inherit")
+            check_metric(inherit.metric, inherit.from_stages, "inherit", *where, stage=stage.name, key="inherit.metric")
+            for key in inherit.keys:
+                for source in (*inherit.from_stages, None):
+                    names = registry.param_names(stages[source].kind if source else stage.kind)
+                    if names is None or key in names:
+                        continue
+                    whose = f"stage '{source}' (kind {stages[source].kind})" if source else f"kind '{stage.kind}'"
+                    raise r.error(
+                        f"inherit key '{key}' is not a param of {whose}",
+                        *where,
+                        stage=stage.name,
+                        key="inherit.keys",
+                        hint=_suggest(key, sorted(names)) or f"params it takes: {', '.join(sorted(names))}",
+                    )
+    for job in spec.jobs:
+        if job.stage in checked:
+            continue
+        checked.add(job.stage)
+        stage = stages[job.stage]
+        for path, ref in _safe_refs(r, stage, job.params):
+            if ref.metric is None or ref.form == "all_of":  # all_of hands on every job; it ranks nothing
+                continue
+            at = ("stages", stage.name, "params", path.split(".")[0])
+            check_metric(ref.metric, ref.stages, ref.form, *at, stage=stage.name, key=path)
+
+
+def _stage_names(names: Iterable[str]) -> str:
+    names = list(names)
+    return ("stage " if len(names) == 1 else "stages ") + ", ".join(f"'{n}'" for n in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,7 +848,7 @@ def _expand_repeat(r: _Reader, sweep: str, stage: StageSpec, source_jobs: list[J
     model = registry.load_params_model(stage.kind)
     field = model.model_fields.get(handoff.SEED_KEY) if model is not None else None
     default = field.default if field is not None else None  # the seed a job that sets none runs with
-    used = sorted({j.params.get(handoff.SEED_KEY, default) for j in source_jobs} & set(rep.seeds))
+    used = sorted(set(rep.seeds) & {j.params.get(handoff.SEED_KEY, default) for j in source_jobs})
     if used:
         raise r.error(
             f"repeat seed(s) {used} are already seeds of stage '{rep.stage}': a repeat would rerun the same job",

@@ -79,12 +79,14 @@ class LineIndex:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = str(getattr(key_node, "value", ""))
-                self._lines[(*path, key)] = key_node.start_mark.line + 1
-                self._walk(value_node, (*path, key))
+                here = (*path, key)
+                self._lines[here] = key_node.start_mark.line + 1
+                self._walk(value_node, here)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                self._lines[(*path, str(i))] = item.start_mark.line + 1
-                self._walk(item, (*path, str(i)))
+                here = (*path, str(i))
+                self._lines[here] = item.start_mark.line + 1
+                self._walk(item, here)
 
     def line(self, *path: object) -> int | None:
         """The line of the deepest known prefix of `path`."""

@@ -459,10 +459,8 @@ class MirroredState:
             if wait is not None:
                 wait.done(f"the state lease is free: session {self.lease.me.session} took it")
         self.started = True
-        urls = {"db_url": self.queue.url}
-        if len(self.dbs) > 1:
-            urls["tracking_uri"] = self.dbs[1].url
-        self.session.settings = replace(self.settings, **urls)
+        tracking_uri = self.dbs[1].url if len(self.dbs) > 1 else self.settings.tracking_uri
+        self.session.settings = replace(self.settings, db_url=self.queue.url, tracking_uri=tracking_uri)
         return self.session
 
     def _start_read(self) -> None:

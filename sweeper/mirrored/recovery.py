@@ -79,13 +79,7 @@ def release_orphans(
     if not running and not unclean:
         return None
     if running:
-        with db.write() as conn:
-            # Expire their leases now; the queue's own reaper then counts an interruption for
-            # each and settles their stages, exactly as for a worker whose lease ran out.
-            conn.execute(jobs.update().where(jobs.c.status == "running").values(lease_expires_at=0.0))
-        queue = Queue(db)
-        while queue.reap_expired():
-            pass
+        running = Queue(db).release_all_running()
     rec = Recovery(released=running, snapshot=snapshot, snapshot_time=snapshot_time, previous=previous)
     with db.write() as conn:
         conn.execute(workers.update().where(workers.c.status == "running").values(status="stopped", current_job=None))

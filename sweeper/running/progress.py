@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sweeper.views.safe_text import visible
+
 DEFAULT_EVERY_S = 15.0
 
 
@@ -87,6 +89,7 @@ class LineView:
                 return
             last_line = now
             parts = [f"job {job.id} [{job.stage}]", f"{fraction:.0%}" if fraction is not None else "", message or ""]
+            parts = [visible(p) for p in parts]  # the job's words, shown as text (safe_text.py)
             self.emit(" ".join(p for p in [*parts, format_eta(rate.eta_s())] if p))
 
         return update
@@ -110,12 +113,13 @@ class BarView:
         if self.bars is None:
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+            # markup=False: a stage name "[x]" or a message with "[/]" is text, not Rich markup.
             self.bars = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(bar_width=24),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[message]}"),
-                TextColumn("{task.fields[eta]}"),
+                TextColumn("{task.fields[message]}", markup=False),
+                TextColumn("{task.fields[eta]}", markup=False),
                 console=self.console,
                 redirect_stderr=True,  # the worker's log lines print above the bar
             )
@@ -128,12 +132,12 @@ class BarView:
         def update(fraction: float | None, message: str | None) -> None:
             rate.observe(fraction, time.monotonic())
             bars = self._start()
-            fields = {"message": message or "", "eta": format_eta(rate.eta_s())}
+            fields = {"message": visible(message or ""), "eta": format_eta(rate.eta_s())}
             task = self.tasks.get(job.id)
             if task is None:
                 # created at the first report, at its fraction: a resumed job starts part-way
                 self.tasks[job.id] = bars.add_task(
-                    f"{job.id} [{job.stage}]", total=1.0, completed=fraction or 0, **fields
+                    visible(f"{job.id} [{job.stage}]"), total=1.0, completed=fraction or 0, **fields
                 )
             else:
                 bars.update(task, completed=fraction, **fields)

@@ -21,6 +21,8 @@ any machine. A tracking server (http://...) stores files where it is configured 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sweeper.errors import LeaseLost
 from sweeper.mappings import flatten
 
 
@@ -70,6 +73,12 @@ class Tracker(Protocol):
     def end(self, status: str) -> None:
         """status: FINISHED, FAILED or KILLED (interrupted; the next attempt reopens the run)."""
 
+    def withdraw(self, job_run: str | None) -> None:
+        """This attempt lost its job before recording its run; `job_run`: the run the queue records now."""
+
+    def drop_strays(self) -> None:
+        """The run is recorded as the job's: delete any other active run tagged with the job."""
+
 
 class NullTracker:
     """Tracking switched off: everything is accepted and dropped."""
@@ -97,6 +106,52 @@ class NullTracker:
 
     def end(self, status: str) -> None:
         pass
+
+    def withdraw(self, job_run: str | None) -> None:
+        pass
+
+    def drop_strays(self) -> None:
+        pass
+
+
+class RunRecord(Protocol):
+    """The queue's side of a job's run (sweeper.store.queue.Queue)."""
+
+    def set_tracking_run(self, lease: Any, run_id: str, uri: str | None = None) -> None: ...
+
+    def tracking_run(self, job_id: str) -> str | None: ...
+
+
+def open_job_run(
+    tracker: Tracker, record: RunRecord, run: RunInfo, lease: Any, recorded: str | None, uri: str | None
+) -> str | None:
+    """Open the job's run and record it in the queue under `lease`: exactly one run per job.
+
+    A worker frozen between its tag search and create_run (tracker.start) may wake after another
+    worker took the job over and opened the job's run; it then creates a second one. Its
+    `set_tracking_run` is refused (fenced by the lease), and it withdraws that run. The two sides
+    clean up in opposite orders, so that one of them always sees the other's stray: the loser
+    creates its run, then reads the queue; the owner records its run, then searches the store.
+      * the loser deletes its run when the queue records another one (never the one the queue
+        records: an owner may have adopted it as an orphan);
+      * the owner, once its run is recorded, deletes every other active run tagged with the job.
+    A stray never holds metric points: a run is recorded before the job logs anything.
+    """
+    run_id = tracker.start(run, recorded)
+    hook = getattr(tracker, "race_hook", None)
+    if hook is not None:
+        hook("run-opened")
+    if run_id and run_id != recorded:
+        try:
+            record.set_tracking_run(lease, run_id, uri)
+        except LeaseLost:
+            # Best effort: when the store or the queue went away too, the job is lost all the same.
+            with contextlib.suppress(Exception):
+                tracker.withdraw(record.tracking_run(run.job_id))
+            raise
+    if run_id:
+        tracker.drop_strays()
+    return run_id
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -304,6 +359,11 @@ class MLflowTracker:
         self._run_id: str | None = None
         self._floor: dict[str, int] = {}
         self._buffer: list[tuple[str, float, int, int]] = []
+        self._created = False  # whether this attempt created the run (open_job_run may withdraw it)
+        self._job_id: str | None = None
+        self._exp_id: str | None = None
+        # Called at named points of start() and open_job_run(); tests park a worker there.
+        self.race_hook: Callable[[str], None] = lambda name: None
 
     @property
     def client(self) -> Any:
@@ -332,7 +392,7 @@ class MLflowTracker:
             if EXPERIMENT_KIND.keys() - exp.tags.keys():  # an experiment made by an older sweeper
                 for key, value in experiment_tags().items():
                     _retry_transient(
-                        lambda k=key, v=value: self.client.set_experiment_tag(exp.experiment_id, k, v), "tag"
+                        functools.partial(self.client.set_experiment_tag, exp.experiment_id, key, value), "tag"
                     )
             return exp.experiment_id
         location = self.artifact_location or (self.artifact_root.resolve().as_uri() if self.artifact_root else None)
@@ -364,6 +424,7 @@ class MLflowTracker:
             except Exception:
                 existing = None
         exp_id = self._experiment_id(run.sweep)
+        self._job_id, self._exp_id, self._created = run.job_id, exp_id, False
         if existing is None:
             # An attempt killed between creating its run and recording the run id in the queue
             # left a run behind: continue that one instead of opening a second run for the job.
@@ -382,13 +443,44 @@ class MLflowTracker:
             if not existing.data.params:  # the attempt that created the run died before logging them
                 self._log_params(run)
             return run_id
+        self.race_hook("run-searched")  # no run of the job found: a frozen worker wakes here
         created = _retry_transient(
             lambda: self.client.create_run(exp_id, run_name=run_name(run), tags=tags), "create the run"
         )
         self._run_id = created.info.run_id
+        self._created = True
         self._floor = {}
         self._log_params(run)
         return self._run_id
+
+    def withdraw(self, job_run: str | None) -> None:
+        """Delete the run this attempt created, unless the queue records it (or none yet).
+
+        Recorded: a worker that took the job over adopted it as an orphan and logs into it. None:
+        the next attempt adopts it, or the owner that records another run deletes it
+        (drop_strays). Deleted runs leave the UI and every search; `mlflow gc` purges them.
+        """
+        run_id, self._run_id, self._buffer = self._run_id, None, []  # nothing more from this attempt
+        if not self._created or run_id is None or job_run is None or job_run == run_id:
+            return
+        _retry_transient(lambda: self.client.delete_run(run_id), "delete a second run of the job")
+
+    def drop_strays(self) -> None:
+        if self._run_id is None or self._exp_id is None:
+            return
+        from mlflow.entities import ViewType
+
+        found = _retry_transient(
+            lambda: self.client.search_runs(
+                [self._exp_id], filter_string=f"tags.job_id = '{self._job_id}'", run_view_type=ViewType.ACTIVE_ONLY
+            ),
+            "look for other runs of the job",
+        )
+        for other in found:
+            if other.info.run_id != self._run_id:
+                _retry_transient(
+                    functools.partial(self.client.delete_run, other.info.run_id), "delete a second run of the job"
+                )
 
     def _log_params(self, run: RunInfo) -> None:
         from mlflow.entities import Param
@@ -396,7 +488,7 @@ class MLflowTracker:
         items = [Param(k, v) for k, v in sorted(flatten_params(run.params).items())]
         for i in range(0, len(items), 100):
             _retry_transient(
-                lambda chunk=items[i : i + 100]: self.client.log_batch(self._run_id, params=chunk), "log params"
+                functools.partial(self.client.log_batch, self._run_id, params=items[i : i + 100]), "log params"
             )
 
     def _run_of_job(self, exp_id: str, job_id: str) -> Any:
@@ -414,7 +506,9 @@ class MLflowTracker:
     def _max_steps(self, run_id: str, keys: Any) -> dict[str, int]:
         floor = {}
         for key in keys:
-            history = _retry_transient(lambda k=key: self.client.get_metric_history(run_id, k), "read metric history")
+            history = _retry_transient(
+                functools.partial(self.client.get_metric_history, run_id, key), "read metric history"
+            )
             if history:
                 floor[key] = max(m.step for m in history)
         return floor
@@ -495,7 +589,7 @@ class MLflowTracker:
             chunk = points[i : i + self.BATCH]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
             try:
-                _retry_transient(lambda m=metrics: self.client.log_batch(self._run_id, metrics=m), "log metrics")
+                _retry_transient(functools.partial(self.client.log_batch, self._run_id, metrics=metrics), "log metrics")
             except BaseException:
                 self._buffer = points[i:] + self._buffer  # not written: a later flush tries them again
                 raise

@@ -20,22 +20,23 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sweeper import mappings
 from sweeper.config import Settings, mask_password
 from sweeper.context import Interrupted, JobContext, JobFailed
-from sweeper.errors import DatabaseUnavailable, LeaseLost, SweeperError, UnsafePath, error_summary
+from sweeper.errors import DatabaseUnavailable, LeaseLost, RefusedCheckpoint, SweeperError, UnsafePath, error_summary
 from sweeper.grid import registry
 from sweeper.mirrored.recovery import record_result, recorded_result
 from sweeper.running.progress import make_view
-from sweeper.running.tracking import RunInfo, make_tracker
+from sweeper.running.tracking import RunInfo, make_tracker, open_job_run
 from sweeper.running.workerplan import WorkerPlan, available_cpus, plan_here
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
 from sweeper.store.db import OutagePolicy, open_database
 from sweeper.store.queue import ClaimedJob, Queue
-from sweeper.store.readmodel import work_summary
+from sweeper.store.readmodel import failed_job_ids, work_summary
+from sweeper.views.safe_text import visible
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,6 @@ class WorkerOptions:
     db_outage_s: float = 120.0
     data_dir: str | None = None
     progress_every_s: float | None = None  # between plain progress lines (progress.DEFAULT_EVERY_S)
-    extra: dict[str, Any] = field(default_factory=dict)  # options passed to jobs via ctx.options
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot.
     scan_checkpoints: bool = False  # also restore checkpoint files newer than the database knows
     mirror_lineage: str | None = None  # record each result in a file first (recovery.py)
@@ -186,7 +186,8 @@ class Worker:
 
     def log(self, message: str) -> None:
         who = f"worker {self.id.split(':')[1]}"
-        self._print(f"{time.strftime('%H:%M:%S')} {who} {mask_password(message)}")
+        # Messages quote the queue (job labels, errors, progress): control characters made visible.
+        self._print(f"{time.strftime('%H:%M:%S')} {who} {visible(mask_password(message), lines=True)}")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -224,8 +225,9 @@ class Worker:
             return exc.exit_code
         queue = Queue(db, retry_backoff_s=self.opts.retry_backoff_s, reap_every_s=min(1.0, self.opts.lease_ttl_s / 4))
         self.queue = queue
-        self.checkpoints = CheckpointStore(queue, settings.state_dir, self.opts.store_mode, warn=self.log)
-        self.artifacts = ArtifactStore(queue, settings.state_dir, self.opts.store_mode)
+        mode = self.opts.store_mode
+        self.checkpoints = CheckpointStore(db, settings.state_dir, mode, fence=queue.in_lease, warn=self.log)
+        self.artifacts = ArtifactStore(db, settings.state_dir, mode, fence=queue.in_lease)
         try:
             queue.register_worker(self.id, socket.gethostname(), os.getpid(), self.opts.threads)
             self.log(
@@ -281,9 +283,14 @@ class Worker:
                 if (left.running or left.blocked)
                 else "queue is empty"
             )
+            failed = queue.in_read(
+                "read the queue",
+                lambda conn: failed_job_ids(conn, stages_filter=opts.stages or None, sweep=opts.sweep),
+            )
             self.log(
                 f"no runnable job left ({what}); exiting"
                 + ("; use --wait to keep polling" if left.running or left.blocked else "")
+                + failed_note(failed)
             )
             return
         self.log("stopped")
@@ -292,6 +299,10 @@ class Worker:
         self._stop.wait(max(0.01, seconds))
 
     # -- one job -----------------------------------------------------------------------------
+
+    def _heartbeat(self) -> Heartbeat:
+        assert self.heartbeat is not None, "started before the first claim"
+        return self.heartbeat
 
     def _run_job(self, queue: Queue, job: ClaimedJob) -> None:
         opts = self.opts
@@ -305,7 +316,7 @@ class Worker:
             tracker=tracker,
             threads=opts.threads,
             state_dir=settings.state_dir,
-            options={"data_dir": opts.data_dir, **opts.extra},
+            options={"data_dir": opts.data_dir},
             log=self.log,
             scan_checkpoints=opts.scan_checkpoints,
         )
@@ -317,7 +328,8 @@ class Worker:
         self.log(f"claimed {job.id} [{job.stage}] {job.label} (attempt {job.attempt}{resumed})")
         if self.view is not None:
             ctx.on_progress = self.view.updater(job)
-        self.heartbeat.attach(ctx)
+        heartbeat = self._heartbeat()
+        heartbeat.attach(ctx)
         run_status = "FAILED"
         # The run is shared by every attempt of the job. Each ending below first checks that this
         # worker still holds the lease, then closes the run, then records the ending in the queue:
@@ -325,7 +337,7 @@ class Worker:
         # worker frozen past its lease) never touches the run: not its status, not its points.
         try:
             result, error, retry = self._call(queue, job, ctx, tracker)
-            self.heartbeat.detach()  # from here on no renewal races the final write
+            heartbeat.detach()  # from here on no renewal races the final write
             if error is not None:
                 queue.verify_lease(job.lease)
                 self._end_run(tracker, job, "FAILED")
@@ -358,7 +370,7 @@ class Worker:
             run_status = "LOST"
             raise
         finally:
-            self.heartbeat.detach()
+            heartbeat.detach()
             self._ctx = None
             if self.view is not None:
                 self.view.remove(job)
@@ -377,13 +389,15 @@ class Worker:
         LeaseLost and DatabaseUnavailable propagate: neither is the job's fault.
         """
         try:
-            run_id = tracker.start(
+            # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
+            open_job_run(
+                tracker,
+                queue,
                 RunInfo(job.sweep, job.stage, job.id, job.kind, job.label, job.attempt, job.params),
+                job.lease,
                 job.tracking_run_id,
+                mask_password(self.opts.settings.tracking_uri or ""),
             )
-            if run_id and run_id != job.tracking_run_id:
-                # `sweeper show` names the store next to the run id; the URI is masked before it is stored.
-                queue.set_tracking_run(job.lease, run_id, mask_password(self.opts.settings.tracking_uri or ""))
             recorded = self._recorded_result(job)
             if recorded is not None:
                 return recorded, None, False
@@ -395,11 +409,11 @@ class Worker:
             raise
         except JobFailed as exc:
             return None, exc.message, exc.retry
-        except (registry.KindError, UnsafePath) as exc:  # neither gets better on a retry
+        except (registry.KindError, UnsafePath, RefusedCheckpoint) as exc:  # none gets better on a retry
             return None, str(exc), False
         except Exception:
-            if self.heartbeat.db_down is not None:
-                raise self.heartbeat.db_down from None
+            if (down := self._heartbeat().db_down) is not None:
+                raise down from None
             return None, traceback.format_exc(), True
 
     # Mirrored mode (mirror.py): the database on the mount lags the live one by up to a snapshot,
@@ -480,6 +494,16 @@ def pin_gpu(gpu: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
+def failed_note(failed: list[str]) -> str:
+    """The end of a worker's last line when jobs it could have run failed: how many, and how to see why."""
+    if not failed:
+        return ""
+    return (
+        f"; {len(failed)} job(s) failed: `sweeper status` lists them, "
+        f"`sweeper show {failed[0]}` says why, `sweeper retry --failed` runs them again"
+    )
+
+
 def run_workers(opts: WorkerOptions) -> int:
     """Run the planned worker processes (in this process when it is one). Returns an exit code.
 
@@ -498,7 +522,25 @@ def run_workers(opts: WorkerOptions) -> int:
         finally:
             if worker.view is not None:
                 worker.view.close()
-    return _supervise(opts, plan)
+    code = _open_once(opts)
+    return code if code is not None else _supervise(opts, plan)
+
+
+def _open_once(opts: WorkerOptions) -> int | None:
+    """Open the queue before starting the worker processes: a URL that cannot work (a host that
+    does not resolve, a missing database, a refused login) is one error here, not one per worker,
+    and an outage at start is waited out (with its lines) once. Returns an exit code, or None."""
+
+    def log(line: str) -> None:
+        _stderr_line(f"{time.strftime('%H:%M:%S')} {mask_password(line)}")
+
+    try:
+        db = open_database(opts.settings.db_url, create=True, outage=OutagePolicy(limit_s=opts.db_outage_s, log=log))
+    except SweeperError as exc:
+        log(str(exc))
+        return exc.exit_code
+    db.dispose()
+    return None
 
 
 def _supervise(opts: WorkerOptions, plan: WorkerPlan) -> int:

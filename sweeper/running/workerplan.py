@@ -63,9 +63,10 @@ def plan_workers(
     if workers is None:
         per_gpu = max(1, jobs_per_gpu or 1)
         workers = len(gpus) * per_gpu if gpus else max(1, cores // max(1, threads or 1))
-        capped = memory is not None and workers > max(1, memory // MEMORY_PER_WORKER)
-        if capped:
-            workers = max(1, memory // MEMORY_PER_WORKER)
+        fits = max(1, memory // MEMORY_PER_WORKER) if memory is not None else None
+        capped = fits is not None and workers > fits
+        if fits is not None and capped:
+            workers = fits
     else:
         capped = False
     threads = max(1, threads or cores // workers)

@@ -17,28 +17,47 @@ statepaths.py first: a row cannot make a worker write, read or delete outside th
 
 Files are written atomically (files.py): temp file in the same directory, fsync, rename, fsync of
 the directory. A crash leaves either the old file or the new one, never half of one.
+
+The stores see the database and a Fence, not the Queue: a worker passes `Queue.in_lease` as the
+fence for its writes; a reader (the report) passes none and can only read.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sweeper import files
-from sweeper.errors import CheckpointError, LeaseLost, UnsafePath
+from sweeper.errors import CheckpointError, LeaseLost, RefusedCheckpoint, UnsafePath
 from sweeper.files import sha256_file
+from sweeper.store import quarantine
+from sweeper.store.db import Database, add_event
 from sweeper.store.db import artifacts as artifact_rows
 from sweeper.store.db import checkpoints as checkpoint_rows
-from sweeper.store.queue import Lease, Queue, add_event
 from sweeper.store.statepaths import check_name, check_sha256, inside, stored, under
+
+if TYPE_CHECKING:
+    from sweeper.store.queue import Lease
+
+T = TypeVar("T")
+
+
+class Fence(Protocol):
+    """Run fn in one write transaction while `lease` still owns its job; raise LeaseLost (and commit
+    nothing) once it was taken over. `Queue.in_lease` is the one implementation."""
+
+    def __call__(self, lease: Lease, what: str, fn: Callable[[Connection], T], /) -> T: ...
+
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -94,38 +113,69 @@ def encode(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-class RefusedCheckpoint(CheckpointError):
-    """Bytes that would need more than tensors and plain values to load: possibly malicious."""
+def layout_problem(data: bytes) -> str | None:
+    """Why `data` is not a torch.save file as encode() writes one, or None if it is.
+
+    torch.save writes a zip archive: one top folder holding data.pkl, a version record and the
+    tensor storages. Anything else (a bare pickle of any protocol, 0 to 5, or a zip laid out
+    otherwise) was not written by this store.
+    """
+    import zipfile
+
+    if not data.startswith(b"PK\x03\x04"):
+        if data[:1] == b"\x80" and len(data) > 1:
+            return f"a bare pickle (protocol {data[1]}), not a torch.save file"
+        if data[:1] in (b"(", b"c", b"]", b"}", b"I", b"S", b"V", b"N", b"."):
+            return "a bare pickle (protocol 0 or 1), not a torch.save file"
+        return "not a torch.save file (no zip archive)"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        return f"a damaged zip archive ({exc})"
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) != 1 or any(n.startswith("/") or ".." in n.split("/") for n in names):
+        return "a zip archive not laid out as torch.save writes one"
+    if f"{tops.pop()}/data.pkl" not in names:
+        return "a zip archive without the data.pkl of a torch.save file"
+    return None
 
 
 def decode(data: bytes, what: str) -> dict[str, Any]:
-    """Load bytes written by `encode`, refusing anything but tensors and plain containers."""
+    """Load bytes written by `encode`, refusing anything but a torch.save dict of tensors and plain values.
+
+    Called once the bytes match their recorded sha256: they are what someone wrote on purpose, and
+    encode() writes nothing else than such a dict. So whatever fails here is refused as possibly
+    malicious (RefusedCheckpoint), never skipped as unreadable.
+    """
     import pickle
 
     import torch
 
+    problem = layout_problem(data)
+    if problem:
+        raise RefusedCheckpoint(what, problem)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        # torch names the class a pickle wanted to import ("unsupported GLOBAL posix.system"):
-        # that is code, refused. Anything else it could not unpickle is just not a checkpoint.
-        wants_code = [ln for ln in lines if "GLOBAL" in ln]
-        if not wants_code:
-            reason = next((ln for ln in lines if "Unsupported" in ln), lines[-1] if lines else "unreadable")
-            raise CheckpointError(f"{what} is not a readable checkpoint ({reason[:200]})") from None
-        reason = wants_code[0]
-        raise RefusedCheckpoint(
-            f"{what} refused: it holds objects other than tensors and plain values ({reason[:200]})",
-            hint="checkpoints are loaded with weights_only=True; a file that needs more may be malicious",
-        ) from None
+        # torch names the class a pickle wanted ("unsupported GLOBAL posix.system whose module ...").
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        if wanted:
+            reason = f"loading it would call {wanted.group(1)[:80]}"
+        else:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            reason = f"weights_only unpickling refused it ({(lines[0] if lines else '')[:80]})"
+        raise RefusedCheckpoint(what, reason) from None
     except Exception as exc:
-        raise CheckpointError(f"{what} is not a readable checkpoint: {type(exc).__name__}: {exc}") from None
+        raise RefusedCheckpoint(what, f"torch.load failed: {type(exc).__name__}: {str(exc)[:80]}") from None
+    if not isinstance(state, dict):
+        raise RefusedCheckpoint(what, f"it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
 # The rows: what the database knows of each checkpoint and artifact. Writes go through the job's
-# lease (Queue.in_lease), so a zombie records nothing; reads ride out an outage like the writes do:
+# lease (the Fence, Queue.in_lease), so a zombie records nothing; reads ride out an outage like the writes do:
 # a database restart while a job restores must not count as the job's failure.
 
 
@@ -160,7 +210,7 @@ _LIST_CHECKPOINTS = (
 
 
 def record_checkpoint(
-    queue: Queue,
+    fence: Fence,
     lease: Lease,
     *,
     sha256: str,
@@ -194,8 +244,13 @@ def record_checkpoint(
                 created_at=time.time(),
             )
         )
+        # A quarantined row (its location under quarantine/) is evidence: never pruned, never counted.
+        kept = sa.or_(t.c.location.is_(None), ~t.c.location.like(f"{quarantine.AREA}/%"))
         old = conn.execute(
-            sa.select(t.c.id, t.c.location).where(t.c.job_id == lease.job_id).order_by(t.c.seq.desc()).offset(keep)
+            sa.select(t.c.id, t.c.location)
+            .where(t.c.job_id == lease.job_id, kept)
+            .order_by(t.c.seq.desc())
+            .offset(keep)
         ).all()
         if old:
             conn.execute(t.delete().where(t.c.id.in_([o.id for o in old])))
@@ -209,25 +264,25 @@ def record_checkpoint(
         )
         return seq, [o.location for o in old if o.location]
 
-    return queue.in_lease(lease, "record a checkpoint", txn)
+    return fence(lease, "record a checkpoint", txn)
 
 
-def list_checkpoints(queue: Queue, job_id: str) -> list[StoredBlob]:
+def list_checkpoints(db: Database, job_id: str) -> list[StoredBlob]:
     """The job's checkpoint rows, newest (highest seq) first; `name` is the seq."""
-    rows = queue.in_read("list checkpoints", lambda conn: conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all())
+    rows = db.in_read("list checkpoints", lambda conn: conn.execute(_LIST_CHECKPOINTS, {"p_job": job_id}).all())
     return [StoredBlob(r.id, r.job_id, str(r.seq), r.sha256, r.size, r.location, r.created_at, r.attempt) for r in rows]
 
 
-def read_blob(queue: Queue, table: sa.Table, row_id: int) -> bytes | None:
+def read_blob(db: Database, table: sa.Table, row_id: int) -> bytes | None:
     """The bytes stored in the database for row `row_id` of `table` (checkpoint_rows or artifact_rows)."""
-    return queue.in_read(
+    return db.in_read(
         f"read stored {table.name}",
         lambda conn: conn.execute(sa.select(table.c.blob).where(table.c.id == row_id)).scalar_one_or_none(),
     )
 
 
 def record_artifact(
-    queue: Queue, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
+    fence: Fence, lease: Lease, *, name: str, sha256: str, size: int, location: str | None, blob: bytes | None
 ) -> None:
     """Record (or replace) the job's artifact `name` under the lease."""
     t = artifact_rows
@@ -246,16 +301,16 @@ def record_artifact(
             )
         )
 
-    queue.in_lease(lease, "record an artifact", txn)
+    fence(lease, "record an artifact", txn)
 
 
-def list_artifacts(queue: Queue, job_ids: Iterable[str]) -> list[StoredBlob]:
+def list_artifacts(db: Database, job_ids: Iterable[str]) -> list[StoredBlob]:
     """The artifact rows of these jobs, by job and name."""
     ids = list(job_ids)
     if not ids:
         return []
     t = artifact_rows
-    rows = queue.in_read(
+    rows = db.in_read(
         "list artifacts",
         lambda conn: conn.execute(
             sa.select(t.c.id, t.c.job_id, t.c.name, t.c.sha256, t.c.size, t.c.location, t.c.created_at)
@@ -279,14 +334,23 @@ class RestoredCheckpoint:
 
 
 class CheckpointStore:
-    """Checkpoints of jobs, in files under `root` (mode 'files') or in the database ('db')."""
+    """Checkpoints of jobs, in files under `root` (mode 'files') or in the database ('db').
+    Saving needs the fence of the job's lease; restoring does not."""
 
     def __init__(
-        self, queue: Queue, root: Path, mode: str = "files", *, keep: int = 2, warn: Callable[[str], None] | None = None
+        self,
+        db: Database,
+        root: Path,
+        mode: str = "files",
+        *,
+        fence: Fence | None = None,
+        keep: int = 2,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if mode not in ("files", "db"):
             raise ValueError(f"unknown checkpoint store {mode!r}")
-        self.queue = queue
+        self.db = db
+        self.fence = fence
         self.root = root
         self.mode = mode
         self.keep = keep
@@ -297,13 +361,14 @@ class CheckpointStore:
         return under(self.root, "checkpoints", sweep, job_id)
 
     def _next_seq(self, sweep: str, job_id: str) -> int:
-        known = [int(rec.name) for rec in list_checkpoints(self.queue, job_id)]
+        known = [int(rec.name) for rec in list_checkpoints(self.db, job_id)]
         if self.mode == "files":
             known += [seq for _, _, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)) if seq is not None]
         return max(known, default=0) + 1
 
     def save(self, lease: Lease, sweep: str, state: dict[str, Any]) -> int:
         """Serialize, store and record a checkpoint. Raises LeaseLost if the job was taken over."""
+        fence = _writer(self.fence, "checkpoint")
         data = encode(state)
         digest = sha256_bytes(data)
         location: str | None = None
@@ -320,7 +385,7 @@ class CheckpointStore:
             blob = data
         try:
             seq, pruned = record_checkpoint(
-                self.queue,
+                fence,
                 lease,
                 sha256=digest,
                 size=len(data),
@@ -347,17 +412,24 @@ class CheckpointStore:
     def restore(self, sweep: str, job_id: str, *, scan: bool = False) -> RestoredCheckpoint | None:
         """The newest checkpoint (by seq) whose bytes match their sha256 and decode, or None.
 
-        A checkpoint that is missing, torn, undecodable or stored at an unsafe location is skipped
-        with a warning, and the previous one is tried. Only when none is left and one was refused
-        as possibly malicious does this raise (RefusedCheckpoint): a job must not quietly start
-        over when someone tampered with its checkpoints.
+        A checkpoint that is missing, torn or stored at an unsafe location is skipped with a
+        warning, and the previous one is tried. One whose bytes match its sha256 but that is not a
+        torch.save dict of plain values is refused as possibly malicious: moved to quarantine/
+        (quarantine.py), its row kept and flagged, an event recorded, and the previous one tried.
+        When no checkpoint is left and one was refused (now, or in an earlier attempt that no
+        `retry --from-scratch` has acknowledged), this raises RefusedCheckpoint naming the file:
+        a job must not quietly start over when someone tampered with its checkpoints.
 
         With scan=True, files in the job's checkpoint directory that the database does not know
         (written after the last database snapshot was taken) are considered too.
         """
         candidates: list[_Candidate] = []
-        for rec in list_checkpoints(self.queue, job_id):
+        for rec in list_checkpoints(self.db, job_id):
             seq = int(rec.name)
+            if quarantine.is_quarantined(rec.location):
+                continue  # refused before: kept as evidence, never loaded
+            name = f"seq-{seq:09d}.{rec.sha256}{SUFFIX}"
+            path: Path | None = None
             if rec.location:
                 try:
                     path = stored(self.root, rec.location, "checkpoints", job_id, sweep)
@@ -366,11 +438,12 @@ class CheckpointStore:
                     continue
                 read = _reader(path)
             else:
-                read = lambda rid=rec.id: read_blob(self.queue, checkpoint_rows, rid)  # noqa: E731
-            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq))
+                read = functools.partial(read_blob, self.db, checkpoint_rows, rec.id)
+            name = path.name if path is not None else name  # a file keeps its own name in quarantine/
+            candidates.append(_Candidate((seq, 1, 0), rec.sha256, "database", read, seq, rec.id, path, name))
         if scan:
             known = {c.sha256 for c in candidates}
-            for path, digest, seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
+            for path, digest, file_seq in scan_checkpoint_dir(self.job_dir(sweep, job_id)):
                 if digest in known:
                     continue
                 try:
@@ -380,10 +453,12 @@ class CheckpointStore:
                     continue
                 # A file named before seqs were (<time_ns>.<sha256>.ckpt) sorts after every
                 # numbered one; among themselves such files keep their old order.
-                order = (seq, 0, 0) if seq is not None else (-1, 0, _legacy_time(path))
-                candidates.append(_Candidate(order, digest, "directory scan", _reader(path), seq))
+                order = (file_seq, 0, 0) if file_seq is not None else (-1, 0, _legacy_time(path))
+                candidates.append(
+                    _Candidate(order, digest, "directory scan", _reader(path), file_seq, None, path, path.name)
+                )
         candidates.sort(key=lambda c: c.order, reverse=True)
-        refused: RefusedCheckpoint | None = None
+        refused: list[RefusedCheckpoint] = []
         for c in candidates:
             what = f"checkpoint {c.sha256[:12]} of job {job_id}"
             data = c.read()
@@ -395,15 +470,49 @@ class CheckpointStore:
                 continue
             try:
                 state = decode(data, what)
-            except CheckpointError as exc:
-                self.warn(f"{exc.message}; trying the previous one")
-                if isinstance(exc, RefusedCheckpoint):
-                    refused = refused or exc
+            except RefusedCheckpoint as exc:
+                refused.append(self._quarantine(sweep, job_id, c, data, exc.reason))
+                self.warn(f"{refused[-1].message}; trying the previous one")
                 continue
             return RestoredCheckpoint(state, c.sha256, c.seq, c.source)
-        if refused is not None:
-            raise refused
+        if refused:
+            first = refused[0]
+            raise RefusedCheckpoint(
+                first.what,
+                first.reason,
+                sha256=first.sha256,
+                quarantine=first.quarantine,
+                job_id=job_id,
+                more=len(refused) - 1,
+            )
+        earlier = quarantine.pending_refusal(self.db, job_id)
+        if earlier is not None:
+            raise RefusedCheckpoint(
+                f"job {job_id}: its checkpoints",
+                f"refused in an earlier attempt ({earlier})",
+                job_id=job_id,
+            )
         return None
+
+    def _quarantine(self, sweep: str, job_id: str, c: _Candidate, data: bytes, reason: str) -> RefusedCheckpoint:
+        """Keep a refused checkpoint aside (quarantine.py) and say what was kept where."""
+        # A blob is named as its file would be (seq-<seq>.<sha256>.ckpt): the name it gets in quarantine/.
+        what = f"checkpoint {c.name} of job {job_id}" + (" (a database blob)" if c.path is None else "")
+        try:
+            dest = quarantine.keep(self.root, sweep, job_id, c.name, path=c.path, data=data)
+            place = dest.relative_to(self.root).as_posix()
+        except (OSError, CheckpointError) as exc:  # never lose the refusal itself over this
+            place = None
+            self.warn(f"could not move {what} to quarantine: {getattr(exc, 'message', exc)}")
+        detail = f"{what}: {reason}; sha256 {c.sha256}" + (f"; kept in {place}" if place else "")
+        quarantine.record(self.db, job_id, c.row_id if place else None, place or "", detail)
+        return RefusedCheckpoint(what, reason, sha256=c.sha256, quarantine=place, job_id=job_id)
+
+
+def _writer(fence: Fence | None, what: str) -> Fence:
+    if fence is None:  # a mistake in sweeper's code, not the user's: a reader's store was asked to write
+        raise TypeError(f"this {what} store has no fence: it was opened to read only")
+    return fence
 
 
 @dataclass(frozen=True)
@@ -413,6 +522,9 @@ class _Candidate:
     source: str
     read: Callable[[], bytes | None]
     seq: int | None
+    row_id: int | None = None  # its checkpoint row; None for a file found by the directory scan
+    path: Path | None = None  # its file; None for a database blob
+    name: str = ""  # its file name (the one it would have, for a blob)
 
 
 def _reader(path: Path) -> Callable[[], bytes | None]:
@@ -439,7 +551,7 @@ def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
     """
     if not directory.is_dir():
         return []
-    found = []
+    found: list[tuple[Path, str, int | None]] = []
     for path in directory.iterdir():
         parts = path.name.split(".")
         if len(parts) != 3 or not path.name.endswith(SUFFIX) or len(parts[1]) != 64:
@@ -458,14 +570,17 @@ def scan_checkpoint_dir(directory: Path) -> list[tuple[Path, str, int | None]]:
 
 
 class ArtifactStore:
-    """Output files of jobs, recorded with their sha256 so another machine can verify them."""
+    """Output files of jobs, recorded with their sha256 so another machine can verify them.
+    Putting one needs the fence of the job's lease; fetching does not (the report has none)."""
 
-    def __init__(self, queue: Queue, root: Path, mode: str = "files") -> None:
-        self.queue = queue
+    def __init__(self, db: Database, root: Path, mode: str = "files", *, fence: Fence | None = None) -> None:
+        self.db = db
+        self.fence = fence
         self.root = root
         self.mode = mode
 
     def put(self, lease: Lease, sweep: str, src: Path, name: str) -> dict[str, Any]:
+        fence = _writer(self.fence, "artifact")
         src = Path(src)
         check_name(name, f"artifact name of job {lease.job_id}")
         try:
@@ -487,7 +602,7 @@ class ArtifactStore:
         else:
             blob = data
         try:
-            record_artifact(self.queue, lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
+            record_artifact(fence, lease, name=name, sha256=digest, size=len(data), location=location, blob=blob)
         except BaseException:
             if staged is not None:
                 staged.unlink(missing_ok=True)
@@ -498,7 +613,7 @@ class ArtifactStore:
 
     def fetch(self, job_id: str, name: str, info: dict[str, Any] | None = None) -> Path:
         """A local, verified copy of an upstream job's artifact."""
-        rec = next((a for a in list_artifacts(self.queue, [job_id]) if a.name == name), None)
+        rec = next((a for a in list_artifacts(self.db, [job_id]) if a.name == name), None)
         if rec is None:
             raise CheckpointError(f"job {job_id} recorded no artifact named '{name}'")
         if info and info.get("sha256") and info["sha256"] != rec.sha256:
@@ -515,7 +630,7 @@ class ArtifactStore:
             cache = self.root / "cache" / "artifacts" / digest / check_name(name, f"artifact name of job {job_id}")
             path = inside(self.root, cache, f"the cached copy of artifact '{name}' of job {job_id}")
             if not path.exists() or sha256_file(path) != rec.sha256:
-                data = read_blob(self.queue, artifact_rows, rec.id)
+                data = read_blob(self.db, artifact_rows, rec.id)
                 if data is None:
                     raise CheckpointError(f"artifact '{name}' of job {job_id} has no stored bytes")
                 atomic_write(path, data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -225,9 +226,9 @@ def sqlite_path(url: str | sa.URL | None) -> Path | None:
     return Path(url.database)
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
+def _sqlite_engine(url: sa.URL, *, create: bool = True, readonly: bool = False) -> Engine:
     path = sqlite_path(url)
-    if path is not None:
+    if path is not None and create:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. --state names a file, or a directory we may not write
@@ -235,6 +236,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
                 f"cannot create the directory of the queue database {url.database}: {exc.strerror or exc}",
                 hint="point --state (or --db sqlite:///...) at a directory you can write",
             ) from None
+    if readonly and path is not None:
+        return _sqlite_readonly_engine(path)
     engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, json_serializer=json_dumps)
 
     @sa.event.listens_for(engine, "connect")
@@ -261,6 +264,41 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
+def writable(path: Path) -> bool:
+    """Whether this process may write the SQLite file `path` and create its -wal/-shm next to it.
+
+    os.access asks the kernel, so a read-only mount says no even to root (chmod does not stop root).
+    """
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _sqlite_readonly_engine(path: Path) -> Engine:
+    """The queue opened for reading only, on a state directory this process may not write.
+
+    SQLite opens a database in WAL mode read-only only where its -wal and -shm files exist or can
+    be created. Without a -wal file in a directory nobody can write, no writer can be at work (it
+    would need that file), so the file is opened as immutable: no locks, no -shm.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not os.path.exists(f"{path}-wal") and not os.access(path.parent, os.W_OK):
+        uri += "&immutable=1"
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False),
+        json_serializer=json_dumps,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # as in _sqlite_engine: transactions are ours to begin
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 def _pg_engine(url: sa.URL) -> Engine:
     return sa.create_engine(
         url,
@@ -272,7 +310,8 @@ def _pg_engine(url: sa.URL) -> Engine:
     )
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True, readonly: bool = False) -> Engine:
+    """`create`: a SQLite file's directory may be made; `readonly`: open a SQLite file read-only."""
     try:
         parsed = sa.make_url(url)
     except Exception:
@@ -282,7 +321,7 @@ def make_engine(url: str) -> Engine:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, create=create, readonly=readonly)
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -314,6 +353,56 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# A connection that fails for one of these reasons will not work on a retry: the URL or the
+# server's setup is wrong. They fail at once with what to check (connect_problem).
+_NO_HOST = (
+    "failed to resolve host",
+    "could not translate host name",
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+)
+_NO_LOGIN = ("password authentication failed", "no pg_hba.conf entry", "authentication failed", "no password supplied")
+
+
+def connect_problem(
+    exc: BaseException, url: sa.URL, display_url: str, *, first_contact: bool
+) -> DatabaseUnavailable | None:
+    """The error to stop at once with when `exc` is a misconfiguration, not an outage; else None.
+
+    A host name that does not resolve is judged only on the first contact of the process: once
+    the database answered, the name resolved, and a failure to resolve it again is the network's
+    (a laptop waking up, a VPN reconnecting), an outage to wait out like a refused connection.
+    """
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    prefix = f"cannot use database {display_url}"
+    reason = _first_line(exc)
+    if "FATAL:" in reason:  # psycopg: 'connection failed: connection to server at ... failed: FATAL:  ...'
+        reason = reason.split("FATAL:", 1)[1].strip()
+    if first_contact and any(p in low for p in _NO_HOST):
+        return DatabaseUnavailable(
+            f"{prefix}: the host name '{url.host}' does not resolve ({reason})",
+            hint="check the host in --db (or SWEEPER_DB) for a typo; a name on a private network or VPN "
+            "resolves only on machines connected to it",
+        )
+    if 'database "' in low and "does not exist" in low:
+        return DatabaseUnavailable(
+            f"{prefix}: {reason} on {where}",
+            hint=f"create it once (createdb -h {url.host or 'localhost'} -p {url.port or 5432} "
+            f"-U {url.username or 'postgres'} {url.database}, or CREATE DATABASE), or fix the database name "
+            "at the end of the URL",
+        )
+    if ('role "' in low and "does not exist" in low) or any(p in low for p in _NO_LOGIN):
+        return DatabaseUnavailable(
+            f"{prefix}: the server at {where} refused user '{url.username}': {reason}",
+            hint="check the user and password in the URL (percent-encode @ : / in a password), or "
+            "PGPASSWORD / ~/.pgpass; the server's pg_hba.conf must let this machine in as that user",
+        )
+    return None
+
+
 @dataclass
 class OutagePolicy:
     """How long a worker keeps retrying a database that does not answer."""
@@ -325,6 +414,19 @@ class OutagePolicy:
     # PostgreSQL restart outlived the leases of the jobs being run).
     max_delay_s: float = 1.0
     log: Callable[[str], None] | None = None
+    # While an outage lasts, a line with the reason and the time left at least this often: a
+    # worker that sits silent for two minutes looks hung.
+    remind_every_s: float = 10.0
+
+    @classmethod
+    def interactive(cls) -> OutagePolicy:
+        """status, show, export, report, enqueue, retry, cancel: someone waits at the prompt.
+
+        A refused or dropped connection is retried for 3 s (a PostgreSQL restart takes 1-2 s),
+        then the command says what did not answer; running it again is cheap. Workers wait out
+        outages (120 s by default) because giving up costs a running job its lease.
+        """
+        return cls(limit_s=3.0)
 
 
 @dataclass
@@ -336,6 +438,16 @@ class Database:
     # threads (job, heartbeat) were waiting on it.
     _outage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _outage_announced: bool = field(default=False, repr=False)
+    # What the reminder thread says while an outage lasts: the latest reason, when it began, when
+    # the first caller that met it gives up.
+    _outage_reason: str = field(default="", repr=False)
+    _outage_since: float = field(default=0.0, repr=False)
+    _outage_deadline: float = field(default=0.0, repr=False)
+    _outage_over: threading.Event | None = field(default=None, repr=False)
+    # Whether the database ever answered this process: until then a name that does not resolve
+    # is a typo, afterwards a network that went away (connect_problem).
+    reached: bool = field(default=False, repr=False)
+    readonly: bool = False  # a SQLite queue opened read-only (open_database(readonly=True))
 
     @property
     def dialect(self) -> str:
@@ -358,6 +470,15 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one read transaction, retried through an outage like the writes are."""
+
+        def txn() -> T:
+            with self.read() as conn:
+                return fn(conn)
+
+        return self.retrying(txn, what)
+
     def retrying(self, fn: Callable[[], T], what: str) -> T:
         """Run fn, retrying transient errors with exponential backoff up to the outage limit."""
         delay = self.outage.first_delay_s
@@ -365,10 +486,20 @@ class Database:
         while True:
             try:
                 result = fn()
+                self.reached = True
                 if self._outage_announced:
                     self._announce_back()
                 return result
             except sa.exc.DBAPIError as exc:
+                problem = connect_problem(exc, self.engine.url, self.display_url, first_contact=not self.reached)
+                if problem is not None:
+                    raise problem from None
+                if self.readonly and "readonly database" in str(exc).lower():
+                    raise UsageError(
+                        f"cannot {what}: the queue {self.display_url} is open read-only (its directory is not "
+                        "writable here)",
+                        hint="make the state directory writable, or copy it somewhere writable and point --state there",
+                    ) from None
                 if not is_transient(exc):
                     raise
                 now = time.monotonic()
@@ -381,37 +512,63 @@ class Database:
                             hint="free space on the disk that holds the queue database; the jobs resume "
                             "from their checkpoints when a worker starts again",
                         ) from None
+                    refused = "refused" in str(exc).lower()
+                    url = self.engine.url
                     raise DatabaseUnavailable(
                         f"database {self.display_url} did not answer for {self.outage.limit_s:.0f}s "
                         f"while trying to {what}: {_first_line(exc)}",
-                        hint="check that the database server is running and reachable",
+                        hint=f"nothing accepts connections at {url.host or 'localhost'}:{url.port or 5432}: "
+                        "check that the database server is running there and that the port is right"
+                        if refused
+                        else "check that the database server is running and reachable",
                     ) from None
                 locked = "locked" in str(exc).lower() or "busy" in str(exc).lower()
                 if not locked:
-                    self._announce_down(what, exc)
+                    self._announce_down(what, exc, deadline)
                 time.sleep(delay)
                 delay = min(delay * 2, self.outage.max_delay_s)
 
-    def _announce_down(self, what: str, exc: BaseException) -> None:
+    def _announce_down(self, what: str, exc: BaseException, deadline: float) -> None:
         with self._outage_lock:
+            self._outage_reason = _first_line(exc)
             if self._outage_announced:
                 return
             self._outage_announced = True
+            self._outage_since, self._outage_deadline = time.monotonic(), deadline
+            over = self._outage_over = threading.Event()
         if self.outage.log:
             problem = "database cannot be written" if _disk_full(exc) else "database unreachable"
             self.outage.log(
                 f"{problem} while trying to {what} ({_first_line(exc)}); retrying for up to {self.outage.limit_s:.0f}s"
             )
+            threading.Thread(target=self._remind, args=(over,), name="sweeper-outage", daemon=True).start()
+
+    def _remind(self, over: threading.Event) -> None:
+        """Every remind_every_s while the outage lasts: how long so far, why, and the time left."""
+        assert self.outage.log is not None
+        while not over.wait(self.outage.remind_every_s):
+            with self._outage_lock:
+                if not self._outage_announced:
+                    return
+                now = time.monotonic()
+                since, left, reason = now - self._outage_since, self._outage_deadline - now, self._outage_reason
+            if left <= 0:
+                return  # the caller that met the outage first gives up now, with its own message
+            self.outage.log(f"database still unreachable after {since:.0f}s ({reason}); giving up in {left:.0f}s")
 
     def _announce_back(self) -> None:
         with self._outage_lock:
             if not self._outage_announced:
                 return
             self._outage_announced = False
+            if self._outage_over is not None:
+                self._outage_over.set()
         if self.outage.log:
             self.outage.log(f"database is back ({self.display_url}); carrying on")
 
     def dispose(self) -> None:
+        if self._outage_over is not None:
+            self._outage_over.set()
         self.engine.dispose()
 
 
@@ -442,17 +599,34 @@ def _schema_lock(conn: Connection) -> None:
     # SQLite: BEGIN IMMEDIATE already holds the write lock.
 
 
-def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None = None) -> Database:
-    """Connect, then create the schema, migrate an older one, or refuse a newer one."""
-    engine = make_engine(url)
-    db = Database(url=url, engine=engine, outage=outage or OutagePolicy())
-    if engine.dialect.name == "sqlite" and not create:
-        path = sqlite_path(engine.url)
-        if path is not None and not os.path.exists(path):
+def open_database(
+    url: str, *, create: bool = True, outage: OutagePolicy | None = None, readonly: bool = False
+) -> Database:
+    """Connect, then create the schema, migrate an older one, or refuse a newer one.
+
+    `create=False`: the queue must exist (nothing is created, not even its directory).
+    `readonly`: the caller only reads (status, show, export, report); a SQLite queue in a
+    directory this process may not write is then opened read-only instead of refused.
+    """
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        missing = "" if path.parent.is_dir() else f": the directory {path.parent} does not exist"
+        raise UsageError(
+            f"no queue database at {path}{missing}",
+            hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",
+        )
+    if path is not None and path.parent.is_dir() and not writable(path):
+        if not readonly:
             raise UsageError(
-                f"no queue database at {path}",
-                hint="run `sweeper enqueue GRID.yaml` first, or point --db/--state at the queue",
+                f"the state directory {path.parent} is not writable here, so its queue can only be read",
+                hint="`sweeper status`, `show`, `export` and `report` work on it; to enqueue, work, retry or "
+                "cancel, make the directory writable (a read-only mount? its permissions?) or copy it somewhere "
+                "writable and point --state there",
             )
+    else:
+        readonly = False  # a directory we can write: the usual engine, which readers share with workers
+    engine = make_engine(url, create=create, readonly=readonly)
+    db = Database(url=url, engine=engine, outage=outage or OutagePolicy(), readonly=readonly)
 
     def current_version() -> int | None:
         """The schema version in a read transaction, or None when there is no sweeper schema yet."""
@@ -504,3 +678,15 @@ def open_database(url: str, *, create: bool = True, outage: OutagePolicy | None 
     except sa.exc.DBAPIError as exc:
         raise DatabaseUnavailable(f"cannot use database {db.display_url}: {_first_line(exc)}") from None
     return db
+
+
+@contextmanager
+def open_db(
+    url: str, *, create: bool = True, outage: OutagePolicy | None = None, readonly: bool = False
+) -> Iterator[Database]:
+    """open_database() for the length of a `with` block: its connections are closed at the end."""
+    db = open_database(url, create=create, outage=outage, readonly=readonly)
+    try:
+        yield db
+    finally:
+        db.dispose()

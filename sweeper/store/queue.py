@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from sweeper.config import mask_password
 from sweeper.errors import LeaseLost, error_summary
 from sweeper.grid.spec import JobSpec, StageSpec, SweepSpec
+from sweeper.mappings import summary_line
 from sweeper.store.db import (
     ACTIVE,
     INSERT_EVENT,
@@ -51,7 +52,10 @@ from sweeper.store.db import (
     sweeps,
     workers,
 )
+from sweeper.store.db import checkpoints as checkpoint_rows
+from sweeper.store.quarantine import FROM_SCRATCH
 from sweeper.store.settle import Settling
+from sweeper.store.stale import CLEAR, stale_jobs
 
 
 @dataclass(frozen=True)
@@ -245,12 +249,7 @@ class Queue(Settling):
 
     def in_read(self, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one read transaction, retried through an outage like the writes are."""
-
-        def txn() -> T:
-            with self.db.read() as conn:
-                return fn(conn)
-
-        return self.db.retrying(txn, what)
+        return self.db.in_read(what, fn)
 
     def in_lease(self, lease: Lease, what: str, fn: Callable[[Connection], T]) -> T:
         """Run fn in one write transaction while `lease` still owns its job: the fencing helper for
@@ -345,6 +344,11 @@ class Queue(Settling):
                         .where(jobs.c.id.in_(ids[start : start + 500]), jobs.c.status.in_(WAITING))
                         .values(priority=priority, updated_at=now)
                     )
+            grown = {j.stage for j in diff.new}
+            if grown:  # new jobs in a finished stage reopen it: its dependents must choose again
+                self._reopen(
+                    conn, spec.name, grown, f"enqueue added {len(diff.new)} job(s) to {', '.join(sorted(grown))}"
+                )
             # A stage added to an already finished sweep can start at once.
             self._settle(conn, spec.name, {s.name for s in spec.stages})
             return diff
@@ -437,6 +441,21 @@ class Queue(Settling):
             return reaped
 
         return self._in_write("reap expired leases", txn)
+
+    def release_all_running(self) -> list[str]:
+        """Put every running job back, as if each worker's lease had run out: an interruption each,
+        their stages settled by the reaper. Only for a caller that knows no worker runs them: a
+        mirrored session that holds the state lease (recovery.py). Returns the jobs' ids."""
+
+        def txn(conn: Connection) -> list[str]:
+            running = list(conn.execute(sa.select(jobs.c.id).where(jobs.c.status == "running")).scalars())
+            conn.execute(jobs.update().where(jobs.c.status == "running").values(lease_expires_at=0.0))
+            return running
+
+        running = self._in_write("expire the leases of running jobs", txn)
+        while self.reap_expired():
+            pass
+        return running
 
     def _reap_expired(self, conn: Connection) -> int:
         # A plain read (no row locks yet): a lease past its interruption limit ends the job, which
@@ -553,6 +572,13 @@ class Queue(Settling):
 
         self._in_write("record the tracking run", txn)
 
+    def tracking_run(self, job_id: str) -> str | None:
+        """The run recorded for the job (a read: a worker that lost the job asks whose run won)."""
+        return self.in_read(
+            "read the tracking run",
+            lambda conn: conn.execute(sa.select(jobs.c.tracking_run_id).where(jobs.c.id == job_id)).scalar(),
+        )
+
     def complete(self, lease: Lease, result: dict[str, Any]) -> None:
         def txn(conn: Connection) -> None:
             row = conn.execute(
@@ -638,12 +664,6 @@ class Queue(Settling):
             self._settle(conn, r.sweep, {r.stage})
         return status
 
-    def record_event(self, lease: Lease, type_: str, detail: str) -> None:
-        def txn(conn: Connection) -> None:
-            add_event(conn, lease.job_id, type_, worker=lease.worker_id, attempt=lease.attempt, detail=detail)
-
-        self._in_write("record an event", txn)
-
     # -----------------------------------------------------------------------------------------
     # Workers
 
@@ -689,7 +709,7 @@ class Queue(Settling):
     def _select_ids(
         self, conn: Connection, ids: Sequence[str], statuses: Sequence[str], stage: str | None, sweep: str | None
     ) -> list[str]:
-        cond = [jobs.c.status.in_(list(statuses))]
+        cond: list[sa.ColumnElement[bool]] = [jobs.c.status.in_(list(statuses))]
         if ids:
             cond.append(jobs.c.id.in_(list(ids)))
         if stage:
@@ -715,8 +735,13 @@ class Queue(Settling):
         stage: str | None = None,
         sweep: str | None = None,
         include_cancelled: bool = True,
+        from_scratch: bool = False,
     ) -> list[str]:
-        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts."""
+        """Give failed (and cancelled) jobs a fresh start with zeroed failure counts.
+
+        from_scratch: the jobs may start over without the checkpoints that were refused and
+        quarantined (quarantine.py); without it such a job fails again at once.
+        """
         statuses = ("failed", "cancelled") if include_cancelled else ("failed",)
 
         def txn(conn: Connection) -> list[str]:
@@ -748,13 +773,71 @@ class Queue(Settling):
                     continue
                 retried.append(job_id)
                 add_event(conn, job_id, "retried", detail="by user")
+                if from_scratch:
+                    add_event(conn, job_id, FROM_SCRATCH, detail="by user: refused checkpoints stay in quarantine")
                 touched.setdefault(row.sweep, set()).add(row.stage)
-            for sweep_name, names in touched.items():
-                for name in names:
-                    self._settle_stage(conn, sweep_name, name)
+            self._reopen_and_settle(conn, touched, _retried_why(retried))
             return retried
 
         return self._in_write("retry jobs", txn)
+
+    def retry_stale(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None) -> list[str]:
+        """Run stale jobs (stale.py) again from scratch, on their upstream's current results.
+
+        A done or failed stale job goes back to `blocked` with its resolution, result, error,
+        counts, MLflow run id and checkpoint rows dropped; the settle below resolves it again at once when its
+        upstream is terminal. Its own dependents are reopened in turn. A stale job still running
+        or waiting is left alone: retry it once it has finished. The caller sets the jobs'
+        checkpoint files and MLflow runs aside first (stale.rerun_stale).
+        """
+        statuses = ("done", "failed")
+
+        def txn(conn: Connection) -> list[str]:
+            picked = self._select_ids(conn, ids, statuses, stage, sweep)
+            stale = stale_jobs(conn, ids=picked) if picked else {}
+            self.race_hook("retry-read")
+            touched: dict[str, set[str]] = {}
+            rerun: list[str] = []
+            for job_id in picked:
+                if job_id not in stale:
+                    continue
+                row = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status.in_(statuses))
+                    .values(
+                        status="blocked",
+                        resolved_params=None,
+                        provenance=None,
+                        result=None,
+                        error=None,
+                        failures=0,
+                        interruptions=0,
+                        not_before=None,
+                        finished_at=None,
+                        progress=None,
+                        progress_message=None,
+                        tracking_run_id=None,  # a new MLflow run (stale.supersede_tracking_runs)
+                        updated_at=db_now(),
+                    )
+                    .returning(jobs.c.sweep, jobs.c.stage)
+                ).first()
+                if row is None:
+                    continue
+                conn.execute(checkpoint_rows.delete().where(checkpoint_rows.c.job_id == job_id))
+                rerun.append(job_id)
+                add_event(conn, job_id, CLEAR, detail=f"stale ({stale[job_id]}): runs again from scratch")
+                touched.setdefault(row.sweep, set()).add(row.stage)
+            self._reopen_and_settle(conn, touched, _retried_why(rerun))
+            return rerun
+
+        return self._in_write("retry stale jobs", txn)
+
+    def _reopen_and_settle(self, conn: Connection, touched: dict[str, set[str]], why: str) -> None:
+        """After jobs of `touched` stages became active again: reopen their dependents, settle them."""
+        for sweep_name, names in touched.items():
+            self._reopen(conn, sweep_name, names, why)
+            for name in names:
+                self._settle_stage(conn, sweep_name, name)
 
     def cancel(self, ids: Sequence[str] = (), *, stage: str | None = None, sweep: str | None = None) -> list[str]:
         """Cancel jobs that have not finished. A running job's worker loses its lease and drops it."""
@@ -791,9 +874,12 @@ class Queue(Settling):
         return self._in_write("cancel jobs", txn)
 
 
-def _summary(result: dict[str, Any]) -> str:
-    from sweeper.mappings import summary_line  # may move to the top with issue 11's rework of this module
+def _retried_why(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    return f"upstream job(s) {shown} retried"
 
+
+def _summary(result: dict[str, Any]) -> str:
     return summary_line(result, limit=6)
 
 

@@ -148,7 +148,7 @@ def work_summary(
     conn: sa.Connection, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None
 ) -> WorkSummary:
     """What is left for a worker with these filters: whether to claim again, wait, or exit."""
-    cond = []
+    cond: list[sa.ColumnElement[bool]] = []
     if stages_filter:
         cond.append(jobs.c.stage.in_(list(stages_filter)))
     if sweep:
@@ -174,6 +174,18 @@ def work_summary(
         running=counts.get("running", 0),
         blocked=counts.get("blocked", 0),
     )
+
+
+def failed_job_ids(
+    conn: sa.Connection, *, stages_filter: Sequence[str] | None = None, sweep: str | None = None
+) -> list[str]:
+    """The failed jobs a worker with these filters leaves behind, in queue order (for its last line)."""
+    cond = [jobs.c.status == "failed"]
+    if stages_filter:
+        cond.append(jobs.c.stage.in_(list(stages_filter)))
+    if sweep:
+        cond.append(jobs.c.sweep == sweep)
+    return list(conn.execute(sa.select(jobs.c.id).where(*cond).order_by(jobs.c.position)).scalars())
 
 
 def resolve_job_id(conn: sa.Connection, prefix: str) -> str:

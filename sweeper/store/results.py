@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -23,6 +23,9 @@ from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
 from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
 from sweeper.store.readmodel import JobParams, read_stages, read_sweeps
+
+if TYPE_CHECKING:
+    from sweeper.store.checkpoints import ArtifactStore
 
 Scalar = str | int | float | bool | None
 
@@ -161,6 +164,14 @@ def load_jobs(
     return [_record(r) for r in rows]
 
 
+def _did_you_mean(name: str, names: list[str], what: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    listing = f"{what}: {', '.join(names)}"
+    return (f"did you mean '{close[0]}'? " if close else "") + listing
+
+
 def require_sweep(db: Database, name: str) -> None:
     """Raise a UsageError naming the sweeps there are, unless sweep `name` exists."""
     with db.read() as conn:
@@ -168,26 +179,34 @@ def require_sweep(db: Database, name: str) -> None:
     if name not in names:
         raise UsageError(
             f"no sweep named '{name}' in {db.display_url}",
-            hint=f"sweeps there: {', '.join(names)}" if names else "run `sweeper enqueue GRID.yaml` first",
+            hint=_did_you_mean(name, names, "sweeps there") if names else "run `sweeper enqueue GRID.yaml` first",
         )
 
 
 def require_stage(db: Database, name: str, sweep: str | None = None) -> None:
     """Raise a UsageError naming the stages there are, unless stage `name` exists (in `sweep`)."""
-    import difflib
-
     cond = [stages.c.sweep == sweep] if sweep else []
     with db.read() as conn:
         names = sorted(set(conn.execute(sa.select(stages.c.name).where(*cond)).scalars()))
     if name in names:
         return
     where = f"sweep '{sweep}'" if sweep else "the queue"
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    listing = f"stages: {', '.join(names)}" if names else "it has no stages yet"
     raise UsageError(
         f"no stage named '{name}' in {where}",
-        hint=(f"did you mean '{close[0]}'? " if close else "") + listing,
+        hint=_did_you_mean(name, names, "stages") if names else "it has no stages yet",
     )
+
+
+def require_selection(db: Database, sweep: str | None = None, stages: str | Iterable[str] | None = None) -> None:
+    """`--sweep` and `--stage` must name what is in the queue (UsageError, exit 2, with "did you mean").
+
+    A typo would otherwise select nothing: `work --stage model_serch` would exit with "queue is
+    empty" while jobs wait, `export` would write an empty file.
+    """
+    if sweep:
+        require_sweep(db, sweep)
+    for stage in [stages] if isinstance(stages, str) else stages or ():
+        require_stage(db, stage, sweep)
 
 
 def why_untouched(
@@ -202,7 +221,11 @@ def why_untouched(
             return [f"job {i} is {status[i]}" for i in ids if i not in picked and i in status]
         if picked:
             return []
-        cond = [c for c in (stage and jobs.c.stage == stage, sweep and jobs.c.sweep == sweep) if c is not None]
+        cond: list[sa.ColumnElement[bool]] = []
+        if stage:
+            cond.append(jobs.c.stage == stage)
+        if sweep:
+            cond.append(jobs.c.sweep == sweep)
         query = sa.select(jobs.c.status, sa.func.count()).where(*cond).group_by(jobs.c.status)
         counts = {status: n for status, n in conn.execute(query)}
     scope = " and ".join([*([f"stage '{stage}'"] if stage else []), *([f"sweep '{sweep}'"] if sweep else [])])
@@ -258,7 +281,8 @@ class SweepView:
             ]
         self._jobs = load_jobs(db, sweep)
         self._artifacts: dict[str, list[str]] | None = None
-        self._store: Any = None
+        self._stale: dict[str, str] | None = None
+        self._store: ArtifactStore | None = None
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -271,32 +295,37 @@ class SweepView:
     def job(self, job_id: str) -> JobRecord | None:
         return next((j for j in self._jobs if j.id == job_id), None)
 
+    def stale(self) -> dict[str, str]:
+        """Job id -> why, for the sweep's jobs that ran on a hand-off whose upstream changed since."""
+        if self._stale is None:
+            from sweeper.store.stale import stale_jobs
+
+            with self.db.read() as conn:
+                self._stale = stale_jobs(conn, sweep=self.sweep)
+        return self._stale
+
     # -- artifacts ---------------------------------------------------------------------------
 
-    def _queue_and_store(self) -> Any:
+    def _artifact_store(self) -> ArtifactStore:
         if self._store is None:
             from sweeper.store.checkpoints import ArtifactStore
-            from sweeper.store.queue import Queue
 
-            queue = Queue(self.db)
-            self._store = (queue, ArtifactStore(queue, self.state_dir))
+            self._store = ArtifactStore(self.db, self.state_dir)  # no fence: it can only read
         return self._store
 
     def artifact_names(self, job_id: str) -> list[str]:
         if self._artifacts is None:
             from sweeper.store.checkpoints import list_artifacts
 
-            queue, _ = self._queue_and_store()
             found: dict[str, list[str]] = {}
-            for rec in list_artifacts(queue, [j.id for j in self._jobs]):
+            for rec in list_artifacts(self.db, [j.id for j in self._jobs]):
                 found.setdefault(rec.job_id, []).append(rec.name)
             self._artifacts = found
         return list(self._artifacts.get(job_id, []))
 
     def artifact(self, job_id: str, name: str) -> Path:
         """A local copy of the artifact, verified against its sha256. Raises CheckpointError."""
-        _, store = self._queue_and_store()
-        return store.fetch(job_id, name)
+        return self._artifact_store().fetch(job_id, name)
 
     def read_json(self, job_id: str, name: str) -> Any:
         path = self.artifact(job_id, name)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sweeper.grid import handoff
 from sweeper.grid.spec import StageSpec
 from sweeper.store.db import ACTIVE, add_event, artifacts, db_now, jobs, stages, sweeps
+from sweeper.store.stale import MARK, stale_jobs
 
 _SWEEP_VERSION = sa.select(sweeps.c.updated_at).where(sweeps.c.name == sa.bindparam("p_sweep"))
 
@@ -198,6 +199,71 @@ class Settling:
                 add_event(conn, job.id, "unblocked", detail=json.dumps(provenance, sort_keys=True))
             if failed_any:
                 self._settle(conn, sweep, {dep.name})
+
+    def _reopen(self, conn: Connection, sweep: str, changed: set[str], why: str) -> None:
+        """Stages in `changed` have active jobs again (retry, or enqueue added some): their dependents'
+        hand-offs were resolved from a stage that is no longer finished.
+
+        Dependent jobs that have not started (pending, or failed by the settle itself: attempt 0)
+        go back to `blocked` with their resolution dropped; `_settle` resolves them again, from
+        every upstream job, when the stage is terminal once more. Those that already started keep
+        their state and are marked stale (stale.py); `sweeper retry --stale` runs them again.
+        Runs under the settle lock, in the caller's transaction. The guarded UPDATE decides
+        against a concurrent claim: on PostgreSQL it waits for the claim's row lock and then sees
+        the job running, which the read after it marks stale instead.
+        """
+        specs = self._stage_specs(conn, sweep)
+        for dep in specs.values():
+            reopened = set(dep.needs) & changed
+            if not reopened:
+                continue
+            active = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.sweep == sweep, jobs.c.stage.in_(reopened), jobs.c.status.in_(ACTIVE))
+                .limit(1)
+            ).first()
+            if active is None:
+                continue
+            self.race_hook("reopen-read")
+            not_started = sa.or_(jobs.c.status == "pending", jobs.c.status == "failed")
+            back = (
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.sweep == sweep, jobs.c.stage == dep.name, jobs.c.attempt == 0, not_started)
+                    .values(
+                        status="blocked",
+                        resolved_params=None,
+                        provenance=None,
+                        error=None,
+                        finished_at=None,
+                        not_before=None,
+                        updated_at=db_now(),
+                    )
+                    .returning(jobs.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            for job_id in back:
+                add_event(conn, job_id, "reblocked", detail=why)
+            ran = (
+                conn.execute(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.sweep == sweep,
+                        jobs.c.stage == dep.name,
+                        jobs.c.attempt > 0,  # it was claimed, so it had resolved its hand-off
+                        jobs.c.status != "cancelled",
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            already = stale_jobs(conn, ids=ran) if ran else {}
+            for job_id in ran:
+                if job_id not in already:
+                    add_event(conn, job_id, MARK, detail=why)
+            if back:  # this stage is open again too: its own dependents resolved from it
+                self._reopen(conn, sweep, {dep.name}, f"upstream stage '{dep.name}' reopened ({why})")
 
     def _settle_stage(self, conn: Connection, sweep: str, stage: str) -> None:
         specs = self._stage_specs(conn, sweep)

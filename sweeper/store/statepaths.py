@@ -77,6 +77,15 @@ def under(root: Path, area: str, sweep: str, job_id: str, name: str | None = Non
 
 def stored(root: Path, location: object, area: str, job_id: str, sweep: str | None = None) -> Path:
     """The path a queue row's `location` names, if it is a file of this job in `area`."""
+    parts = check_location(location, area, job_id, sweep)
+    return under(root, area, parts[1], parts[2], parts[3])
+
+
+def check_location(location: object, area: str, job_id: str, sweep: str | None = None) -> tuple[str, ...]:
+    """The parts of a stored `location` if its form is `<area>/<sweep>/<job id>/<file>`: no file touched.
+
+    The check of what a location says, before anything looks at where it leads (stored() does that).
+    """
     what = f"stored location {location!r} of job {job_id}"
     if not isinstance(location, str):
         raise UnsafePath(f"{what} is not a path")
@@ -89,4 +98,6 @@ def stored(root: Path, location: object, area: str, job_id: str, sweep: str | No
             f"{what} is not a file of that job",
             hint=f"expected {area}/<sweep>/{job_id}/<file>; check who can write the queue",
         )
-    return under(root, area, parts[1], parts[2], parts[3])
+    check_name(parts[1], "sweep name")
+    check_name(parts[3], f"file name of job {job_id}")
+    return parts

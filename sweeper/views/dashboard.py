@@ -21,6 +21,7 @@ from sweeper.errors import error_summary
 from sweeper.grid.ranking import Metric, metric_value, rank_metrics, unknown_metric
 from sweeper.store.db import ACTIVE, STATUSES, Database, db_now, jobs, workers
 from sweeper.store.readmodel import read_stages, read_sweeps
+from sweeper.store.stale import stale_counts
 
 JSON_SCHEMA = "sweeper.status/1"
 LOST_WORKER_S = 120.0  # a "running" worker silent this long has most likely died (kill -9, disconnect)
@@ -47,6 +48,7 @@ class StageRow:
     mean_duration_s: float | None = None  # of its finished (done) jobs
     throughput_per_h: float | None = None  # done jobs per hour while the stage was running
     eta_s: float | None = None  # None: unknown (no job of the stage has finished yet)
+    stale: int = 0  # jobs that ran on a hand-off whose upstream stage changed since (store/stale.py)
 
     @property
     def remaining(self) -> int:
@@ -219,6 +221,9 @@ def _read_stages(conn: sa.Connection, snap: StatusSnapshot, sweep: str | None, c
             row.throughput_per_h = 3600.0 * t.n / span if span > 0 else None
         snap.stages.append(row)
 
+    stale = stale_counts(conn, sweep)
+    for row in snap.stages:
+        row.stale = stale.get((row.sweep, row.stage), 0)
     by_key = {(s.sweep, s.stage): s for s in snap.stages}
     for row in snap.stages:
         if row.counts.get("blocked"):

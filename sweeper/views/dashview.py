@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sweeper.views.dashboard import Leaderboard, RunningRow, StatusSnapshot
+from sweeper.views.safe_text import text as safe
+from sweeper.views.safe_text import visible
 
 # Bar glyphs differ by state as well as by colour, so the bar reads on a monochrome terminal too.
 BAR = {
@@ -98,12 +100,12 @@ def _header(snap: StatusSnapshot) -> Any:
     head = Text()
     if len(snap.sweeps) == 1:
         s = snap.sweeps[0]
-        head.append(f"sweep {s.name}", style="bold")
+        head.append(f"sweep {visible(s.name)}", style="bold")
         if s.description:
-            head.append(f"  {s.description}", style="italic")
+            head.append(f"  {visible(s.description)}", style="italic")
     elif snap.sweeps:
         head.append(f"{len(snap.sweeps)} sweeps: ", style="bold")
-        head.append(", ".join(s.name for s in snap.sweeps))
+        head.append(", ".join(visible(s.name) for s in snap.sweeps))
     else:
         head.append("no sweep", style="bold")
     head.append("\n")
@@ -134,7 +136,7 @@ def _stages(snap: StatusSnapshot, width: int) -> Any:
     from rich.text import Text
 
     multi = len({s.sweep for s in snap.stages}) > 1
-    names = [f"{s.sweep}/{s.stage}" if multi else s.stage for s in snap.stages]
+    names = [visible(f"{s.sweep}/{s.stage}" if multi else s.stage) for s in snap.stages]
     name_w = min(22, max(len(n) for n in names))
     count_w = max(len(f"{s.counts.get('done', 0)}/{s.total}") for s in snap.stages)
     # name | bar | "done/total done" | "ETA 1h05m": keep the row inside `width`.
@@ -154,9 +156,11 @@ def _stages(snap: StatusSnapshot, width: int) -> Any:
             bits.append(f"{duration(s.mean_duration_s)}/job")
         if s.throughput_per_h:
             bits.append(f"{rate(s.throughput_per_h)}/h")
-        detail.append(" · ".join(bits) if bits else s.kind)
+        detail.append(" · ".join(bits) if bits else visible(s.kind))
         if s.waiting_on:
-            detail.append(f" · {s.waiting_on}", style="yellow")
+            detail.append(f" · {visible(s.waiting_on)}", style="yellow")
+        if s.stale:
+            detail.append(f" · {s.stale} stale (upstream changed): sweeper retry --stale", style="yellow")
         table.add_row(Text(name, style="bold cyan"), top)
         table.add_row("", detail)
     legend = Text("  ".join(f"{BAR[s][0]} {s}" for s in BAR_ORDER), style="dim")
@@ -167,7 +171,7 @@ def titled(title: str, body: Any, footer: Any = None) -> Any:
     from rich.console import Group
     from rich.text import Text
 
-    items = [Text(""), Text(title, style="bold underline"), body]
+    items = [Text(""), safe(title, "bold underline"), body]
     if footer is not None:
         items.append(footer)
     return Group(*items)
@@ -187,7 +191,7 @@ def _cell(text: Any, width: int, justify: str = "left") -> Any:
     """`text` cut or padded to exactly `width` cells."""
     from rich.text import Text
 
-    t = text.copy() if isinstance(text, Text) else Text(str(text))
+    t = text.copy() if isinstance(text, Text) else safe(text)
     if t.cell_len > width:
         t.truncate(width, overflow="ellipsis")
     pad = width - t.cell_len
@@ -210,7 +214,7 @@ def _running(snap: StatusSnapshot, width: int) -> Any:
     """
     from rich.text import Text
 
-    stage_w = min(14, max(5, *(len(r.stage) for r in snap.running)))
+    stage_w = min(14, max(5, *(len(visible(r.stage)) for r in snap.running)))
     cols = [("job", 12, "left"), ("stage", stage_w, "left"), ("progress", 13, "left"), ("epoch", 10, "left")]
     cols += [("beat", 4, "right"), ("try", 3, "right")]
     used = sum(w for _, w, _ in cols) + 2 * len(cols)
@@ -233,19 +237,18 @@ def _running(snap: StatusSnapshot, width: int) -> Any:
             prog.append("-")
         epoch = _epoch_text(r)
         beat = Text(duration(r.heartbeat_age_s), style="red" if (r.heartbeat_age_s or 0) > 60 else "")
-        cells = [r.id, Text(r.stage, style="cyan"), prog, epoch, beat, str(r.attempt)]
+        cells = [r.id, safe(r.stage, "cyan"), prog, epoch, beat, str(r.attempt)]
         line = Text()
         for value, (_, w, justify) in zip(cells, cols, strict=True):
             line += _cell(value, w, justify) + Text("  ")
         line += _cell(r.worker or "-", worker_w)
         lines.append(line)
         if r.label:
-            lines.append(_cell(Text(" " * 14 + r.label, style="dim"), width))
+            lines.append(_cell(safe(" " * 14 + r.label, "dim"), width))
     return titled(f"running ({len(snap.running)})", Text("\n").join(lines))
 
 
 def _leaders(board: Leaderboard) -> Any:
-    from rich.text import Text
 
     title = f"top {board.k} by {board.metric} ({'higher' if board.mode == 'max' else 'lower'} is better)"
     if not board.rows:
@@ -253,21 +256,20 @@ def _leaders(board: Leaderboard) -> Any:
         if board.available:
             # ranked by similarity to the metric asked for (ranking.rank_metrics)
             hint += f"; results have {', '.join(board.available[:8])} (try --by {board.available[0]})"
-        return titled(title, Text(hint, style="dim"))
+        return titled(title, safe(hint, "dim"))
     t = plain_table(
         ("#", {"justify": "right", "no_wrap": True}),
         ("job", {"no_wrap": True, "min_width": 12}),
         ("stage", {"no_wrap": True, "overflow": "ellipsis", "max_width": 14}),
-        (board.metric, {"justify": "right", "no_wrap": True}),
+        (visible(board.metric), {"justify": "right", "no_wrap": True}),
         ("params", {"overflow": "fold", "ratio": 1}),
     )
     for r in board.rows:
-        t.add_row(str(r.rank), r.id, r.stage, f"{r.value:.4g}", r.label or "-")
+        t.add_row(str(r.rank), safe(r.id), safe(r.stage), f"{r.value:.4g}", safe(r.label or "-"))
     return titled(title, t)
 
 
 def _failures(snap: StatusSnapshot) -> Any:
-    from rich.text import Text
 
     more = f", {snap.failed_total - len(snap.failed)} more" if snap.failed_total > len(snap.failed) else ""
     t = plain_table(
@@ -277,12 +279,11 @@ def _failures(snap: StatusSnapshot) -> Any:
     )
     for f in snap.failed:
         error = f.error if len(f.error) <= 160 else f.error[:157] + "..."
-        t.add_row(f.id, f.stage, Text(error, style="red"))
+        t.add_row(safe(f.id), safe(f.stage), safe(error, "red"))
     return titled(f"failed ({snap.failed_total}{more}; sweeper show JOB for the traceback)", t)
 
 
 def _workers(snap: StatusSnapshot) -> Any:
-    from rich.text import Text
 
     t = plain_table(
         ("host", {"no_wrap": True, "overflow": "ellipsis", "max_width": 20}),
@@ -294,11 +295,11 @@ def _workers(snap: StatusSnapshot) -> Any:
     styles = {"running": "green", "lost": "red", "stopped": "dim"}
     for w in snap.workers:
         t.add_row(
-            w.host,
+            safe(w.host),
             str(w.pid),
-            Text(w.status, style=styles.get(w.status, "")),
+            safe(w.status, styles.get(w.status, "")),
             f"{duration(w.heartbeat_age_s)} ago",
-            w.current_job or "-",
+            safe(w.current_job or "-"),
         )
     more = f", {snap.workers_hidden} older not shown" if snap.workers_hidden else ""
     return titled(f"workers ({snap.workers_live} live{more})", t)
@@ -334,7 +335,7 @@ def watch(
                     view = Group(last, Text(f"\nrefreshing every {interval:g}s; Ctrl-C to quit", style="dim"))
                 except Exception as exc:  # show it and keep watching: the next read may work
                     msg = str(getattr(exc, "message", None) or exc).splitlines()[0][:200]
-                    view = Group(last, Text(f"\ncannot read the queue: {msg}; retrying", style="red"))
+                    view = Group(last, Text(f"\ncannot read the queue: {visible(msg)}; retrying", style="red"))
                 live.update(view, refresh=True)
                 if stop is not None and stop():
                     return

@@ -23,6 +23,7 @@ the rest of the report is still written.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +39,7 @@ from sweeper.grid.ranking import Metric, is_seconds
 from sweeper.store.checkpoints import atomic_write
 from sweeper.store.results import JobRecord, Scalar, SweepView
 from sweeper.views.dashview import duration
+from sweeper.views.safe_text import visible
 
 PLUGIN_GROUP = "sweeper.report"
 TOP = 3
@@ -95,11 +97,28 @@ def fmt(name: str, value: Any) -> str:
         if isinstance(value, int):
             return f"{value:,}" if abs(value) >= 10_000 else str(value)
         return f"{v:.4g}"
-    return str(value)
+    return md_text(value)
 
 
 def md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+# Markdown that a value from the queue could use: emphasis, code, links and images ([..](..)),
+# raw HTML (<..>), entities (&#x202e;) (a table cell's | is md_table's); and at a line's start a heading or list.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&!])")
+_MD_LINE_START = re.compile(r"^([#>+-]|\d+[.)])")
+
+
+def md_text(value: Any) -> str:
+    """A value from the queue (a label, an error, a name) as Markdown that shows it literally, on one line."""
+    text = visible(value)  # control characters visible, newlines too: one line
+    return _MD_LINE_START.sub(r"\\\1", _MD_SPECIAL.sub(r"\\\1", text))
+
+
+def md_code(value: Any) -> str:
+    """A name shown as inline code: a backtick in it would end the span early, so it becomes a quote."""
+    return "`" + visible(value).replace("`", "'") + "`"
 
 
 def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
@@ -144,14 +163,14 @@ def top_table(records: list[JobRecord], keys: list[str], metrics: list[Metric]) 
     """The seed's top-3 layout: one column per job (#1 #2 #3), one row per param and metric."""
     header = ["", *(f"#{i}" for i in range(1, len(records) + 1))]
     flats = [j.flat_params() for j in records]
-    rows = [[k, *(fmt(k, f.get(k)) for f in flats)] for k in keys]
-    rows += [[m.name, *(fmt(m.name, j.metric(m.name)) for j in records)] for m in metrics]
+    rows = [[md_text(k), *(fmt(k, f.get(k)) for f in flats)] for k in keys]
+    rows += [[md_text(m.name), *(fmt(m.name, j.metric(m.name)) for j in records)] for m in metrics]
     rows.append(["job", *(f"`{j.id}`" for j in records)])
     return md_table(header, rows, ["l"] + ["r"] * len(records))
 
 
 def full_table(records: list[JobRecord], keys: list[str], metrics: list[Metric], missing: list[JobRecord]) -> str:
-    header = ["#", *keys, *(m.name for m in metrics), "job"]
+    header = ["#", *map(md_text, keys), *(md_text(m.name) for m in metrics), "job"]
     rows = []
     for i, j in enumerate(records, 1):
         flat = j.flat_params()
@@ -180,14 +199,22 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
     if failed:
         intro += f" · {len(failed)} failed"
     if info and info.description:
-        intro = f"{info.description}\n\n{intro}"
+        intro = f"{md_text(info.description)}\n\n{intro}"
+    stale = [(j, why) for j in view.jobs(stage, status=None) if (why := view.stale().get(j.id))]
+    if stale:
+        rows = [[f"`{j.id}`", md_text(j.label or "-"), j.status, md_text(why)] for j, why in stale]
+        intro += (
+            f"\n\n**Stale:** {len(stale)} job(s) ran on a hand-off whose upstream stage changed since; their "
+            "results below may not be what the stage would give now (`sweeper retry --stale` runs them again).\n\n"
+            + md_table(["job", "params", "status", "why"], rows)
+        )
     failures = ""
     if failed:
-        rows = [[f"`{j.id}`", j.label or "-", error_summary(j.error)] for j in failed]
+        rows = [[f"`{j.id}`", md_text(j.label or "-"), md_text(error_summary(j.error))] for j in failed]
         failures = "**Failed jobs**\n\n" + md_table(["job", "params", "error"], rows)
     if not done:
         body = intro + "\n\n_No job of this stage finished; nothing to show._"
-        out.append(Section(title=f"Stage `{stage}`", body=body + (f"\n\n{failures}" if failures else "")))
+        out.append(Section(title=f"Stage {md_code(stage)}", body=body + (f"\n\n{failures}" if failures else "")))
         return out
 
     metrics = [m for m in (opts.primary, opts.secondary) if any(j.metric(m.name) is not None for j in done)]
@@ -197,17 +224,17 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
 
     if len(done) == 1:
         j = done[0]
-        rows = [[k, fmt(k, v)] for k, v in j.flat_params().items()]
-        rows += [[f"**{k}**", fmt(k, v)] for k, v in _scalars(j.result).items()]
+        rows = [[md_text(k), fmt(k, v)] for k, v in j.flat_params().items()]
+        rows += [[f"**{md_text(k)}**", fmt(k, v)] for k, v in _scalars(j.result).items()]
         parts.append(f"Job `{j.id}`:\n\n" + md_table(["", "value"], rows, ["l", "r"]))
     elif not metrics:
         names = sorted({k for j in done for k in _scalars(j.result) if j.metric(k) is not None})
         parts.append(
             f"_No job reports {opts.primary.name} or {opts.secondary.name}; "
-            f"their metrics: {', '.join(names) or 'none'} (choose with --metric / --second)._"
+            f"their metrics: {', '.join(map(md_text, names)) or 'none'} (choose with --metric / --second)._"
         )
-        rows = [[f"`{j.id}`", j.label, *(fmt(n, j.metric(n)) for n in names[:6])] for j in done]
-        parts.append(md_table(["job", "params", *names[:6]], rows))
+        rows = [[f"`{j.id}`", md_text(j.label), *(fmt(n, j.metric(n)) for n in names[:6])] for j in done]
+        parts.append(md_table(["job", "params", *map(md_text, names[:6])], rows))
     else:
         for m in metrics:
             order = ranked(done, m)
@@ -226,7 +253,7 @@ def stage_sections(view: SweepView, stage: str, opts: ReportOptions, log: Callab
         parts.append("\n\n".join(f"![{f}]({f})" for f in figures))
     if failures:
         parts.append(failures)
-    out.append(Section(title=f"Stage `{stage}`", body="\n\n".join(parts), figures=figures))
+    out.append(Section(title=f"Stage {md_code(stage)}", body="\n\n".join(parts), figures=figures))
     return out
 
 
@@ -287,9 +314,9 @@ def overview(view: SweepView) -> Section:
         durs = [j.duration_s for j in recs if j.status == "done" and j.duration_s is not None]
         rows.append(
             [
-                f"`{s.name}`",
-                s.kind,
-                ", ".join(s.needs) or "-",
+                md_code(s.name),
+                md_text(s.kind),
+                ", ".join(map(md_text, s.needs)) or "-",
                 str(sum(s.counts.values())),
                 str(s.counts.get("done", 0)),
                 str(s.counts.get("failed", 0)),
@@ -338,7 +365,7 @@ def pick_plugins(names: list[str] | None) -> list[Plugin]:
         elif ":" in name:
             from sweeper.grid.registry import load_target
 
-            picked.append(Plugin(name, name, lambda n=name: load_target(n)))
+            picked.append(Plugin(name, name, functools.partial(load_target, name)))
         else:
             raise UsageError(
                 f"no report plug-in named '{name}'",
@@ -407,9 +434,9 @@ def write_report(
         plugin_sections += run_plugin(plugin, view, log)
 
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    lines = [f"# Sweep `{view.sweep}`", ""]
+    lines = [f"# Sweep {md_code(view.sweep)}", ""]
     if view.description:
-        lines += [view.description, ""]
+        lines += [md_text(view.description), ""]
     lines += [
         f"_Generated by `sweeper report` on {now} from {source_name(view.db.display_url)}. Metrics: "
         f"{opts.primary.name} ({opts.primary.better} is better), "
@@ -419,13 +446,17 @@ def write_report(
     leading = [s for s in plugin_sections if s.lead]
     ordered = [*leading, *sections, *(s for s in plugin_sections if not s.lead)]
     generic = {id(s) for s in sections}
-    for s in ordered:
-        if leading and s is sections[0]:
+    for part in ordered:
+        if leading and part is sections[0]:
             lines += ["## Appendix: every stage in detail", ""]
-        level = max(2, s.level) + (1 if leading and id(s) in generic else 0)
-        lines += [f"{'#' * level} {s.title}", "", s.body.strip(), ""]
+        level = max(2, part.level) + (1 if leading and id(part) in generic else 0)
+        lines += [f"{'#' * level} {part.title}", "", part.body.strip(), ""]
     path = out_dir / "report.md"
-    atomic_write(path, ("\n".join(lines).rstrip() + "\n").encode("utf-8"))
+    # The last line of defence for what plug-ins wrote: no control character reaches the file raw.
+    text = visible("\n".join(lines).rstrip() + "\n", lines=True)
+    atomic_write(path, text.encode("utf-8"))
     figures = [out_dir / f for s in [*sections, *plugin_sections] for f in s.figures]
     notes = [s.title for s in plugin_sections if s.title.startswith("Plug-in")]
+    if view.stale():
+        notes.append(f"{len(view.stale())} stale job(s): their upstream stage changed since they ran")
     return ReportResult(path, figures, [s.title for s in [*sections, *plugin_sections]], notes)

@@ -18,11 +18,16 @@ import sqlalchemy as sa
 
 from sweeper import mappings
 from sweeper.config import mask_password
-from sweeper.errors import JobNotFound, error_summary
+from sweeper.errors import JobNotFound, UnsafePath, error_summary
 from sweeper.store.db import Database, artifacts, checkpoints, db_now, events, jobs
+from sweeper.store.quarantine import is_quarantined
 from sweeper.store.readmodel import JobParams
 from sweeper.store.results import flatten, is_handoff, is_outcome, is_reference
+from sweeper.store.stale import stale_in_history
+from sweeper.store.statepaths import check_location, stored
 from sweeper.views.dashview import duration
+from sweeper.views.safe_text import text as safe
+from sweeper.views.safe_text import visible
 
 JSON_SCHEMA = "sweeper.job/1"
 # Events that end an attempt, and what they mean for it.
@@ -72,6 +77,8 @@ class StoredFile:
     present: bool | None  # a file that is missing on this machine: False; database blobs: None
     created_at: float
     attempt: int | None = None
+    refused: str | None = None  # why a stored location is unsafe: shown as refused, never looked at
+    quarantined: bool = False  # a checkpoint refused as possibly malicious, kept in quarantine/
 
 
 @dataclass
@@ -110,6 +117,8 @@ class JobDetail:
     events: list[EventRow] = field(default_factory=list)
     checkpoints: list[StoredFile] = field(default_factory=list)
     artifacts: list[StoredFile] = field(default_factory=list)
+    # why the job ran on a hand-off whose upstream stage changed since (store/stale.py); None: it did not
+    stale: str | None = None
 
 
 def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> JobDetail:
@@ -179,13 +188,11 @@ def collect_job(db: Database, job_id: str, state_dir: Path | None = None) -> Job
     detail.params = param_rows(detail.params_written, detail.params_resolved, detail.provenance)
     detail.events = [EventRow(e.ts, e.type, e.attempt, e.worker, e.detail and mask_password(e.detail)) for e in ev]
     detail.attempts = attempts_from_events(detail.events, r.status)
+    detail.stale = stale_in_history((e.type, e.detail) for e in detail.events)
     detail.checkpoints = [
-        StoredFile(f"seq {c.seq}", c.sha256, c.size, *_where(c.location, state_dir), c.created_at, c.attempt)
-        for c in ckpts
+        _stored_file(f"seq {c.seq}", c, "checkpoints", r, state_dir, c.created_at, c.attempt) for c in ckpts
     ]
-    detail.artifacts = [
-        StoredFile(a.name, a.sha256, a.size, *_where(a.location, state_dir), a.created_at) for a in arts
-    ]
+    detail.artifacts = [_stored_file(a.name, a, "artifacts", r, state_dir, a.created_at) for a in arts]
     return detail
 
 
@@ -203,10 +210,29 @@ def _tracking_uri(evs: Any, run_id: str | None) -> str | None:
     return None
 
 
-def _where(location: str | None, state_dir: Path | None) -> tuple[str, bool | None]:
-    if not location:
-        return "database", None
-    return location, (state_dir / location).is_file() if state_dir is not None else None
+def _stored_file(
+    name: str, f: Any, area: str, job: Any, state_dir: Path | None, created_at: float, attempt: int | None = None
+) -> StoredFile:
+    """A checkpoint or artifact row, its location checked before anything looks at the file.
+
+    A location from the queue may name any path (`../../etc/passwd`): checked by form first
+    (statepaths.check_location), and only a safe one is resolved and stat-ed, so `show` never
+    tells whether a file outside the state directory exists.
+    """
+    out = StoredFile(name, f.sha256, f.size, "database", None, created_at, attempt)
+    if not f.location:
+        return out
+    out.where = f.location
+    out.quarantined = is_quarantined(f.location)
+    if out.quarantined:
+        area = "quarantine"
+    try:
+        check_location(f.location, area, job.id, job.sweep)
+        if state_dir is not None:
+            out.present = stored(state_dir, f.location, area, job.id, job.sweep).is_file()
+    except UnsafePath as exc:
+        out.refused = exc.message
+    return out
 
 
 def param_rows(written: dict[str, Any], resolved: dict[str, Any] | None, provenance: dict[str, str]) -> list[ParamRow]:
@@ -297,18 +323,20 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
 
     parts: list[Any] = []
     head = Text()
-    head.append(f"job {d.id}", style="bold")
-    head.append(f"  {d.sweep} / {d.stage}  ({d.kind})\n")
+    head.append(f"job {visible(d.id)}", style="bold")
+    head.append(f"  {visible(d.sweep)} / {visible(d.stage)}  ({visible(d.kind)})\n")
     styles = {"done": "green", "failed": "red", "running": "yellow", "cancelled": "magenta"}
-    head.append(d.status, style=f"bold {styles.get(d.status, 'blue')}")
+    head.append(visible(d.status), style=f"bold {styles.get(d.status, 'blue')}")
     bits = [f"attempt {d.attempt}", f"failures {d.failures}/{d.max_failures}"]
     bits.append(f"interruptions {d.interruptions}/{d.max_interruptions}")
     head.append("  " + " · ".join(bits))
     if d.status == "running":
         pct = f"{100 * d.progress:.0f}%" if d.progress is not None else "?"
-        head.append(f"\nprogress {pct} {d.progress_message or ''} on {d.worker or '?'}")
+        head.append(f"\nprogress {pct} {visible(d.progress_message or '')} on {visible(d.worker or '?')}")
         if d.lease_expires_in_s is not None:
             head.append(f" (lease {duration(d.lease_expires_in_s)} left)", style="dim")
+    if d.stale:
+        head.append(f"\nstale: {d.stale} since it ran; `sweeper retry --stale {d.id}` runs it again", style="yellow")
     if d.not_before_in_s:
         head.append(f"\nnext retry in {duration(d.not_before_in_s)}")
     times = f"\nenqueued {_when(d.created_at)}"
@@ -319,8 +347,8 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         times += f" · finished {_when(d.finished_at)}{took}"
     head.append(times, style="dim")
     if d.tracking_run_id:
-        where = f" in {d.tracking_uri}" if d.tracking_uri else ""
-        head.append(f"\nMLflow run {d.tracking_run_id}{where}", style="dim")
+        where = f" in {visible(d.tracking_uri)}" if d.tracking_uri else ""
+        head.append(f"\nMLflow run {visible(d.tracking_run_id)}{where}", style="dim")
     parts.append(head)
 
     t = plain_table(
@@ -333,7 +361,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
         resolved = "" if d.params_resolved is None else _value(p.resolved)
         written = "(inherited)" if p.written is None and p.source else _value(p.written)
         same = d.params_resolved is not None and p.written == p.resolved
-        t.add_row(p.key, written, "=" if same else resolved, p.source or "")
+        t.add_row(safe(p.key), safe(written), safe("=" if same else resolved), safe(p.source or ""))
     note = None
     if d.params_resolved is None and any(is_reference(p.written) for p in d.params):
         note = Text("hand-offs resolve when every upstream job has finished", style="dim")
@@ -342,7 +370,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     if d.result:
         t = plain_table(("metric", {"no_wrap": True}), ("value", {"overflow": "fold"}))
         for key, value in _metric_rows(d.result):
-            t.add_row(key, value)
+            t.add_row(safe(key), safe(value))
         parts.append(titled("result", t))
 
     if d.attempts:
@@ -360,11 +388,11 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
             style = "red" if a.outcome.startswith("failed") else ("green" if a.outcome == "done" else "")
             t.add_row(
                 str(a.number),
-                a.worker or "-",
+                safe(a.worker or "-"),
                 time.strftime("%m-%d %H:%M:%S", time.localtime(a.claimed_at)) if a.claimed_at else "-",
                 ran,
                 str(a.checkpoints),
-                Text(outcome, style=style),
+                safe(outcome, style),
             )
         parts.append(titled("attempts", t))
 
@@ -372,7 +400,7 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
     if other:
         t = plain_table(("when", {"no_wrap": True}), ("event", {"no_wrap": True}), ("detail", {"overflow": "fold"}))
         for e in other:
-            t.add_row(_when(e.ts), e.type, e.detail or "")
+            t.add_row(_when(e.ts), safe(e.type), safe(e.detail or ""))
         parts.append(titled("events", t))
 
     for title, files in (("checkpoints", d.checkpoints), ("artifacts", d.artifacts)):
@@ -385,25 +413,29 @@ def render(d: JobDetail, *, traceback: bool = True) -> Any:
             ("stored", {"overflow": "fold"}),
         )
         for f in files:
-            where = Text(f.where)
-            if f.present is False:
+            where = safe(f.where)
+            if f.refused:
+                where.append(f"  (refused, not looked at: {visible(f.refused)})", style="red")
+            elif f.quarantined:
+                where.append("  (quarantined: refused as possibly malicious)", style="red")
+            elif f.present is False:
                 where.append("  (missing on this machine)", style="red")
-            t.add_row(f.name, _size(f.size), f.sha256[:12], where)
+            t.add_row(safe(f.name), _size(f.size), safe(f.sha256[:12]), where)
         parts.append(titled(title, t))
 
     if d.error:
         parts.append(Text(""))
         parts.append(Text("error", style="bold underline"))
-        parts.append(Text(d.error_summary, style="bold red"))
+        parts.append(safe(d.error_summary, "bold red"))
         # a message whose first line is the summary goes on with its other lines; a traceback is shown whole
         first, _, rest = d.error.strip().partition("\n")
         body = rest.rstrip() if first.strip() == d.error_summary else d.error.rstrip()
         if traceback and body:
-            parts.append(Text(body, style="red"))
+            parts.append(safe(body, "red", lines=True))
     return Group(*parts)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

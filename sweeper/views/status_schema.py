@@ -49,6 +49,9 @@ class Stage(_Strict):
     mean_duration_s: float | None = Field(description="mean run time of the stage's done jobs")
     throughput_per_h: float | None = Field(description="done jobs per hour while the stage ran")
     eta_s: float | None = Field(description="seconds until the stage is finished; null: unknown yet")
+    stale: int = Field(
+        0, description="jobs that ran on a hand-off whose upstream stage changed since; `sweeper retry --stale`"
+    )
 
 
 class Running(_Strict):

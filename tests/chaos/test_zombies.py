@@ -36,8 +36,8 @@ class Takeover:
         self.db = open_database(f"sqlite:///{self.state / 'queue.db'}")
         self.queue = Queue(self.db, reap_every_s=0)
         self.queue.enqueue(parse_spec("sweep: z\nstages:\n  a: {kind: noop}\n", "g.yaml"))
-        self.checkpoints = CheckpointStore(self.queue, self.state, "files")
-        self.artifacts = ArtifactStore(self.queue, self.state, "files")
+        self.checkpoints = CheckpointStore(self.queue.db, self.state, "files", fence=self.queue.in_lease)
+        self.artifacts = ArtifactStore(self.queue.db, self.state, "files", fence=self.queue.in_lease)
 
     def claim(self, worker: str, ttl: float = 30.0) -> ClaimedJob:
         job = self.queue.claim(worker, ttl)
