@@ -130,6 +130,7 @@ class PruneParams(StrictParams):
             "steps_accepted",
             "max_step_drop",
             "max_total_drop",
+            "max_steps",
             "control_converged_at_step",
             "control_stop_gain",
             "total_drop",
