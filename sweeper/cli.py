@@ -534,9 +534,14 @@ def report(
         bool,
         typer.Option(
             "--mlflow-screenshot",
-            help="Also save the MLflow UI's runs table as mlflow-runs.png and show it in the report: starts "
-            "`mlflow server` on the tracking store and takes the picture with headless Chromium (offline).",
+            help="Also save the MLflow UI's runs table as mlflow-runs.png, and each stage's as mlflow-<stage>.png, "
+            "and show them in the report: starts `mlflow server` on the tracking store and takes the pictures with "
+            "headless Chromium (offline).",
         ),
+    ] = False,
+    pdf: Annotated[
+        bool,
+        typer.Option("--pdf", help="Also print the report, figures included, to report.pdf with headless Chromium."),
     ] = False,
     mlflow_uri: MlflowUriOpt = None,
     *,
@@ -573,16 +578,21 @@ def report(
                 check_metric(database, parsed, name, option=option)
         view = SweepView(database, settings.state_dir, name, out_dir)
         if mlflow_screenshot:
-            from sweeper.views.mlflow_shot import take_screenshot
+            from sweeper.views.mlflow_shot import take_screenshot, take_stage_screenshots
 
             uri = settings.tracking_uri
             assert uri is not None, "resolved with tracking on"
             log(f"MLflow screenshot: mlflow server on {uri.split('://', 1)[0]}, headless Chromium")
             view.mlflow_screenshot = take_screenshot(uri, name, out_dir / "mlflow-runs.png").name
+            view.mlflow_stage_screenshots = take_stage_screenshots(uri, name, out_dir)  # one table per stage
         result = write_report(view, out_dir, opts, log=log)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {safe_text.markup(note)}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
+    if pdf:
+        from sweeper.views.report_pdf import write_pdf
+
+        out.print(f"wrote {write_pdf(Path(result.path))}")
 
 
 @app.command()

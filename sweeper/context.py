@@ -219,6 +219,10 @@ class JobContext:
 
         self.tracker.set_tags(provenance_tags(plain))
 
+    def log_row(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """One row of a table of this job's (a step, say), shown nested under its run; once per name."""
+        self.tracker.log_row(name, params, metrics)
+
     def log_artifact(self, path: str | Path, name: str | None = None, *, track: bool = True) -> dict[str, Any]:
         """Store a file as this job's output (sha256 in the database) and attach it to the run."""
         path = Path(path)

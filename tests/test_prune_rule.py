@@ -1,9 +1,10 @@
 """Pruning by the rule, on real Fashion-MNIST (a subset), run by a real `sweeper work`.
 
-A layer stops at the first step whose drop exceeds 1% (not at a step cap), or, with
-max_total_drop, at the first step whose cumulative drop from the unpruned model exceeds it. Drops
-are measured against an unpruned control fine-tuned with the same epochs, so they measure
-pruning rather than the extra training; a chained prune job carries the cumulative drop on.
+A layer stops at the first step whose pruning drop (the assignment's: the raw triplet's first
+minus last number) exceeds 1 point (not at a step cap), or, with max_total_drop, at the first step
+whose cumulative drop from the unpruned model exceeds it. Beside every step an unpruned control is
+fine-tuned with the same epochs: its gain gives the controlled drop (information, or the rule with
+`drop: controlled`); a chained prune job carries the cumulative drop on.
 The control is retrained beside every step (`control_stop_gain: null`) or until one retraining
 gains it less than `control_stop_gain`, after which later steps keep its accuracy.
 """
@@ -33,6 +34,10 @@ stages:
     kind: prune
     needs: [train]
     params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, control_stop_gain: null}}
+  by_control:
+    kind: prune
+    needs: [train]
+    params: {{model: {{result_of: train}}, layer: fc1, finetune_epochs: 1, drop: controlled, control_stop_gain: null}}
   by_total:
     kind: prune
     needs: [train]
@@ -75,25 +80,40 @@ def assert_drops_are_against_the_control(r: dict) -> None:
     control = r["input_test_accuracy"]
     for t in r["triplets"]:
         assert t["raw_drop"] == pytest.approx(t["before"] - t["after_finetune"])
-        assert t["drop"] == pytest.approx(t["raw_drop"] + (t["control"] - control)), "drop = raw + control's gain"
+        gain = t["control"] - control
+        assert t["controlled_drop"] == pytest.approx(t["raw_drop"] + gain), "controlled = raw + control's gain"
+        assert t["drop"] == (t["raw_drop"] if r["drop_rule"] == "raw" else t["controlled_drop"])
         assert t["total_drop"] == pytest.approx(r["upstream_total_drop"] + t["control"] - t["after_finetune"])
         control = t["control"]
 
 
 @pytest.mark.slow
-def test_a_layer_stops_at_the_first_step_that_costs_more_than_one_percent(sweep):
+def test_a_layer_stops_at_the_first_step_whose_raw_drop_exceeds_one_point(sweep):
     r = results(sweep)["by_step"]
     steps = r["triplets"]
     assert r["control"] is True and r["max_step_drop"] == 0.01 and r["max_total_drop"] is None
+    assert r["drop_rule"] == "raw" and r["max_steps"] is None, "the assignment's rule is the default"
     assert_drops_are_against_the_control(r)
     *kept, last = steps
-    assert all(t["accepted"] and t["drop"] <= 0.01 + 1e-9 for t in kept)
-    assert not last["accepted"] and last["drop"] > 0.01, "stopped by the 1% rule"
-    assert "max_step_drop 0.01" in r["stop_reason"] and "one unit left" not in r["stop_reason"]
+    assert all(t["accepted"] and t["before"] - t["after_finetune"] <= 0.01 + 1e-9 for t in kept)
+    assert not last["accepted"] and last["before"] - last["after_finetune"] > 0.01, "stopped by the 1% rule"
+    assert "raw pruning drop" in r["stop_reason"] and "max_step_drop 0.01" in r["stop_reason"]
+    assert "one unit left" not in r["stop_reason"] and "max_total_drop" not in r["stop_reason"]
     assert r["result_step"] == len(kept)
     assert r["arch"]["dense"] == 12 - len(kept)
     assert "fc2 is the output layer" in r["output_layer"]
     assert r["control_converged_at_step"] is None and all(t["control_measured"] for t in steps), "every step"
+
+
+@pytest.mark.slow
+def test_with_drop_controlled_the_rule_judges_the_controlled_drop(sweep):
+    r = results(sweep)["by_control"]
+    assert r["drop_rule"] == "controlled"
+    assert_drops_are_against_the_control(r)
+    *kept, last = r["triplets"]
+    assert all(t["accepted"] and t["controlled_drop"] <= 0.01 + 1e-9 for t in kept)
+    assert not last["accepted"] and last["controlled_drop"] > 0.01
+    assert "controlled pruning drop" in r["stop_reason"]
 
 
 @pytest.mark.slow
@@ -105,7 +125,7 @@ def test_a_converged_control_is_not_retrained_again(sweep):
     assert r["control_converged_at_step"] == 1 and first["control_measured"]
     assert not any(t["control_measured"] for t in later)
     assert all(t["control"] == first["control"] for t in later), "later steps keep the control's last accuracy"
-    assert all(t["drop"] == pytest.approx(t["raw_drop"]) for t in later), "no gain once converged"
+    assert all(t["controlled_drop"] == pytest.approx(t["raw_drop"]) for t in later), "no gain once converged"
 
 
 @pytest.mark.slow

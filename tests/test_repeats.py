@@ -250,6 +250,15 @@ def test_dry_run_of_the_assignment_lists_the_repeat_stages_and_job_counts(tmp_pa
     assert stages["train_search"].inherit.over_seeds == "mean" and stages["train_search"].inherit.min_seeds == 3
     (prune,) = [j for j in spec.jobs if j.stage == "prune_conv1"]
     assert prune.params["model"]["best_of"] == ["model_search", "model_repeats", "train_search", "train_repeats"]
+    # item 13: "the trained model which has the highest test accuracy in Step 2", a single model,
+    # not the best configuration's mean over seeds
+    assert "over_seeds" not in prune.params["model"] and prune.params["model"]["metric"] == "test_accuracy"
+    # items 14-16: the assignment's per-step rule on the raw drop, no cumulative limit, no step cap
+    prunes = [j for j in spec.jobs if j.params.get("layer")]
+    assert sorted(j.params["layer"] for j in prunes) == ["conv1", "conv2", "fc1"]
+    for job in prunes:
+        assert job.params.get("drop", "raw") == "raw", job.stage
+        assert "max_total_drop" not in job.params and "max_steps" not in job.params, job.stage
     (baseline,) = [j for j in spec.jobs if j.stage == "baseline"]
     assert baseline.params["stop_at_target"] is True
 

@@ -43,9 +43,10 @@ stages:
     params: {stop_at_target: false}
     configs:
       - {lr: 0.01}       # the reference: the baseline's settings on this stage's images and epochs
+      - {train_subset: 200}   # the reference of the two runs below, on their images
       - {lr: 0.5}
       - {lr: 0.00001}
-      - {lr: 0.02, momentum: 0.99}   # about momentum, though the lr changes too
+      - {momentum: 0.99}
       - {batch_size: 4, train_subset: 200}
       - {conv1: {channels: 16, kernel: 5}, conv2: {channels: 16, kernel: 5}, dense: 64, train_subset: 200}
   train_search:
@@ -62,14 +63,14 @@ stages:
     needs: [model_search, model_repeats, train_search, train_repeats]
     params:
       model: {best_of: [model_search, model_repeats, train_search, train_repeats], metric: test_accuracy,
-              mode: max, over_seeds: mean}
+              mode: max}
       layer: conv1
       finetune_epochs: 1
       max_steps: 1
   prune_conv2:
     kind: prune
     needs: [prune_conv1]
-    params: {model: {result_of: prune_conv1}, layer: conv2, finetune_epochs: 1, max_steps: 1, max_total_drop: 0.05}
+    params: {model: {result_of: prune_conv1}, layer: conv2, finetune_epochs: 1, max_steps: 1}
   prune_fc1:
     kind: prune
     needs: [prune_conv2]
@@ -159,6 +160,10 @@ def test_report_follows_the_assignment_steps_and_questions(report):
         "### 18. FLOPs and the Pareto plot",
         "### 19. The selected model",
         "### 20. The model as matrix multiplications, and its speed",
+        "## How this was run",
+        "## Our figures beside the submitted report's",
+        "## Bonus items",
+        "## References",
         "## Appendix: every stage in detail",
     ]
     at = [md.index(t + "\n") for t in titles]
@@ -166,6 +171,13 @@ def test_report_follows_the_assignment_steps_and_questions(report):
     assert "## Not in this report" not in md  # every part had its stage
     for jargon in ("seed report", "3.3.a", "2.5.a"):
         assert jargon not in md
+    assert "| Step 1 network, test accuracy | 88.34 % |" in md, "the submitted report's figures beside ours"
+    assert "sweeper enqueue jobs/grids/assignment.yaml" in part(md, "## How this was run")
+    assert "last 10,000 training images" in part(md, "## How this was run"), "the running 90 % is defined"
+    bonus = part(md, "## Bonus items")
+    assert all(f"**{n}." in bonus for n in (9, 21, 22)) and "not attempted" in bonus
+    references = part(md, "## References")
+    assert all(word in references for word in ("Assignment 3", "PyTorch", "MLflow", "FLOPs convention"))
 
 
 @pytest.mark.slow
@@ -220,11 +232,19 @@ def test_report_numbers_are_the_jobs_numbers(report):
     first = next(line for line in q12c.splitlines() if line.startswith("| #1 |"))
     assert f"`{fastest.id}`" in first and f"{fastest.result['images_to_target']:,}" in first
 
-    # seeds: mean ± std of every configuration that ran with two seeds
+    # seeds: mean ± std of every configuration that ran with two seeds, and Welch's t behind each verdict
     noise = part(md, "### How much of this is noise")
     for c in group_configs(grid):
         if c.n > 1:
             assert f"{100 * c.mean:.2f} ± {100 * std(c.values):.2f} %" in noise
+    verdicts = re.findall(r"(beyond noise|within noise)", q12a + q12b + noise)
+    tested = re.findall(
+        r"Welch's t = -?\d+\.\d\d, (?:\d+\.\d degrees of freedom|normal curve), p [=<] ", q12a + q12b + noise
+    )
+    assert verdicts and len(tested) >= len(re.findall(r"beyond noise|within noise: we cannot tell", q12a + noise))
+    assert "Holm's correction" in q12b and "The stop-at-target confound" in q12b
+    assert "likely reason" in q12b and "Time to the target:" in q12b
+    assert "never reached it" in q12b, "the lr 1e-5 runs never reach the target: counted apart, not averaged"
 
     # 12d: each failure-mode run under its heading, with a verdict either way
     modes = {
@@ -234,12 +254,21 @@ def test_report_numbers_are_the_jobs_numbers(report):
         "#### iv. Batch size too small": {"batch_size": 4},
         "#### v. Overfitting due to a large model": {"dense": 64},
     }
-    reference = next(j for j in jobs["diagnostics"] if j.params["lr"] == 0.01)
-    assert f"the reference (grey) is run `{reference.id}` of the same stage" in md
-    for heading, params in modes.items():
-        job = next(j for j in jobs["diagnostics"] if all(j.params[k] == v for k, v in params.items()))
+    # each against the reference it differs from in one thing (the 200-image runs against the 200-image one)
+    assert "each changing one setting against its reference (grey)" in md
+    changed = {
+        "#### i. Learning rate too high": "lr 0.5 (reference 0.01).",
+        "#### ii. Learning rate too small": "lr 1e-05 (reference 0.01).",
+        "#### iii. Momentum too high": "momentum 0.99 (reference 0.9).",
+        "#### iv. Batch size too small": "batch_size 4 (reference 32).",
+        "#### v. Overfitting due to a large model": "conv1.channels 16 (reference 4), conv1.kernel 5 (reference 3)",
+    }
+    for heading in modes:
         text = part(md, heading)
-        assert f"Run `{job.id}`" in text and ("**Shows it.**" in text or "**Does not show it.**" in text)
+        assert f"Changed against its reference: {changed[heading]}" in text, text
+        assert "train_subset" not in text.split("Changed against its reference:")[1].split("\n")[0]
+        assert "**Shows it.**" in text or "**Does not show it.**" in text
+    assert "over equal windows of images" in part(md, "#### iv. Batch size too small")
     lr_high = part(md, "#### i. Learning rate too high")
     assert "**Shows it.**" in lr_high  # lr 0.5 on this net diverges or ends clearly worse
 
@@ -254,6 +283,16 @@ def test_report_numbers_are_the_jobs_numbers(report):
         assert f"{100 * t['drop']:+.2f} pt" in row
         assert "Stopped by" in text and "Cumulative drop from the unpruned model" in text
     assert "output layer" in part(md, "### 16. Layer fc2 (the output layer)")
+    # Step 3 starts from the single most accurate model of Step 2 (item 13), with its configuration's seeds
+    step2 = [j for g in ("model_search", "model_repeats", "train_search", "train_repeats") for j in jobs[g]]
+    top = max(step2, key=lambda j: (j.result["test_accuracy"], -j.position))
+    assert jobs["prune_conv1"][0].result["input_job"] == top.id
+    step3 = part(md, "## Step 3: pruning")
+    assert "Take the trained model which has the highest test accuracy in Step 2" in step3
+    assert pct(top.result["test_accuracy"]) in step3
+    assert "The difference between the first and last number is called the pruning drop" in step3
+    assert "1 point of test accuracy" in step3
+    assert "no cap on the number of steps" not in step3 and "This sweep also stopped a layer after 1 step(s)" in step3
 
     # Step 4: the formula worked out equals the benchmark's FLOPs; the timing is the benchmark's
     bench = jobs["benchmark"][0].result

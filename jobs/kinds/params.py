@@ -151,6 +151,7 @@ class PruneParams(StrictParams):
             "steps_accepted",
             "max_step_drop",
             "max_total_drop",
+            "max_steps",
             "control_converged_at_step",
             "control_stop_gain",
             "total_drop",
@@ -166,10 +167,14 @@ class PruneParams(StrictParams):
     # structured: conv1 | conv2 | fc1; magnitude: one of conv1, conv2, fc1, fc2, or all (the default)
     layer: PruneLayer | None = Field(None, validate_default=True)
     max_step_drop: float = Field(0.01, ge=0)  # accept a step while its pruning drop (see jobs/kinds/prune.py) <= this
+    # which drop max_step_drop judges: raw, the assignment's (accuracy before the step minus after its
+    # fine-tuning); or controlled, raw plus what the same fine-tuning gave the unpruned control
+    drop: Literal["raw", "controlled"] = "raw"
     # accept a step only while the cumulative drop from the unpruned model (through upstream prune jobs) <= this
     max_total_drop: float | None = Field(None, ge=0)
     # structured: fine-tune an unpruned copy of the input with the same extra epochs beside every step,
-    # so that a step's drop measures pruning, not the extra training (costs one more fine-tune per step)
+    # to tell what pruning cost from what the extra training gave (the controlled drop; one more
+    # fine-tune per step until it converges); the rule uses it only with drop: controlled
     control: bool = True
     # ...until it has converged: once one of the control's fine-tunes gains less than this (test accuracy),
     # more training no longer moves it (0.003 is about one standard error at 10,000 test images), so later

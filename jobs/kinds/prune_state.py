@@ -77,7 +77,16 @@ class InputRecord:
         return {"step": record.pop("step"), **record}
 
 
-METHOD_KEYS = ("unit", "importance", "units", "amount", "density", "nonzero_params", "effective_macs")
+METHOD_KEYS = (
+    "controlled_drop",
+    "unit",
+    "importance",
+    "units",
+    "amount",
+    "density",
+    "nonzero_params",
+    "effective_macs",
+)
 
 
 @dataclass
@@ -107,6 +116,8 @@ class StepRecord:
     control_finetune_s: float
     model: str  # the artifact's name: step-<k>.pt
     sha256: str
+    # raw_drop + control_gain; None in steps recorded before it was (it is then pruning_drop)
+    controlled_drop: float | None = None
     # structured
     unit: int | None = None
     importance: float | None = None

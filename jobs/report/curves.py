@@ -8,6 +8,7 @@ end of each epoch.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,7 @@ def plot_failure(path: Any, run: Curve, reference: Curve | None, title: str) -> 
         ax.set_xlabel("epochs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)  # wrapped: a long title is not clipped
     fig.tight_layout()
     fig.savefig(path, dpi=85)
     plt.close(fig)

@@ -1,14 +1,19 @@
 """Question 12d: a loss-against-epoch plot for each failure mode, and whether the run really shows it.
 
-Each diagnostics run is classified by how its params differ from the reference it is compared with
-(a run of the stage with the baseline's settings, else the baseline trained a fixed number of
-epochs): a larger model, a higher momentum, a smaller batch, a higher or lower learning rate. Then the numbers decide whether it shows
-its failure, and the report says so either way:
+Each diagnostics run is compared with a matched reference: of the stage's runs with the baseline's
+network and training settings (they may differ in images and epochs), the one that differs from it
+in the fewest params, so that each failure changes one thing (else the baseline trained a fixed
+number of epochs). It is classified by how its params differ from that reference: a larger model, a
+higher momentum, a smaller batch, a higher or lower learning rate. Then the numbers decide whether
+it shows its failure, and the report says so either way:
 
   learning rate too high   the loss diverges (NaN, or ends above where it started), or test accuracy is clearly lower
   learning rate too small  test accuracy clearly lower, the training loss clearly higher: under-trained
   momentum too high        the loss oscillates (rougher than the reference's, or the test loss rises), or diverges
-  batch size too small     slower per image (fewer images per second) and a noisier loss
+  batch size too small     slower per image (fewer images per second) and a noisier loss, the noise
+                           compared over equal windows of images (a logged loss point averages
+                           log_every batches: 200 images at batch 2, 3,200 at batch 32, and an
+                           average over 16× fewer images is about 4× as noisy from sampling alone)
   large model              the train/test accuracy gap widens over the epochs, beyond the reference's
 
 "Clearly lower" means by more than 2 standard errors of a difference of two single runs measured
@@ -67,6 +72,13 @@ def classify(flat: Mapping[str, Any], ref: Mapping[str, Any]) -> str | None:
     if less("lr"):
         return "lr_low"
     return None
+
+
+def rebin(losses: Sequence[float], k: int) -> list[float]:
+    """Means of k consecutive loss points (each then covers k times the images)."""
+    if k <= 1:
+        return list(losses)
+    return [mean(losses[i : i + k]) for i in range(0, len(losses) - k + 1, k)]
 
 
 def roughness(losses: Sequence[float]) -> float | None:
@@ -154,7 +166,7 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
         if curve is not None and diverged(curve):
             signs.append("the loss diverges")
         if rough is not None and rough >= 1.5:
-            signs.append(f"the training loss is {rough:.1f}× as jagged as the reference's")
+            signs.append(f"the training loss is {rough:.1f}× as jagged as the reference's over equal image windows")
         if up >= 2 and (ref_curve is None or up > rises(ref_curve)):
             signs.append(f"the test loss rises in {up} epochs")
         if lower:
@@ -166,12 +178,22 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     if mode == "batch_small":
         speed, base_speed = number(r.get("images_per_s")), number(b.get("images_per_s"))
         rough = _rough_ratio(curve, ref_curve)
-        noisy = f"; its training loss is {rough:.1f}× as jagged as the reference's" if rough is not None else ""
+        noisy = (
+            f"; over equal windows of images its training loss is {rough:.1f}× as jagged as the reference's"
+            if rough is not None
+            else "; it logged too few loss points to compare its noise with the reference's over equal windows of images"
+        )
         if speed is not None and base_speed is not None and speed < 0.8 * base_speed:  # slower per image
+            better = (
+                " Its accuracy is not the failure: in the same epochs it makes many more (smaller-batch) updates, "
+                "so it can end higher; the cost is time, and a noisier path."
+                if acc is not None and base is not None and acc >= base
+                else ""
+            )
             return Verdict(
                 True,
                 f"Slower per image: {speed:,.0f} images/s against the reference's {base_speed:,.0f} "
-                f"({base_speed / speed:.1f}× the time per image){noisy}; {versus}.",
+                f"({base_speed / speed:.1f}× the time per image){noisy}; {versus}.{better}",
             )
         return Verdict(
             False, f"This run is not slower per image ({cell(speed)} against {cell(base_speed)} images/s){noisy}."
@@ -194,16 +216,51 @@ def judge(mode: str, run: Any, curve: Curve | None, ref: Any, ref_curve: Curve |
     return Verdict(False, not_shown)
 
 
+def images_per_point(job: Any) -> int | None:
+    """How many training images one logged loss point of a train job averages."""
+    flat = job.flat_params()
+    batch, every = number(flat.get("batch_size")), number(flat.get("log_every", 100))
+    return int(batch * every) if batch and every else None
+
+
 def _rough_ratio(curve: Curve | None, ref: Curve | None) -> float | None:
+    """How much more jagged the run's training loss is than the reference's, over equal image windows."""
     if curve is None or ref is None:
         return None
-    a, b = roughness(curve.losses()), roughness(ref.losses())
+    a_losses, b_losses = curve.losses(), ref.losses()
+    ia, ib = curve.history.get("_images_per_point"), ref.history.get("_images_per_point")
+    if ia and ib and ia != ib:  # average the finer curve's points into windows of the coarser one's images
+        if ia < ib:
+            a_losses = rebin(a_losses, round(ib / ia))
+        else:
+            b_losses = rebin(b_losses, round(ia / ib))
+    a, b = roughness(a_losses), roughness(b_losses)
     return a / b if a is not None and b else None
 
 
-def _change(flat: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
-    keys = [k for k in flat if k != "seed" and flat.get(k) != ref.get(k) and not isinstance(flat.get(k), dict)]
+def _differs(flat: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
+    keys = set(flat) | set(ref)
+    return sorted(k for k in keys if k != "seed" and flat.get(k) != ref.get(k) and not isinstance(flat.get(k), dict))
+
+
+def matched_reference(job: Any, references: Sequence[Any]) -> Any:
+    """The reference the run differs from in the fewest params (the first of equals)."""
+    flat = job.flat_params()
+    return min(references, key=lambda r: len(_differs(flat, r.flat_params())))
+
+
+def _change(flat: Mapping[str, Any], ref: Mapping[str, Any], with_reference: bool = True) -> str:
+    keys = _differs(flat, ref)
+    if not with_reference:
+        return ", ".join(f"{k} {cell(flat.get(k))}" for k in keys) or "baseline settings"
     return ", ".join(f"{k} {cell(flat.get(k))} (reference {cell(ref.get(k))})" for k in keys) or "baseline settings"
+
+
+def _curve(label: str, hist: Histories, job: Any) -> Curve | None:
+    history, _ = hist.get(job)
+    if history is None:
+        return None
+    return Curve(label, {**history, "_images_per_point": images_per_point(job)})
 
 
 def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]], list[str]]:
@@ -216,29 +273,27 @@ def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]]
     if base is None:
         return [], ["12d: no baseline to tell what each failure-mode run changed."]
     base_flat = base.flat_params()
-    # A run of the stage with the baseline's settings (on the stage's images and epochs) is the fairest
-    # reference; without one, the baseline trained a fixed number of epochs.
+    # Runs of the stage with the baseline's network and training settings (on the stage's images and
+    # epochs) are the fairest references; each run is matched with the one it differs from least, so
+    # that it changes one thing. Without one, the baseline trained a fixed number of epochs.
     in_stage = [j for j in runs if classify(j.flat_params(), base_flat) is None]
-    ref = in_stage[0] if in_stage else roles.reference
-    assert ref is not None
-    ref_flat = ref.flat_params()
-    ref_hist, _ = hist.get(ref)
-    ref_curve = Curve("reference", ref_hist) if ref_hist is not None else None
-    n_test = hist.test_images(ref)
-    by_mode: dict[str, list[Any]] = {}
+    references = in_stage or [roles.reference]
+    assert all(r is not None for r in references)
+    by_mode: dict[str, list[tuple[Any, Any]]] = {}
     for job in runs:
-        if job is ref:
+        if job in references:
             continue
-        mode = classify(job.flat_params(), ref_flat)
-        by_mode.setdefault(mode or "other", []).append(job)
-    epochs = cell(ref.params.get("max_epochs"))
+        ref = matched_reference(job, references)
+        mode = classify(job.flat_params(), ref.flat_params())
+        by_mode.setdefault(mode or "other", []).append((job, ref))
     which = (
-        f"run `{ref.id}` of the same stage, with the baseline's settings on the same images for {epochs} epochs"
+        "a run of the same stage with the baseline's network and training settings, on the same images for the "
+        "same epochs: of those, the one the run differs from in the fewest settings"
         if in_stage
-        else f"the baseline trained a fixed {epochs} epochs"
+        else f"the baseline trained a fixed {cell(references[0].params.get('max_epochs'))} epochs"
     )
     intro = (
-        f"One run per failure mode, each changing a setting of the baseline; the reference (grey) is {which}. Left: "
+        f"One run per failure mode, each changing one setting against its reference (grey): {which}. Left: "
         "training loss (line) and test loss (circles) per epoch; right: train (solid) and test (dashed) accuracy "
         "per epoch. Under each plot, what the numbers show."
     )
@@ -252,15 +307,20 @@ def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]]
             notes.append(f"12d: no run for '{title}'.")
             continue
         parts, figures = [], []
-        for job in jobs:
-            history, why = hist.get(job)
-            curve = Curve("this run", history) if history is not None else None
+        for job, ref in jobs:
+            ref_flat = ref.flat_params()
+            ref_curve = _curve("reference", hist, ref)
+            n_test = hist.test_images(ref)
+            curve = _curve("this run", hist, job)
+            _, why = hist.get(job)
             verdict = judge(mode, job, curve, ref, ref_curve, n_test)
             shown += verdict.shows
-            parts.append(f"Run `{job.id}`: {_change(job.flat_params(), ref_flat)}.")
+            changed = _change(job.flat_params(), ref_flat)
+            parts.append(f"Changed against its reference: {changed}.")
             if curve is not None:
                 name = f"failure_{mode}_{slug(job.id)}.png"
-                plot_failure(view.figure_path(name), curve, ref_curve, f"{title[title.index(' ') + 1 :]}: {job.label}")
+                short = _change(job.flat_params(), ref_flat, with_reference=False)
+                plot_failure(view.figure_path(name), curve, ref_curve, f"{title[title.index(' ') + 1 :]}: {short}")
                 figures.append(name)
                 parts.append(f"![{title}]({name})")
             else:
@@ -269,9 +329,7 @@ def q12d(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]]
         out.append(section(title, parts, figures, level=4))
     others = by_mode.get("other", [])
     if others:
-        out[0]["body"] += (
-            "\n\nNot matched to a failure mode: " + ", ".join(f"`{j.id}` ({j.label})" for j in others) + "."
-        )
+        out[0]["body"] += "\n\nNot matched to a failure mode: " + ", ".join(j.label for j, _ in others) + "."
     judged = sum(len(by_mode.get(m, [])) for m, _ in MODES)
     out[0]["body"] += f"\n\n{shown} of {judged} run(s) show the failure they were meant to show."
     return out, notes

@@ -27,13 +27,16 @@ from jobs.report.md import (
 )
 from jobs.report.roles import Grid, Roles
 from jobs.report.stats import (
+    SEED_KEY,
     Config,
+    Test,
     accuracy_se,
-    beyond_noise,
-    diff_se,
     group_configs,
+    holm,
     marginal_effects,
+    mean,
     number,
+    welch,
 )
 from sweeper.plots import pyplot
 
@@ -93,15 +96,41 @@ def _noise_sd(n_test: int | None, p: float = 0.88) -> float:
     return accuracy_se(p, n_test or 10_000)
 
 
-def _compare(a: Config, b: Config, n_test: int | None) -> tuple[float, float, bool]:
-    gap = (a.mean or 0.0) - (b.mean or 0.0)
-    se = diff_se(a.values, b.values, _noise_sd(n_test, a.mean or 0.88))
-    return gap, se, beyond_noise(gap, se)
+def _compare(a: Config, b: Config, n_test: int | None) -> Test:
+    """Welch's t test of a's seeds against b's (a single run: the test-set error as its spread)."""
+    return welch(a.values, b.values, _noise_sd(n_test, a.mean or 0.88))
 
 
-def _noise_words(gap: float, se: float, beyond: bool) -> str:
-    verdict = "beyond noise" if beyond else "within noise"
-    return f"{100 * gap:.2f} points (standard error of the difference {100 * se:.2f} points: {verdict})"
+def _noise_words(test: Test) -> str:
+    verdict = "beyond noise" if test.beyond else "within noise: we cannot tell which is better"
+    return f"{100 * test.gap:.2f} points ({test.words()}: {verdict})"
+
+
+def winners_curse(configs: list[Config]) -> str | None:
+    """How much of the repeated configurations' lead is the luck they were picked for: they were
+    chosen by their first seed's result, and that seed is inside their means."""
+    repeated = [c for c in configs if c.n > 1 and number(c.first.result.get("test_accuracy")) is not None]
+    if not repeated:
+        return None
+    firsts, others, better = [], [], 0
+    for c in repeated:
+        first = number(c.first.result.get("test_accuracy"))
+        rest = [v for j in c.jobs[1:] if (v := number(j.result.get("test_accuracy"))) is not None]
+        if first is None or not rest:
+            continue
+        firsts.append(first)
+        others.append(mean(rest))
+        better += first > mean(rest)
+    if not firsts:
+        return None
+    seed = cell(repeated[0].first.params.get(SEED_KEY))
+    return (
+        f"_The winner's curse._ The repeated configurations were picked for their seed-{seed} result, and that "
+        f"run is inside their means: their seed-{seed} runs average {pct(mean(firsts))}, their other seeds "
+        f"{pct(mean(others))} ({100 * (mean(firsts) - mean(others)):+.2f} points; the first seed is the better "
+        f"in {better} of {len(firsts)}). The other seeds are the fairer estimate of how good a chosen "
+        "configuration is: a 3-seed mean that includes the picked seed sits about a third of that gap above them."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +187,7 @@ def top3(roles: Roles, grid: Grid, n_test: int | None) -> list[str]:
     words = []
     if len(top) > 1:
         for other in top[1:]:
-            gap, se, beyond = _compare(top[0], other, n_test)
-            words.append(f"#1 leads #{top.index(other) + 1} by {_noise_words(gap, se, beyond)}")
+            words.append(f"#1 leads #{top.index(other) + 1} by {_noise_words(_compare(top[0], other, n_test))}")
     gaps = [(g, i) for i, c in enumerate(top, 1) if (g := _gap(c)) is not None]
     if gaps:
         least, rank = min(gaps)
@@ -167,6 +195,9 @@ def top3(roles: Roles, grid: Grid, n_test: int | None) -> list[str]:
         words.append(f"#{rank} overfits least (train accuracy {_points(abs(least))} {side} test)")
     if words:
         parts.append("; ".join(words) + ".")
+    curse = winners_curse(top)
+    if curse:
+        parts.append(curse)
     return parts
 
 
@@ -226,10 +257,22 @@ def q12a(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
                 all_runs_table(roles, grid),
             )
         )
+    shots = getattr(view, "mlflow_stage_screenshots", None) or {}
+    figures = []
+    for grid in roles.grids:
+        for stage in (grid.stage, *grid.repeats):
+            if stage in shots:
+                parts.append(
+                    f"{grid_title(roles, grid).capitalize()}, stage {stage}, in the MLflow UI: its runs table with "
+                    f"the hyper-parameters as columns, sorted by test accuracy (best first).\n\n"
+                    f"![MLflow runs table of {stage}]({shots[stage]})"
+                )
+                figures.append(shots[stage])
     shot = getattr(view, "mlflow_screenshot", None)
-    if shot:
+    if shot and not figures:
         parts.append(f"The same runs in the MLflow UI (its runs table, newest first):\n\n![MLflow runs table]({shot})")
-    return section("12a. The top 3 configurations and all runs", parts, figures=[shot] if shot else [])
+        figures.append(shot)
+    return section("12a. The top 3 configurations and all runs", parts, figures=figures)
 
 
 def _inherited(roles: Roles, grid: Grid) -> str:
@@ -258,8 +301,18 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
     parts = [
         "For each hyper-parameter, the test accuracy of every run of the grid that used each value "
         "(mean, standard deviation, lowest and highest). In a full grid every value is combined with the "
-        "same settings of the others, so the means compare like with like. A gap counts as beyond noise "
-        "when it exceeds 2 standard errors of the difference of the two means.",
+        "same settings of the others, so the means compare like with like. The best value's runs are compared "
+        "with the worst value's by Welch's t test (its degrees of freedom and p-value are given); since one "
+        "table tests every hyper-parameter at once, a gap counts as beyond noise only when it survives Holm's "
+        "correction for that many comparisons (family-wise 5%). The runs of one value also differ in the other "
+        "hyper-parameters, which widens their spread, so the test is conservative. Each hyper-parameter gets "
+        "a likely reason whichever way it went, and its effect on the training time (images to the target, "
+        "which does not depend on machine load) beside its effect on accuracy.",
+        "_The stop-at-target confound._ Every run stops when its running train accuracy first reaches the "
+        "target, so a setting that learns faster also trains for fewer epochs: its test accuracy is measured "
+        "earlier in training. A setting that speeds training (a larger learning rate, a larger initial "
+        "scale) can therefore look worse on accuracy, and one that slows it can look better, for that reason "
+        "alone.",
     ]
     figures = []
     for grid in roles.grids:
@@ -282,22 +335,25 @@ def q12b(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
             )
         )
         fallback = _noise_sd(n_test)
+        tests = [e.test(fallback) for e in effects]
+        kept = holm([t.p for t in tests])
+        speed = _speed_effects(grid)
         sentences = []
-        for e in effects:
-            se = e.se(fallback)
-            beyond = beyond_noise(e.gap, se)
+        for e, test, beyond in zip(effects, tests, kept, strict=True):
             best, worst = e.best, e.worst
             s = (
                 f"**{plain(e.key)}**: {cell(best.value)} averages {pct(best.mean)} over {len(best.values)} runs "
                 f"against {pct(worst.mean)} for {cell(worst.value)}, a gap of {100 * e.gap:.2f} points "
-                f"({'beyond' if beyond else 'within'} noise: standard error {100 * se:.2f} points)."
+                f"({test.words()}; {'beyond noise after' if beyond else 'within noise under'} Holm's correction "
+                f"for {len(tests)} comparisons)."
             )
-            direction = _direction(best.value, worst.value)
-            reason = WHY.get((e.key, direction)) if direction else None
-            if beyond and reason:
+            reason = _reason(e.key, best.value, worst.value)
+            if beyond:
                 s += f" A likely reason: {reason}."
-            elif not beyond:
-                s += " The grid cannot tell these values apart."
+            else:
+                s += f" We cannot tell these values apart; had the difference been real, a likely reason: {reason}."
+            if e.key in speed:
+                s += " " + speed[e.key]
             sentences.append(s)
         for key, other in tied:
             sentences.append(f"{plain(key)} changes together with {plain(other)} in this grid: its effect is theirs.")
@@ -324,6 +380,56 @@ def _untangle(effects: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
             seen[shape] = e.key
             kept.append(e)
     return kept, tied
+
+
+# Reasons for hyper-parameters whose values have no up or down (initialisations).
+WHY_KEY = {
+    "init": (
+        "the initialisations set the starting scale of the weights: kaiming (He) is scaled for ReLU by the fan-in "
+        "alone, so its weights start larger than xavier's (scaled by fan-in and fan-out) and the network learns "
+        "faster at first; with the stop at the target, faster means fewer epochs, so part of any accuracy gap "
+        "is when the run stopped"
+    ),
+}
+
+
+def _reason(key: str, best: Any, worst: Any) -> str:
+    direction = _direction(best, worst)
+    reason = WHY.get((key, direction)) if direction else None
+    if reason is None:
+        reason = WHY_KEY.get(key.split(".")[-1]) or WHY_KEY.get(key)
+    return reason or f"{plain(key)} {cell(best)} suited this network and data better than {cell(worst)}"
+
+
+def _speed_effects(grid: Grid) -> dict[str, str]:
+    """For each hyper-parameter, a sentence on its effect on images to the target (mean per value;
+    runs that never reached the target are counted apart, not averaged in)."""
+    out = {}
+    for key in grid.keys:
+        levels: dict[str, tuple[Any, list[float], int]] = {}
+        for j in grid.jobs:
+            value = _flat(j).get(key)
+            _, images, never = levels.setdefault(cell(value), (value, [], 0))
+            v = number(j.result.get("images_to_target"))
+            if j.result.get("reached", True) is False or v is None:
+                levels[cell(value)] = (value, images, never + 1)
+            else:
+                images.append(v)
+        if len(levels) < 2:
+            continue
+        words = []
+        for value, images, never in levels.values():
+            text = f"{cell(value)} {count(round(mean(images)))} images on average" if images else f"{cell(value)} -"
+            if never:
+                text += f" ({never} run(s) never reached it)"
+            words.append(text)
+        reached = [(mean(images), value) for value, images, _ in levels.values() if images]
+        ratio = ""
+        if len(reached) >= 2 and min(reached)[0] > 0:
+            (fast, fv), (slow, sv) = min(reached, key=lambda x: x[0]), max(reached, key=lambda x: x[0])
+            ratio = f"; {cell(sv)} needs {slow / fast:.2f}× the images of {cell(fv)}"
+        out[key] = "Time to the target: " + "; ".join(words) + ratio + "."
+    return out
 
 
 def _direction(best: Any, worst: Any) -> str | None:
@@ -499,7 +605,7 @@ def noise(roles: Roles, n_test: int | None) -> dict[str, Any]:
         best = configs[0]
         for c in repeated:
             sem = (c.std or 0.0) / math.sqrt(c.n)
-            versus = "-" if c is best else _noise_words(*_compare(best, c, n_test))
+            versus = "-" if c is best else _noise_words(_compare(best, c, n_test))
             rows.append(
                 [
                     grid_title(roles, grid),
@@ -520,8 +626,11 @@ def noise(roles: Roles, n_test: int | None) -> dict[str, Any]:
         return section("How much of this is noise", parts)
     parts.append(
         "Configurations that ran with several seeds: mean ± standard deviation over seeds, the standard error "
-        "of the mean, and the gap to the grid's best configuration with its standard error. A gap below 2 "
-        "standard errors is within noise: the ranking between those configurations could flip with other seeds."
+        "of the mean, and the gap to the grid's best configuration, tested with Welch's t test (unequal spreads; "
+        "with 3 seeds a side has only 2 degrees of freedom, so a gap needs t above about 4.3 to reach p < 0.05). "
+        "Where p ≥ 0.05 we cannot tell the two apart: the ranking could flip with other seeds. Several "
+        "comparisons are made here, one per row, so even at p < 0.05 one in twenty rows of pure noise would "
+        "read as a difference."
     )
     parts.append(
         table(

@@ -15,6 +15,7 @@ A sweep with no train jobs is not this assignment: the plug-in then adds nothing
     step1      Step 1          search     12a-12c, noise
     failures   12d             compress   Steps 3 and 4
     md, curves Markdown helpers; loss curves
+    about      how this was run, the submitted report's figures, bonus items, references
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from jobs.ml.classes import CLASSES
 from jobs.ml.figures import plot_confusion
+from jobs.report.about import about
 from jobs.report.compress import step3, step4
 from jobs.report.curves import Histories
 from jobs.report.failures import q12d
@@ -56,6 +58,7 @@ def sections(view: Any) -> list[dict[str, Any]]:
     part("Step 2", lambda: step2(view, roles, hist))
     part("Step 3", lambda: step3(view, roles))
     part("Step 4", lambda: step4(view, roles))
+    part("How this was run, references", lambda: about(view, roles))
     if notes:
         out.append(section("Not in this report", "\n".join(f"- {n}" for n in notes), level=2))
     for s in out:

@@ -66,6 +66,9 @@ class Tracker(Protocol):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run (masked; values as text)."""
 
+    def log_row(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """One row of a table under the job's run (an MLflow child run), written once per name."""
+
     def flush(self) -> None: ...
 
     def pending(self) -> list[list[Any]]:
@@ -97,6 +100,9 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_row(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         pass
 
     def flush(self) -> None:
@@ -595,6 +601,52 @@ class MLflowTracker:
         if self._run_id is None or not self.log_files:
             return
         _retry_transient(lambda: self.client.log_artifact(self._run_id, str(path), artifact_path), "log an artifact")
+
+    def log_row(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """A child run of the job's run, named `name`: MLflow's runs table shows it as a row nested
+        under the job, with its params and metrics as columns (a table of a job's steps, say).
+
+        Written at once, not buffered: a row is finished when it is logged. It is written once per
+        name: an attempt that replays a step after a kill finds the row its predecessor wrote (a
+        replayed step is bit-identical) and leaves it alone. The child carries `parent_job_id`, not
+        `job_id`, so that looking a job's run up by its tag never finds a child.
+        """
+        if self._run_id is None:
+            return
+        parent = self._run_id
+        found = _retry_transient(
+            lambda: self.client.search_runs(
+                [self.client.get_run(parent).info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.row = '{name}'",
+                max_results=1,
+            ),
+            "look for a row",
+        )
+        if found:
+            return
+        from mlflow.entities import Metric, Param
+
+        parent_run = self.client.get_run(parent)
+        tags = {k: v for k, v in parent_run.data.tags.items() if k in ("sweep", "stage", "kind")}
+        tags.update(
+            {"mlflow.parentRunId": parent, "row": name, "parent_job_id": parent_run.data.tags.get("job_id", "")}
+        )
+        child = _retry_transient(
+            lambda: self.client.create_run(
+                parent_run.info.experiment_id, run_name=f"{parent_run.info.run_name} {name}"[:250], tags=tags
+            ),
+            "create a row",
+        )
+        ts = int(time.time() * 1000)
+        _retry_transient(
+            lambda: self.client.log_batch(
+                child.info.run_id,
+                metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                params=[Param(k, v) for k, v in sorted(flatten_params(params).items())],
+            ),
+            "log a row",
+        )
+        _retry_transient(lambda: self.client.set_terminated(child.info.run_id, status="FINISHED"), "close a row")
 
     def flush(self) -> None:
         if self._run_id is None or not self._buffer:

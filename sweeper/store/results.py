@@ -275,6 +275,7 @@ class SweepView:
         view.read_json(job_id, name) / read_csv(...)     # parsed artifacts
         view.figure_path("loss.png") -> Path             # where to save a figure of the report
         view.mlflow_screenshot                           # file name of the MLflow UI's runs table, or None
+        view.mlflow_stage_screenshots                    # {stage: file name of its own runs table}
     """
 
     def __init__(self, db: Database, state_dir: Path, sweep: str, out_dir: Path | None = None) -> None:
@@ -283,6 +284,8 @@ class SweepView:
         self.out_dir = out_dir
         # set by `sweeper report --mlflow-screenshot` (sweeper/views/mlflow_shot.py): a PNG in out_dir
         self.mlflow_screenshot: str | None = None
+        # and one runs table per stage: {stage: PNG file name in out_dir}
+        self.mlflow_stage_screenshots: dict[str, str] = {}
         with db.read() as conn:
             found = read_sweeps(conn, sweep) if sweep else []
             if not found:
