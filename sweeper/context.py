@@ -31,25 +31,14 @@ from sweeper.errors import LeaseLost
 from sweeper.outcome import Interrupted, JobFailed
 from sweeper.running.tracking import NullTracker, Tracker
 from sweeper.store.checkpoints import ArtifactStore, CheckpointStore
+from sweeper.store.encoding import load_plain
 from sweeper.store.queue import ClaimedJob, Queue
 from sweeper.store.statepaths import under
 
-__all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost"]
+__all__ = ["Interrupted", "JobContext", "JobFailed", "LeaseLost", "load_plain"]
 
 # The key under which a checkpoint carries the metric points not yet written to the tracker.
 PENDING_METRICS = "__sweeper_pending_metrics__"
-
-
-def load_plain(path: Path) -> dict[str, Any]:
-    """A torch.save file of tensors and plain values (a model artifact), loaded like a checkpoint.
-
-    Anything else (a bare pickle of any protocol, another zip, a pickle that names a global) is
-    refused as possibly malicious (RefusedCheckpoint) before it could run code, and the job fails
-    at once: fetching the same file again cannot help. The file is left where it is.
-    """
-    from sweeper.store.checkpoints import decode
-
-    return decode(Path(path).read_bytes(), f"artifact {Path(path).name} ({path})")
 
 
 @dataclass

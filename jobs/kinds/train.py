@@ -16,7 +16,7 @@ from jobs.ml import figures
 from jobs.ml.data import load_dataset
 from jobs.ml.device import describe, job_numerics, numerics, on_device, pick_device
 from jobs.ml.model import Arch, build, count_params, save_model
-from jobs.ml.training import LoopConfig, evaluate, fit, make_optimizer, predict, window_batches
+from jobs.ml.training import LoopConfig, TrainState, evaluate, fit, make_optimizer, predict, window_batches
 from sweeper.context import Interrupted, JobContext, JobFailed
 
 
@@ -61,7 +61,7 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
     )
     checkpoint = ctx.restore()
     if checkpoint is None and p.continue_from:  # a promoted job's first attempt: its upstream's final state
-        checkpoint = continued(ctx, p.continue_from, p.max_epochs)
+        checkpoint = continued(ctx, p.continue_from, p.max_epochs, window_batches(cfg, len(data.train)))
     state = fit(ctx, model, optimizer, data.train, data.test, cfg, checkpoint=checkpoint, val=data.val)
     if isinstance(state, Interrupted):
         return state  # interrupted at a checkpoint; the worker releases the job
@@ -147,35 +147,36 @@ def train(ctx: JobContext, p: TrainParams, arch: Arch, device: torch.device) -> 
     return result
 
 
-def continued(ctx: JobContext, upstream: str, max_epochs: int) -> dict[str, Any]:
+def continued(ctx: JobContext, upstream: str, max_epochs: int, window_size: int) -> dict[str, Any]:
     """The final checkpoint of the upstream job a promoted job continues (model, optimizer, RNG, counters).
 
     Time to target, images to target and the curves carry on from it, so they stay true for the
     configuration across rungs; the metric points logged from here on continue its step numbers.
     """
-    state = ctx.restore_upstream(upstream)
-    if state is None:
+    checkpoint = ctx.restore_upstream(upstream)
+    if checkpoint is None:
         raise JobFailed(
             f"job {ctx.job_id} continues job {upstream}, which has no valid checkpoint left to continue from; "
             f"retry {upstream} (sweeper retry {upstream}), then this job",
             retry=False,
         )
-    if state.get("epoch", 0) > max_epochs or state.get("batch", 0):
+    state = TrainState.from_dict(checkpoint, window_size)
+    if state.epoch > max_epochs or state.batch:
         raise JobFailed(
-            f"job {upstream}'s last checkpoint is at epoch {state.get('epoch')} batch {state.get('batch')}: "
+            f"job {upstream}'s last checkpoint is at epoch {state.epoch} batch {state.batch}: "
             f"not the end of an epoch at or below max_epochs {max_epochs}",
             retry=False,
         )
     # The upstream's curve, into this job's run: the run holds the configuration's whole history.
-    for record in state["history"]["epochs"]:
+    for record in state.history.epochs:
         ctx.log_metrics(
             {f"epoch_{k}": v for k, v in record.items() if k not in ("epoch", "step", "train_s")}, record["epoch"]
         )
-    for point in state["history"]["points"]:
+    for point in state.history.points:
         ctx.log_metrics({"loss": point["loss"], "train_acc": point["train_acc"]}, point["step"])
-    if state.get("time_to_target_s") is not None:
-        ctx.log_metrics({"time_to_target_s": state["time_to_target_s"]}, state["target_step"])
-    return state
+    if state.time_to_target_s is not None and state.target_step is not None:
+        ctx.log_metrics({"time_to_target_s": state.time_to_target_s}, state.target_step)
+    return checkpoint
 
 
 def validation(model: Any, val: Any, batch_size: int) -> dict[str, float]:

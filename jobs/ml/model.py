@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeper.context import load_plain
 from sweeper.outcome import JobFailed
+from sweeper.store.encoding import load_plain
 
 INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 
@@ -156,7 +156,7 @@ def save_model(path: Path, model: CNN) -> Path:
 
 
 def load_model(path: Path) -> CNN:
-    """A model written by save_model. Loaded as a checkpoint is (sweeper.context.load_plain): a file
+    """A model written by save_model. Loaded as a checkpoint is (sweeper.store.encoding.load_plain): a file
     that is not a torch.save file of tensors and plain values (a crafted pickle that would run code,
     in any pickle protocol) is refused without running it, and the job fails at once, since
     fetching the same file again cannot help. The model comes back on the CPU; move it with .to(device)."""
