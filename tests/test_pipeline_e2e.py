@@ -63,14 +63,14 @@ def rows(root: Path) -> list[dict]:
             dict(r)
             for r in conn.execute(
                 sa.text(
-                    "select id, stage, status, position, params, resolved_params, provenance, result, error, "
+                    "select id, stage, status, position, params, resolved_params, params_effective, provenance, result, error, "
                     "started_at, finished_at, tracking_run_id from jobs order by position"
                 )
             ).mappings()
         ]
     engine.dispose()
     for r in out:
-        for key in ("params", "resolved_params", "provenance", "result"):
+        for key in ("params", "resolved_params", "params_effective", "provenance", "result"):
             if isinstance(r[key], str):
                 r[key] = json.loads(r[key])
     return out
@@ -106,11 +106,12 @@ def test_sweep_runs_to_the_benchmark_by_sweeper_work_alone(tmp_path):
         last_up = max(j["finished_at"] for j in by_stage[upstream])
         assert all(j["started_at"] >= last_up for j in by_stage[downstream]), f"{downstream} started early"
 
-    # train_search inherited the architecture of the most accurate model_search job
+    # train_search inherited the architecture of the most accurate model_search job, as it ran
+    # (its effective params: a kernel size left at its default is handed on too)
     winner = best(by_stage["model_search"], "test_accuracy")
     for job in by_stage["train_search"]:
         for key in ("conv1", "conv2", "dense"):
-            assert job["resolved_params"][key] == winner["params"][key]
+            assert job["resolved_params"][key] == winner["params_effective"][key]
             assert job["provenance"][key] == winner["id"]
 
     # prune_conv1 pruned the most accurate train_search model
