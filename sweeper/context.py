@@ -209,7 +209,12 @@ class JobContext:
         self.tracker.set_tags(provenance_tags(plain))
 
     def log_row(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """One row of a table of this job's (a step, say), shown nested under its run; once per name."""
+        """One row of a table of this job's (a step, say), shown nested under its run; once per name.
+
+        Written to the tracker at once (not buffered behind a checkpoint), so the lease is checked
+        first: a zombie whose job was taken over raises LeaseLost and writes no row.
+        """
+        self.verify_lease()
         self.tracker.log_row(name, params, metrics)
 
     def log_artifact(self, path: str | Path, name: str | None = None, *, track: bool = True) -> dict[str, Any]:

@@ -113,3 +113,25 @@ def rows_by_name(uri: str, run_id: str) -> dict[str, float]:
     names = [c.data.tags["row"] for c in children]
     assert len(names) == len(set(names))
     return {c.data.tags["row"]: c.data.metrics["pruning_drop"] for c in children}
+
+
+def test_a_zombie_writes_no_step_row(tmp_path):
+    """A step row goes to MLflow at once, so log_row checks the lease first: after a takeover the
+    old attempt's row is refused (LeaseLost) and the run gets no child."""
+    import sqlalchemy as sa
+
+    from sweeper.errors import LeaseLost
+    from sweeper.store.db import jobs
+
+    job = Job(tmp_path / "job")
+    ctx, tracker, run_id = tracked(job, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ctx.log_row("step 1", {"units": 7}, {"step_accuracy": 0.5})  # the owner: written
+    with job.queue.db.write() as conn:  # another worker takes the job over: a new lease token
+        conn.execute(sa.update(jobs).where(jobs.c.id == ctx.job_id).values(lease_token="taken-over"))
+    with pytest.raises(LeaseLost):
+        ctx.log_row("step 2", {"units": 6}, {"step_accuracy": 0.4})
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_run(run_id).info.experiment_id
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert [r.info.run_name.rsplit(" ", 2)[-2:] for r in children] == [["step", "1"]]  # "... step 1"
+    tracker.end("KILLED")
