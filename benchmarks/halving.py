@@ -1,6 +1,6 @@
 """Successive halving against the full grid, on real Fashion-MNIST, with 2 workers (BENCHMARKS.md).
 
-    python benchmarks/halving.py --root /work/runs/halving --out benchmarks/results/halving.json
+    python benchmarks/halving.py --root ~/sweeper-runs/halving --out benchmarks/results/halving.json
 
 Three sweeps, back to back, each with `sweeper work --workers 2 --threads-per-worker 1`:
 
@@ -210,7 +210,7 @@ def se_diff(p1: float, p2: float, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=Path("/work/runs/halving"))
+    ap.add_argument("--root", type=Path, default=Path.home() / "sweeper-runs" / "halving")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/halving.json")
     ap.add_argument("--train-subset", type=int, default=1000)
     ap.add_argument("--val-subset", type=int, default=1000)
