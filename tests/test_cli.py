@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import cli_env, run_cli
-
-GRID = """
-sweep: cli
-stages:
-  ok: {kind: noop, grid: {value: [1, 2]}, params: {checkpoint: false}}
-  bad: {kind: noop, params: {fail: true, checkpoint: false}, max_failures: 1}
-  later: {kind: noop, needs: [ok], params: {checkpoint: false}}
-"""
+from .unit.test_cli_commands import GRID  # one grid for both tiers
 
 
 @pytest.fixture
