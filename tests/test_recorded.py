@@ -75,6 +75,7 @@ def test_train_job_records_its_defaults_everywhere_and_hands_conv2_on(tmp_path: 
     provenance = doc["attempts"][0]["provenance"]
     for key in ("sweeper_version", "python", "torch_version", "host", "code", "device"):
         assert provenance.get(key), (key, provenance)
+    assert isinstance(provenance["load_1m"], float) and provenance["load_1m"] >= 0
     assert provenance["device"].startswith("cpu")  # the kind's ctx.add_provenance, over the worker's guess
 
     down = json.loads(run_cli("show", follow, "--json", "--state", str(state), cwd=tmp_path).stdout)

@@ -1,6 +1,7 @@
 """Where and on what an attempt ran: recorded per attempt (db.attempts), shown by `show` and MLflow.
 
     sweeper_version, python, host, device    this worker
+    load_1m                                  the machine's 1-minute load average as the attempt starts
     torch_version                            when the kind's code imports torch
     code                                     sha256 (16 hex) of the kind's source: its module and
                                              every file of its package that it imports, transitively
@@ -20,6 +21,7 @@ import ast
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import socket
 import subprocess
@@ -39,9 +41,19 @@ def attempt_provenance(kind: str, device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device,
+        # The machine's 1-minute load average as the attempt starts: times from a loaded machine
+        # read differently, and a report can say how loaded the run was (None where unknown).
+        "load_1m": _load_1m(),
     }
     found.update(code_provenance(kind))
     return found
+
+
+def _load_1m() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 @cache
