@@ -17,7 +17,7 @@ from sweeper.grid.spec import SweepSpec
 from sweeper.store.db import ACTIVE, Database, OutagePolicy, open_db, sqlite_path
 from sweeper.store.queue import EnqueueDiff, Queue
 from sweeper.store.readmodel import resolve_job_id
-from sweeper.store.results import require_selection, why_untouched
+from sweeper.store.selection import require_selection, why_untouched
 
 # (queue, job ids, stage, sweep) -> the ids changed
 Apply = Callable[[Queue, list[str], str | None, str | None], list[str]]

@@ -22,8 +22,9 @@ from sweeper import mappings
 from sweeper.errors import CheckpointError, UsageError
 from sweeper.grid.handoff import REF_KEYS
 from sweeper.masking import Secrets, mask_params
-from sweeper.store.db import STATUSES, Database, jobs, stages, sweeps
+from sweeper.store.db import Database, attempts, jobs, sweeps
 from sweeper.store.readmodel import JobParams, read_stages, read_sweeps, stage_code_versions
+from sweeper.store.selection import require_sweep
 
 if TYPE_CHECKING:
     from sweeper.store.checkpoints import ArtifactStore
@@ -182,86 +183,6 @@ def load_jobs(
     return [_record(r) for r in rows]
 
 
-def _did_you_mean(name: str, names: list[str], what: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    listing = f"{what}: {', '.join(names)}"
-    return (f"did you mean '{close[0]}'? " if close else "") + listing
-
-
-def require_sweep(db: Database, name: str) -> None:
-    """Raise a UsageError naming the sweeps there are, unless sweep `name` exists."""
-    with db.read() as conn:
-        names = [s.name for s in read_sweeps(conn)]
-    if name not in names:
-        raise UsageError(
-            f"no sweep named '{name}' in {db.display_url}",
-            hint=_did_you_mean(name, names, "sweeps there") if names else "run `sweeper enqueue GRID.yaml` first",
-        )
-
-
-def require_stage(db: Database, name: str, sweep: str | None = None) -> None:
-    """Raise a UsageError naming the stages there are, unless stage `name` exists (in `sweep`)."""
-    cond = [stages.c.sweep == sweep] if sweep else []
-    with db.read() as conn:
-        names = sorted(set(conn.execute(sa.select(stages.c.name).where(*cond)).scalars()))
-    if name in names:
-        return
-    where = f"sweep '{sweep}'" if sweep else "the queue"
-    raise UsageError(
-        f"no stage named '{name}' in {where}",
-        hint=_did_you_mean(name, names, "stages") if names else "it has no stages yet",
-    )
-
-
-def require_selection(db: Database, sweep: str | None = None, stages: str | Iterable[str] | None = None) -> None:
-    """`--sweep` and `--stage` must name what is in the queue (UsageError, exit 2, with "did you mean").
-
-    A typo would otherwise select nothing: `work --stage model_serch` would exit with "queue is
-    empty" while jobs wait, `export` would write an empty file.
-    """
-    if sweep:
-        require_sweep(db, sweep)
-    for stage in [stages] if isinstance(stages, str) else stages or ():
-        require_stage(db, stage, sweep)
-
-
-def why_untouched(
-    db: Database, ids: list[str], picked: list[str], wanted: Iterable[str], stage: str | None, sweep: str | None
-) -> list[str]:
-    """Why retry or cancel left jobs alone: the state of each id not picked, or of the selection."""
-    wanted = tuple(wanted)
-    with db.read() as conn:
-        if ids:
-            query = sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))
-            status = {job_id: s for job_id, s in conn.execute(query)}
-            return [f"job {i} is {status[i]}" for i in ids if i not in picked and i in status]
-        if picked:
-            return []
-        cond: list[sa.ColumnElement[bool]] = []
-        if stage:
-            cond.append(jobs.c.stage == stage)
-        if sweep:
-            cond.append(jobs.c.sweep == sweep)
-        query = sa.select(jobs.c.status, sa.func.count()).where(*cond).group_by(jobs.c.status)
-        counts = {status: n for status, n in conn.execute(query)}
-    scope = " and ".join([*([f"stage '{stage}'"] if stage else []), *([f"sweep '{sweep}'"] if sweep else [])])
-    have = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) or "no jobs"
-    return [f"no {' or '.join(wanted)} job in {scope or 'the queue'} ({have})"]
-
-
-def only_sweep(db: Database) -> str:
-    """The name of the one sweep in the queue; a clear error when there are none or several."""
-    with db.read() as conn:
-        names = [s.name for s in read_sweeps(conn)]
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise UsageError(f"no sweep in {db.display_url}", hint="run `sweeper enqueue GRID.yaml` first")
-    raise UsageError(f"the queue holds {len(names)} sweeps: {', '.join(names)}", hint="choose one with --sweep NAME")
-
-
 class SweepView:
     """Read-only access to one sweep for reports: stages, jobs, results and verified artifacts.
 
@@ -270,6 +191,7 @@ class SweepView:
         view.sweep, view.description, view.stages        # names, kinds, needs, counts
         view.jobs(stage=None, status="done")             # JobRecords in queue order
         view.stage(name)                                 # StageInfo or None
+        view.attempt_provenance()                        # {(job_id, attempt): where and on what it ran}
         view.artifact_names(job_id)                      # names recorded by the job
         view.artifact(job_id, name) -> Path              # a local, sha256-verified copy
         view.read_json(job_id, name) / read_csv(...)     # parsed artifacts
@@ -321,6 +243,17 @@ class SweepView:
 
     def job(self, job_id: str) -> JobRecord | None:
         return next((j for j in self._jobs if j.id == job_id), None)
+
+    def attempt_provenance(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """(job id, attempt) -> the provenance recorded as that attempt started (sweeper/running/provenance.py:
+        versions, host, device, code hash, load), for the sweep's jobs."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(attempts.c.job_id, attempts.c.attempt, attempts.c.provenance)
+                .select_from(attempts.join(jobs, attempts.c.job_id == jobs.c.id))
+                .where(jobs.c.sweep == self.sweep)
+            ).all()
+        return {(r.job_id, r.attempt): r.provenance for r in rows if isinstance(r.provenance, dict)}
 
     def stale(self) -> dict[str, str]:
         """Job id -> why, for the sweep's jobs that ran on a hand-off whose upstream changed since."""

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from sweeper.errors import UnsafePath, UsageError
 from sweeper.store.db import events, jobs
+from sweeper.store.selection import require_selection
 from sweeper.store.statepaths import under
 
 MARK = "stale"  # the event that marks a job stale; its detail says which stage reopened and why
@@ -157,8 +158,6 @@ def rerun_stale(
     (forget_checkpoint_files, supersede_tracking_runs); then `Queue.retry_stale` resets them in
     one transaction. Returns the ids it reset.
     """
-    from sweeper.store.results import require_selection
-
     require_selection(queue.db, sweep, stage)
     with queue.db.read() as conn:
         stale = stale_jobs(conn, ids=ids or None, sweep=sweep, stage=stage)

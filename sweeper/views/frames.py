@@ -53,7 +53,8 @@ def results(
     """
     import pandas as pd
 
-    from sweeper.store.results import load_jobs, require_sweep
+    from sweeper.store.results import load_jobs
+    from sweeper.store.selection import require_sweep
     from sweeper.views.export import rows
 
     statuses = [status] if isinstance(status, str) else status
