@@ -13,7 +13,8 @@ from sweeper.errors import CheckpointError
 from sweeper.grid.ranking import Metric, default_mode
 from sweeper.store.db import open_database
 from sweeper.store.results import SweepView, load_jobs
-from sweeper.views.report import ReportOptions, fmt, write_report
+from sweeper.views.markdown import fmt
+from sweeper.views.report import ReportOptions, write_report
 from tests.conftest import run_cli, run_grid
 
 # value is reported as a metric; steps is both a param and a metric (the "cost" axis).

@@ -21,6 +21,7 @@ from typing import Any
 
 from sweeper.grid.handoff import CONTINUE_KEY, RANK_KEY
 from sweeper.store.results import JobRecord, SweepView
+from sweeper.views.markdown import Section, md_table
 
 # Per-epoch keys of a train job's history.json for the metrics a promote ranks by.
 EPOCH_KEYS = {"val_accuracy": "val_acc", "test_accuracy": "test_acc", "val_loss": "val_loss", "test_loss": "test_loss"}
@@ -103,8 +104,6 @@ def _duration(seconds: float) -> str:
 
 
 def sections(view: SweepView) -> list[Any]:
-    from sweeper.views.report import Section, md_table  # here: report.py imports this module
-
     out = []
     for n, chain in enumerate(find_chains(view), start=1):
         root = chain.rungs[0]
