@@ -137,7 +137,7 @@ def _digest(payload: dict[str, Any]) -> str:
 
 def record_result(state_dir: Path, lineage: str, sweep: str, job_id: str, attempt: int, result: dict[str, Any]) -> None:
     """Write the job's result to the mount (atomically) before the database records it as done."""
-    from sweeper.store.checkpoints import atomic_write
+    from sweeper.store.statefiles import atomic_write
 
     payload = {"lineage": lineage, "job_id": job_id, "attempt": attempt, "result": result}
     body = {**payload, "sha256": _digest(payload)}

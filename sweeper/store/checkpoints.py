@@ -15,8 +15,8 @@ mode) still sorts after everything the database knows.
 Every path built from a queue row (sweep, job id, artifact name, stored location) is checked by
 statepaths.py first: a row cannot make a worker write, read or delete outside the state directory.
 
-Files are written atomically (files.py): temp file in the same directory, fsync, rename, fsync of
-the directory. A crash leaves either the old file or the new one, never half of one.
+Files are written atomically (statefiles.py, over files.py): temp file in the same directory, fsync,
+rename, fsync of the directory. A crash leaves either the old file or the new one, never half of one.
 
 The stores see the database and a Fence, not the Queue: a worker passes `Queue.in_lease` as the
 fence for its writes; a reader (the report) passes none and can only read.
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sweeper import files
 from sweeper.errors import CheckpointError, LeaseLost, RefusedCheckpoint, UnsafePath
 from sweeper.files import sha256_file
 from sweeper.store import quarantine
@@ -43,6 +42,7 @@ from sweeper.store.db import Database, add_event
 from sweeper.store.db import artifacts as artifact_rows
 from sweeper.store.db import checkpoints as checkpoint_rows
 from sweeper.store.encoding import decode, encode
+from sweeper.store.statefiles import atomic_write, commit_staged, stage
 from sweeper.store.statepaths import check_name, check_sha256, inside, stored, under
 
 if TYPE_CHECKING:
@@ -58,46 +58,11 @@ class Fence(Protocol):
     def __call__(self, lease: Lease, what: str, fn: Callable[[Connection], T], /) -> T: ...
 
 
-FILE_MODE = 0o644
-DIR_MODE = 0o755
 SUFFIX = ".ckpt"
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    return path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never a mix."""
-    commit_staged(stage(path, data), path)
-
-
-def stage(path: Path, data: bytes) -> Path:
-    """Write `data` to a synced temporary file next to `path`; commit_staged() puts it in place."""
-    try:
-        ensure_dir(path.parent)
-        return files.stage(path, data, mode=FILE_MODE)
-    except OSError as exc:  # a read-only or full filesystem refuses the file itself
-        raise _cannot_write(path, exc) from None
-
-
-def commit_staged(tmp: Path, path: Path) -> None:
-    try:
-        files.commit(tmp, path)
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
-
-
-def _cannot_write(path: Path, exc: OSError) -> CheckpointError:
-    return CheckpointError(
-        f"cannot write {path}: {exc.strerror or exc}",
-        hint="check free space and permissions of the state directory",
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from sweeper.store.db import Database, add_event, events
 from sweeper.store.db import checkpoints as checkpoint_rows
+from sweeper.store.statefiles import atomic_write
 from sweeper.store.statepaths import under
 
 AREA = "quarantine"
@@ -33,8 +34,6 @@ def is_quarantined(location: str | None) -> bool:
 
 def keep(root: Path, sweep: str, job_id: str, name: str, *, path: Path | None, data: bytes) -> Path:
     """Put the refused bytes at quarantine/<sweep>/<job>/<name>: `path` moved there, else `data` written."""
-    from sweeper.store.checkpoints import atomic_write
-
     dest = under(root, AREA, sweep, job_id, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if path is not None and path.exists():

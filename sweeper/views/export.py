@@ -113,7 +113,7 @@ def rows(records: Iterable[JobRecord]) -> tuple[list[str], list[dict[str, Any]]]
 
 def write_csv_file(records: Iterable[JobRecord], path: Path) -> int:
     """Write the CSV to `path` atomically (a reader never sees half a file); returns the number of jobs."""
-    from sweeper.store.checkpoints import atomic_write  # CheckpointError, with a hint, when it cannot
+    from sweeper.store.statefiles import atomic_write  # CheckpointError, with a hint, when it cannot
 
     buf = io.StringIO()
     n = write_csv(records, buf)
