@@ -225,7 +225,7 @@ def work(
     if spec is not None:
         _enqueue(settings, spec)
     if stage or sweep:  # a typo would otherwise find "no runnable job" and exit 0
-        from sweeper.store.results import require_selection
+        from sweeper.store.selection import require_selection
 
         with open_db(settings) as database:
             require_selection(database, sweep, stage)
@@ -291,7 +291,7 @@ def status(
     metric = parse_metric(by or "test_accuracy")
     session = shared.open()
     with open_db(session.settings, readonly=True) as database:
-        from sweeper.store.results import require_selection
+        from sweeper.store.selection import require_selection
 
         require_selection(database, sweep)
         if by is not None and top > 0:  # the default may simply not apply to this sweep's jobs
@@ -358,7 +358,8 @@ def export(
 ) -> None:
     """Every job with its flattened params and metrics, as CSV (for pandas, Facets, a spreadsheet)."""
     from sweeper.store.db import STATUSES
-    from sweeper.store.results import load_jobs, require_selection
+    from sweeper.store.results import load_jobs
+    from sweeper.store.selection import require_selection
     from sweeper.views.export import write_csv, write_csv_file
     from sweeper.views.outputs import csv_file as csv_destination
 
@@ -431,7 +432,8 @@ def report(
     (except for --mlflow-screenshot).
     """
     from sweeper.grid.ranking import parse_metric
-    from sweeper.store.results import SweepView, only_sweep, require_selection
+    from sweeper.store.results import SweepView
+    from sweeper.store.selection import only_sweep, require_selection
     from sweeper.views.dashboard import check_metric
     from sweeper.views.outputs import report_dir
     from sweeper.views.report import ReportOptions, write_report
@@ -467,6 +469,8 @@ def report(
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {safe_text.markup(note)}")
     out.print(f"wrote {result.path} ({len(result.sections)} sections, {len(result.figures)} figures)")
+    if result.appendix is not None:
+        out.print(f"wrote {result.appendix} (every stage in detail, linked from the report's appendix)")
     if pdf:
         from sweeper.views.report_pdf import write_pdf
 

@@ -68,6 +68,22 @@ def _benchmark(view: Any, roles: Roles) -> BenchmarkResult | None:
         return None
 
 
+def load_text(view: Any) -> str:
+    """How loaded the machine was: the 1-minute load average each run recorded as it started."""
+    loads = sorted(v for p in view.attempt_provenance().values() if (v := number(p.get("load_1m"))) is not None)
+    why = "that is why training time is compared in images to the target (deterministic) and not only in seconds."
+    if not loads:
+        return "The machine's load during the run was not recorded; other load may have slowed some runs, and " + why
+    median = loads[len(loads) // 2]
+    p90 = loads[min(len(loads) - 1, int(0.9 * len(loads)))]
+    return (
+        f"The machine's 1-minute load average as each of the {len(loads)} runs started: median {median:.1f}, "
+        f"90th percentile {p90:.1f}, highest {loads[-1]:.1f} (a load equal to the number of workers is the "
+        "workers alone; more means other processes shared the cores and slowed the runs in seconds). Seconds "
+        "therefore carry the load with them; " + why
+    )
+
+
 def how_run(view: Any, roles: Roles) -> dict[str, Any]:
     jobs = view.jobs()
     starts = [j.started_at for j in jobs if j.started_at is not None]
@@ -84,8 +100,7 @@ def how_run(view: Any, roles: Roles) -> dict[str, Any]:
     lines = [
         hardware + "Training used the CPU only, as item 7 requires (no GPU), with one PyTorch thread per worker "
         "process and one worker per core: for these small networks that is faster than several threads in one "
-        "process. The machine was not reserved for the run, so other load may have slowed some runs; that is why "
-        "training time is compared in images to the target (deterministic) and not only in seconds.",
+        "process. " + load_text(view),
         f"{len(jobs)} runs finished"
         + (f" in {wall / 3600:.1f} hours of wall time" if wall is not None else "")
         + f" ({compute / 3600:.1f} hours of compute added over the runs, which ran in parallel). The commands:",

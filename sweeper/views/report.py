@@ -15,7 +15,7 @@ artifacts, and `view.figure_path(name)` for the figures it draws). Each section 
 `{"title": str, "body": markdown, "figures": [file names it saved]}` (or a Section); the body
 refers to figures by file name. Sections marked `lead` open the report (a plug-in whose sections
 are the report a reader came for, such as the assignment's Steps); the stage-by-stage part then
-follows as an appendix. A plug-in that finds nothing to say returns no sections, or a
+goes to its own file, stages.md, linked from report.md's appendix. A plug-in that finds nothing to say returns no sections, or a
 section whose body says what is missing. One that raises becomes a section naming the error:
 the rest of the report is still written.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,33 +31,18 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from sweeper.errors import UsageError, error_summary
-from sweeper.grid.ranking import Metric, is_seconds
-from sweeper.store.checkpoints import atomic_write
+from sweeper.grid.ranking import Metric
 from sweeper.store.readmodel import code_warning
 from sweeper.store.results import JobRecord, Scalar, SweepView
+from sweeper.store.statefiles import atomic_write
 from sweeper.views.dashview import duration
 from sweeper.views.halving import sections as halving_sections
+from sweeper.views.markdown import Section, fmt, md_code, md_escape, md_table, md_text, slug
 from sweeper.views.safe_text import visible
 
 PLUGIN_GROUP = "sweeper.report"
 TOP = 3
-
-
-class Section(BaseModel):
-    """One part of the report: a title, a markdown body and the figures (file names) it uses."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str
-    body: str = ""
-    figures: list[str] = []
-    level: int = 2  # markdown heading level: 2 for a section, 3 inside one
-    # A leading section opens the report, before the stage-by-stage part (which then follows as an
-    # appendix): for a plug-in whose sections are the report a reader came for.
-    lead: bool = False
 
 
 @dataclass
@@ -76,63 +60,7 @@ class ReportResult:
     figures: list[Path]
     sections: list[str]
     notes: list[str]  # what was left out and why
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting
-
-
-def fmt(name: str, value: Any) -> str:
-    """A metric or param for a table: accuracies as %, seconds with a unit, others 4 significant digits."""
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if v != v:
-            return "nan"
-        if "acc" in name.lower() and 0.0 <= v <= 1.0 and isinstance(value, float):
-            return f"{100 * v:.2f} %"
-        if is_seconds(name):
-            return f"{v:.1f} s"
-        if isinstance(value, int):
-            return f"{value:,}" if abs(value) >= 10_000 else str(value)
-        return f"{v:.4g}"
-    return md_text(value)
-
-
-def md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-# Markdown that a value from the queue could use: emphasis, code, links and images ([..](..)),
-# raw HTML (<..>), entities (&#x202e;) (a table cell's | is md_table's); and at a line's start a heading or list.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&!])")
-_MD_LINE_START = re.compile(r"^([#>+-]|\d+[.)])")
-
-
-def md_text(value: Any) -> str:
-    """A value from the queue (a label, an error, a name) as Markdown that shows it literally, on one line."""
-    text = visible(value)  # control characters visible, newlines too: one line
-    return _MD_LINE_START.sub(r"\\\1", _MD_SPECIAL.sub(r"\\\1", text))
-
-
-def md_code(value: Any) -> str:
-    """A name shown as inline code: a backtick in it would end the span early, so it becomes a quote."""
-    return "`" + visible(value).replace("`", "'") + "`"
-
-
-def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
-    align = align or ["l"] * len(header)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+    appendix: Path | None = None  # stages.md, when a plug-in's lead sections open report.md
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +345,18 @@ def _as_dict(item: Any) -> dict[str, Any]:
 # The whole report
 
 
+APPENDIX_FILE = "stages.md"
+
+
+def _render(parts: list[Section]) -> list[str]:
+    return [line for part in parts for line in (f"{'#' * max(2, part.level)} {part.title}", "", part.body.strip(), "")]
+
+
+def _write_markdown(path: Path, lines: list[str]) -> None:
+    # The last line of defence for what plug-ins wrote: no control character reaches the file raw.
+    atomic_write(path, visible("\n".join(lines).rstrip() + "\n", lines=True).encode("utf-8"))
+
+
 def source_name(url: str) -> str:
     """The queue a report was made from, without the machine path: a report is meant to be shared."""
     if url.startswith("sqlite:"):
@@ -451,19 +391,35 @@ def write_report(
         "",
     ]
     leading = [s for s in plugin_sections if s.lead]
-    ordered = [*leading, *sections, *(s for s in plugin_sections if not s.lead)]
-    generic = {id(s) for s in sections}
-    for part in ordered:
-        if leading and part is sections[0]:
-            lines += ["## Appendix: every stage in detail", ""]
-        level = max(2, part.level) + (1 if leading and id(part) in generic else 0)
-        lines += [f"{'#' * level} {part.title}", "", part.body.strip(), ""]
+    trailing = [s for s in plugin_sections if not s.lead]
     path = out_dir / "report.md"
-    # The last line of defence for what plug-ins wrote: no control character reaches the file raw.
-    text = visible("\n".join(lines).rstrip() + "\n", lines=True)
-    atomic_write(path, text.encode("utf-8"))
+    appendix = out_dir / APPENDIX_FILE
+    if leading:
+        # A plug-in's sections are the report a reader came for; the stage-by-stage tables (every run,
+        # every metric) go to their own file, linked, so the graded document stays readable.
+        lines += _render(leading)
+        lines += [
+            "## Appendix: every stage in detail",
+            "",
+            f"Every stage's runs, tables and figures, stage by stage: [{APPENDIX_FILE}]({APPENDIX_FILE}), "
+            "beside this file.",
+            "",
+        ]
+        lines += _render(trailing)
+        head = [
+            f"# Sweep {md_code(view.sweep)}: every stage in detail",
+            "",
+            "The appendix of [report.md](report.md).",
+            "",
+        ]
+        _write_markdown(appendix, head + _render(sections))
+    else:
+        lines += _render([*sections, *trailing])
+        appendix.unlink(missing_ok=True)  # left by an earlier report of this sweep with a plug-in
+    _write_markdown(path, lines)
     figures = [out_dir / f for s in [*sections, *plugin_sections] for f in s.figures]
     notes = [s.title for s in plugin_sections if s.title.startswith("Plug-in")]
     if view.stale():
         notes.append(f"{len(view.stale())} stale job(s): their upstream stage changed since they ran")
-    return ReportResult(path, figures, [s.title for s in [*sections, *plugin_sections]], notes)
+    titles = [s.title for s in [*sections, *plugin_sections]]
+    return ReportResult(path, figures, titles, notes, appendix if leading else None)
