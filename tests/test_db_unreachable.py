@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from sweeper.errors import DatabaseUnavailable
 from sweeper.store.db import OutagePolicy, connect_problem, open_database
+from tests.unit.clirun import sweeper as invoke
 
 from .conftest import run_cli
-from .inproc import invoke
 
 NO_HOST = "postgresql://u:pw@nohost.invalid/sweeps"  # .invalid never resolves (RFC 6761)
 GRID = "sweep: s\nstages:\n  a: {kind: noop}\n"

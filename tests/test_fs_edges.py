@@ -24,9 +24,9 @@ import sqlalchemy as sa
 import sweeper.store.db as dbmod
 from sweeper.store.db import open_database
 from sweeper.store.queue import Queue
+from tests.unit.clirun import sweeper as invoke
 
 from .conftest import cli_env, run_cli
-from .inproc import invoke
 
 GRID = "sweep: fs\nstages:\n  a: {kind: noop, grid: {value: [1, 2]}, params: {steps: 2, checkpoint: true}}\n"
 READERS = {
