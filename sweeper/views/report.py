@@ -372,10 +372,13 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     view.out_dir = out_dir
 
-    sections = [overview(view), *halving_sections(view)]  # a sweep of promote stages: its rungs first
+    first = overview(view)
+    rungs = halving_sections(view)  # a sweep of promote stages: its rungs, right after the overview
+    per_stage: list[Section] = []
     for s in view.stages:
         log(f"stage {s.name}")
-        sections += stage_sections(view, s.name, opts, log)
+        per_stage += stage_sections(view, s.name, opts, log)
+    sections = [first, *rungs, *per_stage]
     plugin_sections: list[Section] = []
     for plugin in pick_plugins(opts.plugins):
         plugin_sections += run_plugin(plugin, view, log)
@@ -397,7 +400,7 @@ def write_report(
     if leading:
         # A plug-in's sections are the report a reader came for; the stage-by-stage tables (every run,
         # every metric) go to their own file, linked, so the graded document stays readable.
-        lines += _render(leading)
+        lines += _render([*leading, *rungs])  # what halving decided is an answer, not appendix detail
         lines += [
             "## Appendix: every stage in detail",
             "",
@@ -412,7 +415,7 @@ def write_report(
             "The appendix of [report.md](report.md).",
             "",
         ]
-        _write_markdown(appendix, head + _render(sections))
+        _write_markdown(appendix, head + _render([first, *per_stage]))
     else:
         lines += _render([*sections, *trailing])
         appendix.unlink(missing_ok=True)  # left by an earlier report of this sweep with a plug-in
