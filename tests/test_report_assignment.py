@@ -8,12 +8,15 @@ The report's numbers are checked against the jobs' own results, read back from t
 
 from __future__ import annotations
 
+import csv
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from jobs.report.checks import GRIDS, STEP2, run_checks
 from jobs.report.stats import Config, group_configs, marginal_effects, std, wilson
 from sweeper.store.db import open_database
 from sweeper.store.results import SweepView
@@ -326,6 +329,59 @@ def test_report_numbers_are_the_jobs_numbers(report):
     )
     ratio = timing["matmul_median_s"] / timing["original_nn_median_s"]
     assert f"takes {ratio:.2f}× the time" in q20
+
+
+@pytest.mark.slow
+def test_the_graders_checks_pass_on_the_report_and_catch_each_fault(report, tmp_path):
+    """jobs/report/checks.py, the must-show list of a handed-in report, on this sweep's real files; then
+    on copies with one fault each, which it must catch."""
+    _, out, jobs = report
+    state = out.parent / "state"
+    done = run_cli("export", "--csv", str(out / "jobs.csv"), "--state", str(state), cwd=out.parent)
+    assert done.returncode == 0, done.stderr
+    checks = {c.name: c for c in run_checks(out, STEP2, GRIDS)}
+    for name in ("step3_starts_from_step2_best", "no_cumulative_limit", "noise_verdicts_tested",
+                 "q12b_every_hyperparameter", "q12d_one_change_each", "no_machine_paths"):  # fmt: skip
+        assert checks[name].ok, checks[name]
+    best = max((j for s in STEP2 for j in jobs[s]), key=lambda j: j.result["test_accuracy"])
+    assert best.id in checks["step3_starts_from_step2_best"].why
+    # made without --pdf and --mlflow-screenshot (no tracking): both are missing, and said so
+    assert not checks["pdf_with_figures"].ok and "no report.pdf" in checks["pdf_with_figures"].why
+    assert not checks["mlflow_screenshots"].ok and "model_search" in checks["mlflow_screenshots"].why
+
+    def broken(edit_md=None, edit_rows=None) -> dict[str, object]:
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, copy)
+        if edit_md:
+            (copy / "report.md").write_text(edit_md((copy / "report.md").read_text()))
+        if edit_rows:
+            with open(copy / "jobs.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            edit_rows(rows)
+            with open(copy / "jobs.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        return {c.name: c.ok for c in run_checks(copy, STEP2, GRIDS)}
+
+    def worst_input(rows):
+        first = next(r for r in rows if r["stage"] == "prune_conv1")
+        first["metrics.input_job"] = min((r for r in rows if r["stage"] in STEP2),
+                                         key=lambda r: float(r["metrics.test_accuracy"]))["id"]  # fmt: skip
+
+    def cumulative(rows):
+        for r in rows:
+            if r["kind"] == "prune":
+                r["params.max_total_drop"] = "0.02"
+                r["metrics.stop_reason"] = "step 3's cumulative drop 0.0241 > max_total_drop 0.02"
+
+    assert broken(edit_rows=worst_input)["step3_starts_from_step2_best"] is False
+    faults = broken(edit_rows=cumulative)
+    assert faults["no_cumulative_limit"] is False and faults["stopped_by_the_rule"] is False
+    two_se = "#1 leads #2 by 0.27 points (standard error of the difference 0.22 points: within noise)"
+    assert broken(edit_md=lambda md: md + "\n" + two_se + "\n")["noise_verdicts_tested"] is False
+    assert broken(edit_md=lambda md: md.replace("momentum", "m"))["q12b_every_hyperparameter"] is False
+    assert broken(edit_md=lambda md: md + "\nsaved in /root/state/queue.db\n")["no_machine_paths"] is False
 
 
 @pytest.mark.slow

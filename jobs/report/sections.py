@@ -3,8 +3,8 @@
 `sweeper report` calls `sections(view)` with a read-only view of the sweep (docs/reports.md "Report
 plug-ins"). The sections follow the assignment (../shared/seeds/001): Step 1 (item 8), Step 2
 (12a-12d and how much of the differences is noise), Step 3 (items 14-16) and Step 4 (items
-18-20). They are marked `lead`, so they open the report and the generic stage-by-stage part
-follows as an appendix.
+18-20). They are marked `lead`, so they are report.md and the generic stage-by-stage part goes
+to stages.md, linked from its appendix. checks.py checks a finished report the way a grader would.
 
 Which stage answers which question is found by kind and content (jobs/report/roles.py); a part
 whose stage is missing or unfinished is left out with a one-line note under "Not in this report".
@@ -16,6 +16,7 @@ A sweep with no train jobs is not this assignment: the plug-in then adds nothing
     failures   12d             compress   Steps 3 and 4
     md, curves Markdown helpers; loss curves
     about      how this was run, the submitted report's figures, bonus items, references
+    checks     the must-show list, from the handed-in files (python -m jobs.report.checks DIR)
 """
 
 from __future__ import annotations
