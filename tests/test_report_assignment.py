@@ -178,7 +178,8 @@ def test_report_follows_the_assignment_steps_and_questions(report):
     assert "sweeper enqueue jobs/grids/assignment.yaml" in part(md, "## How this was run")
     assert "last 10,000 training images" in part(md, "## How this was run"), "the running 90 % is defined"
     load = re.search(
-        r"load average as each of the (\d+) runs started: median ([\d.]+)", part(md, "## How this was run")
+        r"load average as each run started \((\d+) starts, resumes included\): median ([\d.]+)",
+        part(md, "## How this was run"),
     )
     assert load and int(load.group(1)) >= sum(map(len, jobs.values())), "every run's load, from its provenance"
     bonus = part(md, "## Bonus items")
@@ -255,7 +256,7 @@ def test_report_numbers_are_the_jobs_numbers(report):
     )
     assert verdicts and len(tested) >= len(re.findall(r"beyond noise|within noise: we cannot tell", q12a + noise))
     assert "Holm's correction" in q12b and "The stop-at-target confound" in q12b
-    assert "likely reason" in q12b and "Time to the target:" in q12b
+    assert "likely reason" in q12b and "Time to the target, per value:" in q12b
     assert "never reached it" in q12b, "the lr 1e-5 runs never reach the target: counted apart, not averaged"
 
     # 12d: each failure-mode run under its heading, with a verdict either way

@@ -77,7 +77,8 @@ def load_text(view: Any) -> str:
     median = loads[len(loads) // 2]
     p90 = loads[min(len(loads) - 1, int(0.9 * len(loads)))]
     return (
-        f"The machine's 1-minute load average as each of the {len(loads)} runs started: median {median:.1f}, "
+        f"The machine's 1-minute load average as each run started ({len(loads)} starts, resumes included): "
+        f"median {median:.1f}, "
         f"90th percentile {p90:.1f}, highest {loads[-1]:.1f} (a load equal to the number of workers is the "
         "workers alone; more means other processes shared the cores and slowed the runs in seconds). Seconds "
         "therefore carry the load with them; " + why

@@ -34,7 +34,13 @@ GRIDS = ("model_search", "train_search")
 MACHINE_PATH = re.compile(r"(?<![\w.)\]])/(?:tmp|home|usr|work|root|var|mnt|content|Users)/|[A-Za-z]:\\\\|sqlite:////")
 VERDICT = re.compile(r"(beyond|within) noise")
 # How the report names a param: its last dotted part, or these words.
-WORDS = {"channels": ("channels", "filters"), "batch_size": ("batch",), "lr": ("learning rate", "lr")}
+WORDS = {
+    "channels": ("channels", "filters"),
+    "kernel": ("kernel", "filter size"),
+    "dense": ("dense", "hidden"),
+    "batch_size": ("batch",),
+    "lr": ("learning rate", "lr"),
+}
 # What one change is in 12d: one setting, or the network's size (its layer widths and kernels together).
 ONE_THING = [re.compile(r"^(conv\d\.(channels|kernel)|dense)$"), re.compile(r"^lr$"), re.compile(r"^momentum$"),
              re.compile(r"^batch_size$")]  # fmt: skip
@@ -131,8 +137,9 @@ def noise_verdicts(md: str) -> Check:
 
 
 def varying(rows: list[dict[str, str]], grids: tuple[str, ...]) -> list[str]:
-    """The params that take more than one value within the grid stages (seed aside)."""
-    runs = [r for r in rows if r["stage"] in grids]
+    """The params that take more than one value within the grid stages' finished runs (seed aside; a run
+    not yet started has no effective params, and its empty cells would count as values)."""
+    runs = [r for r in rows if r["stage"] in grids and r["status"] == "done"]
     keys = [k for k in (runs[0] if runs else {}) if k.startswith("params.") and k != "params.seed"]
     return [k.removeprefix("params.") for k in keys if len({r[k] for r in runs}) > 1]
 

@@ -419,7 +419,7 @@ def _speed_effects(grid: Grid) -> dict[str, str]:
             continue
         words = []
         for value, images, never in levels.values():
-            text = f"{cell(value)} {count(round(mean(images)))} images on average" if images else f"{cell(value)} -"
+            text = f"{cell(value)}: {count(round(mean(images)))} images on average" if images else f"{cell(value)}: -"
             if never:
                 text += f" ({never} run(s) never reached it)"
             words.append(text)
@@ -428,7 +428,7 @@ def _speed_effects(grid: Grid) -> dict[str, str]:
         if len(reached) >= 2 and min(reached)[0] > 0:
             (fast, fv), (slow, sv) = min(reached, key=lambda x: x[0]), max(reached, key=lambda x: x[0])
             ratio = f"; {cell(sv)} needs {slow / fast:.2f}× the images of {cell(fv)}"
-        out[key] = "Time to the target: " + "; ".join(words) + ratio + "."
+        out[key] = "Time to the target, per value: " + "; ".join(words) + ratio + "."
     return out
 
 

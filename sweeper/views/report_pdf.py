@@ -27,7 +27,7 @@ h3 { font-size: 12pt; } h4 { font-size: 10.5pt; }
 img { max-width: 100%; page-break-inside: avoid; }
 table { border-collapse: collapse; font-size: 7.5pt; margin: 0.6em 0; page-break-inside: auto; }
 th, td { border: 1px solid #bbb; padding: 2px 4px; vertical-align: top; overflow-wrap: anywhere; }
-th { background: #eee; } tr { page-break-inside: avoid; }
+th { background: #eee; overflow-wrap: normal; } tr { page-break-inside: avoid; }  /* headers break between words only */
 code { font-size: 8.5pt; } details > summary { font-weight: bold; }
 """
 
