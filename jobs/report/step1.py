@@ -95,7 +95,10 @@ def step1(view: Any, roles: Roles, hist: Histories) -> tuple[list[dict[str, Any]
             "lrrrrrrr",
         ),
         "Train accuracy is measured on the whole training set after training, test accuracy on the test set "
-        f"({hist.test_images(base) or '?'} images); the interval is the Wilson score interval over the test images.",
+        f"({hist.test_images(base) or '?'} images); the interval is the Wilson score interval over the test images. "
+        f"The {T} that stops training is the running train accuracy, over a sliding window of the most recent "
+        "training images, seen while the weights were still changing (defined under “How this was run”); "
+        "measured afterwards over all training images, the train accuracy can read a little below it.",
     ]
     if len(runs) > 1:
         acc.append(
