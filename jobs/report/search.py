@@ -249,7 +249,7 @@ def q12a(view: Any, roles: Roles, n_test: int | None) -> dict[str, Any]:
         if grid is roles.train_grid and roles.model_grid is not None and grid.jobs:
             parts.append(_inherited(roles, grid))
         parts += top3(roles, grid, n_test)
-    for grid in roles.grids:
+    for grid in (g for g in roles.grids if g.all_jobs):  # an unfinished stage has no table to fold
         parts.append(
             details(
                 f"All {len(grid.all_jobs)} runs of {grid_title(roles, grid)}, as the MLflow experiment overview "
