@@ -22,7 +22,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from jobs.report.about import attempt_loads
 from jobs.report.stats import config_key  # what makes two jobs one configuration, as the report counts it
+from sweeper.store.db import open_database
+from sweeper.store.results import SweepView
 
 SEED_TEST_ACCURACY = 0.8834  # the seed report's Step 1 model (88.34 %)
 
@@ -45,14 +48,6 @@ def load(state: Path, sweep: str) -> tuple[list[dict[str, Any]], list[float]]:
             ),
             {"s": sweep},
         ).all()
-        loads = [
-            float(json.loads(p)["load_1m"]) if isinstance(p, str) else float(p["load_1m"])
-            for (p,) in conn.execute(
-                sa.text("select a.provenance from attempts a join jobs j on j.id = a.job_id where j.sweep = :s"),
-                {"s": sweep},
-            )
-            if (json.loads(p) if isinstance(p, str) else p).get("load_1m") is not None
-        ]
     engine.dispose()
     claims: dict[tuple[str, int], float] = {}
     busy: dict[str, float] = defaultdict(float)
@@ -67,7 +62,12 @@ def load(state: Path, sweep: str) -> tuple[list[dict[str, Any]], list[float]]:
         for key in ("params", "resolved_params", "result"):
             if isinstance(r[key], str):
                 r[key] = json.loads(r[key])
-    return rows, sorted(loads)
+    database = open_database(f"sqlite:///{state / 'queue.db'}", create=False)
+    try:  # the loads as the report reads them
+        loads = attempt_loads(SweepView(database, state, sweep))
+    finally:
+        database.dispose()
+    return rows, loads
 
 
 def minutes(seconds: float) -> float:

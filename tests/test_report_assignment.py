@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.report.checks import GRIDS, STEP2, run_checks
+from jobs.report.checks import GRIDS, MACHINE_PATH, STEP2, run_checks
 from jobs.report.stats import Config, group_configs, marginal_effects, std, wilson
 from sweeper.store.db import open_database
 from sweeper.store.results import SweepView
@@ -84,9 +84,6 @@ stages:
     params: {models: {all_of: [prune_conv1, prune_conv2, prune_fc1]}, original: {result_of: baseline},
              min_test_accuracy: 0.3, timing_rounds: 1, gpu: false}
 """
-
-# An absolute path of this machine or another: the report is meant to be handed in.
-MACHINE_PATH = re.compile(r"(?<![\w.)\]])/(?:tmp|home|usr|work|root|var|mnt|content|Users)/|[A-Za-z]:\\\\|sqlite:////")
 
 
 @pytest.fixture(scope="module")

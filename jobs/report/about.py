@@ -68,9 +68,14 @@ def _benchmark(view: Any, roles: Roles) -> BenchmarkResult | None:
         return None
 
 
+def attempt_loads(view: Any) -> list[float]:
+    """The 1-minute load average each attempt recorded as it started (its provenance), sorted."""
+    return sorted(v for p in view.attempt_provenance().values() if (v := number(p.get("load_1m"))) is not None)
+
+
 def load_text(view: Any) -> str:
-    """How loaded the machine was: the 1-minute load average each run recorded as it started."""
-    loads = sorted(v for p in view.attempt_provenance().values() if (v := number(p.get("load_1m"))) is not None)
+    """How loaded the machine was, in words."""
+    loads = attempt_loads(view)
     why = "that is why training time is compared in images to the target (deterministic) and not only in seconds."
     if not loads:
         return "The machine's load during the run was not recorded; other load may have slowed some runs, and " + why
